@@ -1,0 +1,104 @@
+"""`celerydiag doctor`: run every probe that applies to the target, rank, print the fixes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from celerydiag.cli import (
+    emit,
+    output_options,
+    remember_secrets,
+    target_options,
+)
+from celerydiag.errors import ExitCode
+
+EPILOG = """\b
+Examples:
+  celerydiag doctor                                   # embedded default, no services needed
+  celerydiag doctor -A proj.celery:app                # your app's broker and backend
+  celerydiag doctor --broker amqp://guest:guest@127.0.0.1:5672// --backend redis://127.0.0.1:6379/0
+  celerydiag doctor -A proj --static --format junit -o celerydiag.xml   # CI, no network
+  celerydiag doctor -A proj --format json | jq '.findings[0]'
+"""
+
+
+def probe_options(fn: Any) -> Any:
+    """Bounds and inputs every active probe reads (through ProbeContext.limits/options)."""
+    opts = [
+        click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0,
+                     show_default=True, help="Seconds to wait for any single network call."),
+        click.option("--max-seconds", type=click.FloatRange(min=1, max=3600), default=30.0,
+                     show_default=True, help="Upper bound on each active probe's run time."),
+        click.option("--samples", type=click.IntRange(min=10, max=100_000), default=500,
+                     show_default=True,
+                     help="Messages/writes an active probe sends at most (broker, backend)."),
+        click.option("--updates", type=click.IntRange(min=20, max=20_000), default=250,
+                     show_default=True,
+                     help="update_state() calls the e2e probe's task makes and the client "
+                          "watches (at least 200 for a trustworthy P99)."),
+        click.option("--poll-interval", type=click.FloatRange(min=0.001, max=3600),
+                     metavar="SECONDS",
+                     help="How often your clients poll AsyncResult.state (polling probe)."),
+        click.option("--poll-strategy", metavar="NAME",
+                     help="How your clients poll: fixed, backoff, smart, push (polling probe)."),
+        click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
+                     help="Analyse this capture of broker/backend traffic (network probe)."),
+        click.option("--iface", metavar="IFACE",
+                     help="Capture live on this interface during the run (network probe; "
+                          "needs root or CAP_NET_RAW)."),
+        click.option("--duration", type=click.FloatRange(min=0.1, max=3600), default=3.0,
+                     show_default=True,
+                     help="Seconds to sample lock waits and live traffic."),
+        click.option("--rabbitmq-api", metavar="URL",
+                     help="RabbitMQ management API, e.g. http://guest:guest@host:15672 "
+                          "(optional; adds alarms and queue rates)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def run_report(app: str | None, broker: str | None, backend: str | None, probes: Any,
+               fmt: str, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
+               static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
+               **options: Any) -> ExitCode:
+    """Shared by doctor and probe: resolve, diagnose, render."""
+    from celerydiag.doctor import diagnose
+    from celerydiag.probes import Limits
+    from celerydiag.target import password_of, resolve_target
+    from celerydiag.ui import make_progress
+
+    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
+    target = resolve_target(app=app, broker=broker, backend=backend)
+    remember_secrets(target.secrets())
+    progress = make_progress(enabled=fmt != "json" and output is None or fmt == "text")
+    try:
+        report = diagnose(
+            target, probes, budget_ms=budget_ms, static=static, progress=progress,
+            limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
+                          updates=updates),
+            options={k: v for k, v in options.items() if v is not None},
+        )
+    finally:
+        progress.close()
+    return emit(report, fmt, output, fail_on, no_color)
+
+
+@click.command("doctor", epilog=EPILOG)
+@target_options
+@output_options
+@click.option("--static", is_flag=True,
+              help="Only the checks that need no network (config): the CI smoke check for a "
+                   "repository with no services.")
+@probe_options
+def command(**kw: Any) -> ExitCode:
+    """Run every probe that applies to the target, rank causes by milliseconds, print fixes.
+
+    Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or
+    input, 3 target unreachable, 4 internal error, 130 interrupted (after cleanup).
+    """
+    from celerydiag.probes import probe_classes
+
+    return run_report(probes=probe_classes(), **kw)

@@ -1,0 +1,32 @@
+"""`celerydiag probe NAME`: one probe alone, same output and exit codes as doctor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from celerydiag.cli import output_options, target_options
+from celerydiag.cli.doctor import probe_options, run_report
+from celerydiag.errors import ExitCode
+
+
+@click.command("probe")
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List the probes and what each measures.")
+@target_options
+@output_options
+@probe_options
+def command(name: str | None, list_: bool, **kw: Any) -> ExitCode:
+    """Run one probe (config, e2e, broker, backend, ...) on the target.
+
+    `celerydiag probe --list` shows them all with one line each.
+    """
+    from celerydiag.probes import get_probe, probe_classes
+
+    if list_ or not name:
+        for cls in probe_classes():
+            click.echo(f"{cls.name:<14} {cls.summary()}")
+        return ExitCode.OK if list_ else ExitCode.USAGE
+    cls = get_probe(name)
+    return run_report(probes=[cls], static=False, **kw)

@@ -1,0 +1,41 @@
+"""`celerydiag report A.json B.json`: re-render saved reports, merging several hosts into one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from celerydiag.cli import emit, output_options
+from celerydiag.errors import ExitCode, InputError
+
+
+@click.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@output_options
+def command(files: tuple[str, ...], fmt: str, output: str | None, fail_on: str,
+            budget_ms: float, no_color: bool) -> ExitCode:
+    """Re-render saved JSON reports; with several, merge them into one ranked report.
+
+    Each finding keeps the host it came from (in its evidence) so a merged report says where.
+    """
+    from celerydiag.merge import merge_reports
+
+    reports = [load(path) for path in files]
+    merged = merge_reports(reports, budget_ms if len(reports) > 1 else None)
+    return emit(merged, fmt, output, fail_on, no_color)
+
+
+def load(path: str) -> Any:
+    from celerydiag.findings import Report
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+        return Report.from_dict(data)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path} is not a celerydiag JSON report: {exc}",
+                         "produce one with `celerydiag doctor --format json -o FILE`") from None

@@ -1,0 +1,96 @@
+"""Samples and percentiles: the statistics every probe shares.
+
+Percentiles are the linear-interpolated kind (numpy's default, ``statistics.quantiles`` with
+``method='inclusive'``) so our numbers match what a user recomputes. A summary says when it is
+too thin to trust: the P99 of fewer than 100 samples is just the maximum.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MIN_SAMPLES_FOR_P99 = 100
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return float(ordered[0])
+    pos = (len(ordered) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (pos - low))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Percentiles of a set of latencies, in milliseconds."""
+
+    samples: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+
+    @property
+    def reliable(self) -> bool:
+        return self.samples >= MIN_SAMPLES_FOR_P99
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "p50_ms": round(self.p50_ms, 3),
+            "p95_ms": round(self.p95_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "max_ms": round(self.max_ms, 3),
+            "mean_ms": round(self.mean_ms, 3),
+        }
+
+    def short(self) -> dict[str, float]:
+        """``{p50, p95, p99, max}`` as the broker probe's evidence wants them."""
+        return {"p50": round(self.p50_ms, 3), "p95": round(self.p95_ms, 3),
+                "p99": round(self.p99_ms, 3), "max": round(self.max_ms, 3)}
+
+
+def summarize(values_ms: Sequence[float]) -> Summary:
+    if not values_ms:
+        nan = math.nan
+        return Summary(0, nan, nan, nan, nan, nan)
+    return Summary(
+        samples=len(values_ms),
+        p50_ms=percentile(values_ms, 50),
+        p95_ms=percentile(values_ms, 95),
+        p99_ms=percentile(values_ms, 99),
+        max_ms=float(max(values_ms)),
+        mean_ms=float(sum(values_ms) / len(values_ms)),
+    )
+
+
+def schedule(count: int, interval_s: float, deadline_s: float,
+             clock: Any = time.perf_counter, sleep: Any = time.sleep) -> Iterator[float]:
+    """Yield up to ``count`` intended send times spaced ``interval_s`` apart, stopping at
+    ``deadline_s`` seconds. Callers time each operation from the *intended* time, so a stall
+    delays every later sample instead of hiding (coordinated omission, PerfTest #289)."""
+    start = clock()
+    for i in range(count):
+        intended = start + i * interval_s
+        if intended - start > deadline_s:
+            return
+        delay = intended - clock()
+        if delay > 0:
+            sleep(delay)
+        if clock() - start > deadline_s:
+            return
+        yield intended
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0

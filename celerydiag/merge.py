@@ -1,0 +1,43 @@
+"""Merging saved reports from several hosts into one ranked report.
+
+A finding id may appear once per host; we keep each, tagged with its host in the evidence, so the
+merged ranking shows the worst host first and a reader knows where to look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from celerydiag.findings import Finding, ProbeResult, Report, latency_block, rank
+
+
+def merge_reports(reports: Sequence[Report], budget_ms: float | None = None) -> Report:
+    if len(reports) == 1 and budget_ms is None:
+        return reports[0]
+    findings: list[Finding] = []
+    probes: list[ProbeResult] = []
+    hosts = []
+    for report in reports:
+        host = str(report.meta.get("hostname", "?"))
+        hosts.append(host)
+        findings += [replace(f, evidence={"host": host, **dict(f.evidence)})
+                     for f in report.findings]
+        probes += [replace(p, reason=f"[{host}] {p.reason}".rstrip()) for p in report.probes]
+    first = reports[0]
+    if len({tuple(sorted(r.target.items())) for r in reports}) == 1:
+        target = dict(first.target)
+    else:
+        target = {key: "; ".join(sorted({r.target.get(key, "") for r in reports}))
+                  for key in ("broker", "backend")}
+        target["source"] = "merged"
+    ranked = rank(findings)
+    latency = latency_block([], ranked)
+    observed = [r.latency for r in reports if r.latency.get("observed_p99_ms") is not None]
+    if observed:  # the worst host's observation is the one that matters
+        worst = max(observed, key=lambda lat: lat["observed_p99_ms"])
+        latency.update(observed_p50_ms=worst.get("observed_p50_ms"),
+                       observed_p99_ms=worst["observed_p99_ms"])
+    meta = {**first.meta, "hostname": ", ".join(hosts), "merged_from": len(reports)}
+    return Report(target=target, budget_ms=budget_ms or first.budget_ms, probes=tuple(probes),
+                  findings=ranked, meta=meta, latency=latency, version=first.version)

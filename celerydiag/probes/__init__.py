@@ -1,0 +1,162 @@
+"""The Probe interface, the context a probe may touch, the ordered registry, and the guard.
+
+A probe knows nothing of the terminal. It gets a :class:`ProbeContext` and yields Findings. The
+guard (:func:`run_probes`) times it, turns expected trouble (``DiagError``) and our own bugs into a
+``failed`` result with one line, and always unwinds the probe's cleanup stack, Ctrl-C included, so
+scratch queues, keys and tables never outlive a run.
+
+Adding a probe: write ``probes/<name>.py`` with a ``Probe`` subclass and add it to ``PROBE_PATHS``.
+Heavy imports (scapy, SQLAlchemy drivers) stay inside ``run()`` so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from celerydiag.errors import DiagError
+from celerydiag.findings import Cause, Finding, ProbeResult, ProbeStatus
+from celerydiag.target import Target
+from celerydiag.ui import NullProgress, Progress
+
+log = logging.getLogger("celerydiag")
+
+# Cheap first; config first of all because it needs no network (and --static runs only it).
+PROBE_PATHS: tuple[str, ...] = (
+    "celerydiag.probes.config:ConfigProbe",
+)
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds every active probe respects: operations, wall time, and per-call timeouts."""
+
+    samples: int = 500
+    max_seconds: float = 30.0
+    timeout_s: float = 5.0
+    updates: int = 250  # e2e: update_state calls observed by the client
+
+
+@dataclass
+class ProbeContext:
+    """Everything a probe may touch. ``scratch`` prefixes every queue, key, task id and table
+    it creates; ``cleanup`` holds the undo for each, registered before first use."""
+
+    target: Target
+    budget_ms: float = 1000.0
+    limits: Limits = field(default_factory=Limits)
+    progress: Progress = field(default_factory=NullProgress)
+    scratch: str = field(default_factory=lambda: f"celerydiag-{uuid.uuid4().hex[:8]}")
+    cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    options: dict[str, Any] = field(default_factory=dict)  # command-specific extras
+    latency: dict[str, Any] = field(default_factory=dict)  # e2e fills observed_p50/p99_ms
+
+    @property
+    def celery_version(self) -> tuple[int, ...]:
+        import celery
+
+        return version_tuple(celery.__version__)
+
+
+class Probe:
+    """Base class. Subclasses set ``name``, ``cause``, a docstring (first line is the summary
+    `probe --list` prints), implement ``run`` and, if it may not apply, ``applies``."""
+
+    name: ClassVar[str]
+    cause: ClassVar[Cause]
+    static: ClassVar[bool] = False  # True when it needs no network (doctor --static)
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if not _NAME.match(getattr(cls, "name", "")):
+            raise TypeError(f"{cls.__name__}.name must match {_NAME.pattern}")
+        if not (cls.__doc__ or "").strip():
+            raise TypeError(f"{cls.__name__} needs a docstring: its first line is its help")
+        if not isinstance(getattr(cls, "cause", None), Cause):
+            raise TypeError(f"{cls.__name__}.cause must be a Cause")
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+    def applies(self, target: Target) -> str | None:
+        """None to run, or the reason this probe does not apply to the target."""
+        return None
+
+    def run(self, ctx: ProbeContext) -> Iterator[Finding]:
+        raise NotImplementedError
+
+
+def probe_classes() -> tuple[type[Probe], ...]:
+    classes = []
+    for path in PROBE_PATHS:
+        module, attr = path.split(":")
+        classes.append(getattr(importlib.import_module(module), attr))
+    return tuple(classes)
+
+
+def probe_names() -> tuple[str, ...]:
+    return tuple(cls.name for cls in probe_classes())
+
+
+def get_probe(name: str) -> type[Probe]:
+    for cls in probe_classes():
+        if cls.name == name:
+            return cls
+    raise DiagError(f"no probe named {name!r}", f"choose one of: {', '.join(probe_names())}")
+
+
+def _on_internal_error(probe: Probe, exc: Exception) -> None:
+    """Tests replace this to re-raise; users get a failed probe with one line."""
+    log.debug("internal error in probe %s", probe.name, exc_info=exc)
+
+
+def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
+    reason = probe.applies(ctx.target)
+    if reason:
+        return ProbeResult.skipped(probe.name, reason)
+    started = time.perf_counter()
+    ctx.progress.start(probe.name)
+    findings: list[Finding] = []
+    ctx.latency = {}
+    try:
+        with ctx.cleanup:
+            findings.extend(probe.run(ctx))
+    except DiagError as exc:
+        return ProbeResult.failed(probe.name, ctx.target.redact(str(exc)),
+                                  time.perf_counter() - started)
+    except Exception as exc:
+        _on_internal_error(probe, exc)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return ProbeResult.failed(
+            probe.name,
+            ctx.target.redact(f"internal error in probe {probe.name}: {type(exc).__name__}:"
+                              f" {first} (please report; rerun with --traceback)"),
+            time.perf_counter() - started)
+    finally:
+        ctx.progress.done()
+        ctx.cleanup = contextlib.ExitStack()
+    return ProbeResult(probe.name, ProbeStatus.RAN, "", time.perf_counter() - started,
+                       tuple(findings), dict(ctx.latency))
+
+
+def run_probes(probes: Iterable[Probe], ctx: ProbeContext) -> tuple[ProbeResult, ...]:
+    return tuple(run_probe(p, ctx) for p in probes)
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in re.split(r"[.+-]", text):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)

@@ -1,0 +1,52 @@
+"""``--format text``: rich tables for a person at a terminal; the only renderer that imports rich."""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from celerydiag.findings import Report, Severity
+from celerydiag.render.words import evidence_lines, headline, latency_line, probe_lines
+
+STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",
+         Severity.OK: "green"}
+
+
+def render(report: Report, stream: TextIO, *, color: bool = False, **_: Any) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.syntax import Syntax
+    from rich.table import Table
+
+    console = Console(file=stream, force_terminal=color, no_color=not color, width=110,
+                      highlight=False, soft_wrap=False)
+    console.print(headline(report))
+    line = latency_line(report)
+    if line:
+        console.print(line)
+    table = Table(title="Findings, worst first", show_lines=False, expand=False)
+    table.add_column("severity")
+    table.add_column("impact ms", justify="right")
+    table.add_column("cause")
+    table.add_column("finding")
+    for f in report.findings:
+        table.add_row(f"[{STYLE[f.severity]}]{f.severity}[/]", f"{f.impact_ms:.1f}",
+                      str(f.cause), f"{f.title}\n[dim]{f.id}[/]")
+    if report.findings:
+        console.print(table)
+    else:
+        console.print("No findings.")
+    for f in report.findings:
+        if f.severity == Severity.OK:
+            continue
+        body = [f.detail] if f.detail else []
+        body += evidence_lines(f.evidence)
+        if f.fix:
+            body.append(f"Fix: {f.fix.summary}")
+        console.print(Panel("\n".join(body), title=f"[{STYLE[f.severity]}]{f.severity}[/] {f.id}",
+                            title_align="left"))
+        if f.fix and f.fix.config:
+            console.print(Syntax(f.fix.config.rstrip(), "python", theme="ansi_dark",
+                                 background_color="default"))
+        for doc in (f.fix.docs if f.fix else ()):
+            console.print(f"  docs: {doc}")
+    console.print("Probes: " + "; ".join(probe_lines(report)))

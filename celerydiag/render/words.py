@@ -1,0 +1,50 @@
+"""Phrases the text and markdown renderers share, so both say the same thing the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celerydiag.findings import Report
+
+
+def headline(report: Report) -> str:
+    t = report.target
+    return (f"Target: broker {t.get('broker', '?')}, backend {t.get('backend', '?')} "
+            f"(source: {t.get('source', '?')}). Budget {report.budget_ms:g} ms.")
+
+
+def latency_line(report: Report) -> str | None:
+    lat = report.latency
+    p99 = lat.get("observed_p99_ms")
+    explained = sum((lat.get("by_cause_ms") or {}).values())
+    if p99 is None:
+        return None
+    p50 = lat.get("observed_p50_ms")
+    return (f"Observed state visibility: P50 {p50:.1f} ms, P99 {p99:.1f} ms; "
+            f"causes found explain {explained:.1f} ms of it.")
+
+
+def probe_lines(report: Report) -> list[str]:
+    lines = []
+    for p in report.probes:
+        why = f": {p.reason}" if p.reason else ""
+        lines.append(f"{p.name} {p.status} in {p.elapsed_s:.1f} s{why}")
+    return lines
+
+
+def evidence_lines(evidence: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key, value in evidence.items():
+        if isinstance(value, Mapping):
+            inner = ", ".join(f"{k} {_num(v)}" for k, v in value.items())
+            out.append(f"{key}: {inner}")
+        else:
+            out.append(f"{key}: {_num(value)}")
+    return out
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,213 @@
+"""Which Celery deployment we measure, how it was chosen, and how to print it safely.
+
+Resolution order, first match wins: ``--app`` (imported like ``celery -A``), ``--broker`` /
+``--backend`` flags, ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``, and the embedded default
+(in-memory broker, SQLite results in a temp dir) so ``celerydiag doctor`` does real work on a
+machine with nothing installed. Raw URLs hold passwords: they stay inside Target and every string
+bound for output goes through :func:`redact` first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from celerydiag.errors import (
+    E_APP_IMPORT,
+    E_BACKEND_SCHEME,
+    H_APP_IMPORT,
+    H_BACKEND_SCHEME,
+    InputError,
+)
+
+MASK = "**"
+
+
+class TargetSource(str, Enum):
+    APP = "app"
+    FLAGS = "flags"
+    ENV = "env"
+    EMBEDDED = "embedded"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Target:
+    """The deployment under test. ``app`` is the Celery app whose conf we read (the user's own
+    for --app, else one we built); ``conf`` is never printed whole."""
+
+    broker_url: str
+    backend_url: str
+    source: TargetSource
+    app: Any = field(default=None, compare=False, repr=False)
+    app_name: str | None = None
+    scratch_dir: str | None = None  # embedded default: where the SQLite file lives
+
+    @property
+    def conf(self) -> Any:
+        return self.app.conf
+
+    @property
+    def broker_scheme(self) -> str:
+        return scheme_of(self.broker_url)
+
+    @property
+    def backend_scheme(self) -> str:
+        return scheme_of(self.backend_url)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every password this target knows, so any text can be scrubbed of them."""
+        found = [password_of(self.broker_url), password_of(self.backend_url)]
+        if self.app is not None:
+            for key in ("broker_password", "broker_write_url", "broker_read_url",
+                        "redis_password", "database_url"):
+                value = self.conf.get(key)
+                if isinstance(value, str) and value:
+                    found.append(value if key.endswith("password") else password_of(value))
+        return tuple(sorted({s for s in found if s}, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets())
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "broker": redact_url(self.broker_url),
+            "backend": redact_url(self.backend_url),
+            "source": str(self.source),
+        }
+
+    def describe(self) -> str:
+        """One line for humans: what we measured and why it was chosen."""
+        origin = {
+            TargetSource.APP: f"from --app {self.app_name}",
+            TargetSource.FLAGS: "from --broker/--backend",
+            TargetSource.ENV: "from CELERY_BROKER_URL/CELERY_RESULT_BACKEND",
+            TargetSource.EMBEDDED: "embedded default: in-memory broker, SQLite results in a temp dir,"
+            " in-process worker (nothing configured; pass --app or --broker/--backend to measure"
+            " your deployment)",
+        }[self.source]
+        return f"broker {redact_url(self.broker_url)}, backend {redact_url(self.backend_url)} ({origin})"
+
+
+def scheme_of(url: str) -> str:
+    """``db+postgresql+psycopg://…`` → ``db``; ``rediss://`` → ``rediss``; '' for none."""
+    head = url.split("://", 1)[0] if "://" in url else ""
+    return head.split("+", 1)[0].lower()
+
+
+def password_of(url: str | None) -> str | None:
+    if not url or "://" not in url:
+        return None
+    try:
+        parts = urlsplit(url.split(";", 1)[0])
+        pw = parts.password
+    except ValueError:
+        return None
+    return unquote(pw) if pw else None
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s/]*)@")
+
+
+def redact_url(url: str | None) -> str:
+    """A URL safe to print: the password, if any, becomes ``**``. Also handles ``;``-separated
+    failover lists, which kombu accepts for brokers."""
+    if not url:
+        return ""
+    return ";".join(
+        _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", part) for part in url.split(";")
+    )
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Scrub URL passwords and each known secret (also URL-quoted) out of any text."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    for secret in secrets:
+        if len(secret) >= 1:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def resolve_target(
+    app: str | None = None,
+    broker: str | None = None,
+    backend: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Target:
+    """Pick the target by the documented order and build the Celery app we read settings from."""
+    env = os.environ if environ is None else environ
+    if app:
+        celery_app = import_app(app)
+        if broker:
+            celery_app.conf.broker_url = broker
+        if backend:
+            celery_app.conf.result_backend = backend
+        return _checked(Target(
+            broker_url=str(celery_app.conf.broker_url or "amqp://guest@localhost:5672//"),
+            backend_url=str(celery_app.conf.result_backend or "disabled://"),
+            source=TargetSource.APP, app=celery_app, app_name=app,
+        ))
+    if broker or backend:
+        return _checked(_built(broker or "amqp://guest@localhost:5672//",
+                               backend or "disabled://", TargetSource.FLAGS))
+    if env.get("CELERY_BROKER_URL") or env.get("CELERY_RESULT_BACKEND"):
+        return _checked(_built(env.get("CELERY_BROKER_URL") or "amqp://guest@localhost:5672//",
+                               env.get("CELERY_RESULT_BACKEND") or "disabled://",
+                               TargetSource.ENV))
+    scratch = tempfile.mkdtemp(prefix="celerydiag-embedded-")
+    target = _built("memory://", f"db+sqlite:///{scratch}/results.sqlite", TargetSource.EMBEDDED)
+    # The memory transport polls once a second by default; our own broker should not add that.
+    target.conf.broker_transport_options = {"polling_interval": 0.01}
+    return Target(target.broker_url, target.backend_url, target.source, target.app,
+                  scratch_dir=scratch)
+
+
+def _built(broker: str, backend: str, source: TargetSource) -> Target:
+    from celery import Celery  # heavy: only when a command needs a target
+
+    celery_app = Celery("celerydiag-target", broker=broker, backend=backend,
+                        set_as_current=False)
+    return Target(broker_url=broker, backend_url=backend, source=source, app=celery_app)
+
+
+def _checked(target: Target) -> Target:
+    """Fail early, as usage, on a backend scheme Celery does not know."""
+    from celery.app.backends import by_url
+
+    try:
+        by_url(target.backend_url, target.app.loader)
+    except Exception as exc:  # ImproperlyConfigured, ValueError, ImportError of a missing driver
+        raise InputError(
+            E_BACKEND_SCHEME.format(url=redact_url(target.backend_url), error=_one_line(exc)),
+            H_BACKEND_SCHEME,
+        ) from None
+    return target
+
+
+def import_app(spec: str) -> Any:
+    """Import the user's app the way ``celery -A`` does (module, module:attr, package)."""
+    from celery.app.utils import find_app
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return find_app(spec)
+    except BaseException as exc:  # the user's module may raise anything, even SystemExit
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise InputError(E_APP_IMPORT.format(app=spec, error=_one_line(exc)), H_APP_IMPORT) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
