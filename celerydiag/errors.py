@@ -48,7 +48,10 @@ class TargetUnreachable(DiagError):
 E_APP_IMPORT = "cannot import --app {app!r}: {error}"
 H_APP_IMPORT = "pass the same value you give `celery -A`, e.g. --app proj.celery:app, run from the project root"
 E_BACKEND_SCHEME = "unsupported result backend {url}: {error}"
-H_BACKEND_SCHEME = "use a scheme Celery knows: redis://, rediss://, db+postgresql+psycopg://, db+mysql+pymysql://, db+sqlite:///, rpc://"
+H_BACKEND_SCHEME = (
+    "use a scheme Celery knows: redis://, rediss://, db+postgresql+psycopg://, db+mysql+pymysql://,"
+    " db+sqlite:///, rpc://"
+)
 E_BROKER_UNREACHABLE = "broker {url} unreachable: {error}"
 E_BACKEND_UNREACHABLE = "result backend {url} unreachable: {error}"
 H_UNREACHABLE = "check host, port, credentials and vhost/database; is the service running and reachable from here?"
