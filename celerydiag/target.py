@@ -115,7 +115,9 @@ def password_of(url: str | None) -> str | None:
     return unquote(pw) if pw else None
 
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s/]*)@")
+# The password may hold an unencoded '@' (kombu and redis-py split userinfo at the last '@'), so
+# it runs greedily to the last '@' before the host.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^\s/]*)@")
 
 
 def redact_url(url: str | None) -> str:
