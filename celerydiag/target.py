@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from celerydiag.errors import (
     E_APP_IMPORT,
@@ -66,13 +66,13 @@ class Target:
 
     def secrets(self) -> tuple[str, ...]:
         """Every password this target knows, so any text can be scrubbed of them."""
-        found = [password_of(self.broker_url), password_of(self.backend_url)]
+        found = [*passwords_of(self.broker_url), *passwords_of(self.backend_url)]
         if self.app is not None:
             for key in ("broker_password", "broker_write_url", "broker_read_url",
                         "redis_password", "database_url"):
                 value = self.conf.get(key)
                 if isinstance(value, str) and value:
-                    found.append(value if key.endswith("password") else password_of(value))
+                    found += [value] if key.endswith("password") else passwords_of(value)
         return tuple(sorted({s for s in found if s}, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
@@ -105,14 +105,24 @@ def scheme_of(url: str) -> str:
 
 
 def password_of(url: str | None) -> str | None:
-    if not url or "://" not in url:
-        return None
-    try:
-        parts = urlsplit(url.split(";", 1)[0])
-        pw = parts.password
-    except ValueError:
-        return None
-    return unquote(pw) if pw else None
+    """The password of a URL (the first of a ``;`` failover list), percent-decoded."""
+    found = passwords_of(url)
+    return found[0] if found else None
+
+
+def passwords_of(url: str | None) -> list[str]:
+    """Every password in a URL or a ``;``-separated failover list, percent-decoded."""
+    found = []
+    for part in (url or "").split(";"):
+        if "://" not in part:
+            continue
+        try:
+            pw = urlsplit(part.strip()).password
+        except ValueError:
+            continue
+        if pw:
+            found.append(unquote(pw))
+    return found
 
 
 # The password may hold an unencoded '@' (kombu and redis-py split userinfo at the last '@'), so
@@ -134,8 +144,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Scrub URL passwords and each known secret (also URL-quoted) out of any text."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     for secret in secrets:
-        if len(secret) >= 1:
-            text = text.replace(secret, MASK)
+        for spelling in sorted({secret, quote(secret, safe=""), quote(secret)}, key=len, reverse=True):
+            if spelling:
+                text = text.replace(spelling, MASK)
     return text
 
 

@@ -67,10 +67,10 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
     """Shared by doctor and probe: resolve, diagnose, render."""
     from celerydiag.doctor import diagnose
     from celerydiag.probes import Limits
-    from celerydiag.target import password_of, resolve_target
+    from celerydiag.target import passwords_of, resolve_target
     from celerydiag.ui import make_progress
 
-    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
+    remember_secrets([*passwords_of(broker), *passwords_of(backend)])
     target = resolve_target(app=app, broker=broker, backend=backend)
     remember_secrets(target.secrets())
     progress = make_progress(enabled=fmt != "json" and output is None or fmt == "text")
