@@ -52,6 +52,8 @@ H_BACKEND_SCHEME = (
     "use a scheme Celery knows: redis://, rediss://, db+postgresql+psycopg://, db+mysql+pymysql://,"
     " db+sqlite:///, rpc://"
 )
+E_BROKER_SCHEME = "unsupported broker {url}: {error}"
+H_BROKER_SCHEME = "use a transport kombu knows: amqp://, amqps://, redis://, rediss://, sentinel://, sqs://, memory://"
 E_BROKER_UNREACHABLE = "broker {url} unreachable: {error}"
 E_BACKEND_UNREACHABLE = "result backend {url} unreachable: {error}"
 H_UNREACHABLE = "check host, port, credentials and vhost/database; is the service running and reachable from here?"

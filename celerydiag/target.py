@@ -22,8 +22,10 @@ from urllib.parse import quote, unquote, urlsplit
 from celerydiag.errors import (
     E_APP_IMPORT,
     E_BACKEND_SCHEME,
+    E_BROKER_SCHEME,
     H_APP_IMPORT,
     H_BACKEND_SCHEME,
+    H_BROKER_SCHEME,
     InputError,
 )
 
@@ -193,9 +195,17 @@ def _built(broker: str, backend: str, source: TargetSource) -> Target:
 
 
 def _checked(target: Target) -> Target:
-    """Fail early, as usage, on a backend scheme Celery does not know."""
+    """Fail early, as usage, on a broker or backend scheme Celery does not know."""
     from celery.app.backends import by_url
+    from kombu import Connection
 
+    try:
+        Connection(target.broker_url)  # resolves the transport class; no network
+    except Exception as exc:  # KeyError 'No such transport', ImportError of a missing library
+        raise InputError(
+            E_BROKER_SCHEME.format(url=redact_url(target.broker_url), error=_one_line(exc)),
+            H_BROKER_SCHEME,
+        ) from None
     try:
         by_url(target.backend_url, target.app.loader)
     except Exception as exc:  # ImproperlyConfigured, ValueError, ImportError of a missing driver
