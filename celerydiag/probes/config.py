@@ -1,17 +1,812 @@
-"""Static checks of the target's Celery configuration against known latency pitfalls."""
+"""Static checks of the target's Celery configuration against known state-latency pitfalls.
+
+No network: it reads ``target.conf`` (Celery fills in the defaults) and knows the installed
+Celery and SQLAlchemy versions, because several facts changed between releases (which backends
+honour ``result_backend_always_retry``, whether ``date_done`` is indexed, which engine options
+crash). Every claim here is from ``shared/reference/celery-facts.md`` (section letters in the
+comments) or from the installed Celery source where the two differ (5.7 rewrote the database
+backend's retries and row locking).
+
+``impact_ms`` policy, so static findings rank honestly next to measured ones:
+- a *cost* finding (an extra write, a bigger payload) carries what one state update pays;
+  when that depends on the live system it is 0 and the detail names the probe that measures it;
+- a *hazard* finding (a timeout that lets one update stall) carries the stall the setting
+  allows for one affected update; how often it happens is unknowable statically, so it is
+  capped at ``warning``: only a live probe may call a hazard critical;
+- security (pickle) and crash (a setting that makes every write raise) findings have a fixed
+  severity and ``impact_ms`` 0: they are not latency.
+
+Every Fix.config is pasteable Python assigning real Celery settings; fixes that change the same
+setting are computed from one recommendation, so two findings never give contradicting advice.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ast
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
-from celerydiag.findings import Cause, Finding, Fix, Severity
-from celerydiag.probes import Probe, ProbeContext
+from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.probes import Probe, ProbeContext, version_tuple
+from celerydiag.target import Target
+
+# ---- version facts (celery-facts.md; the unit tests check them against the installed code) ----
+RETRY_EFFECTIVE_FROM = {"redis": (5, 5, 0), "rediss": (5, 5, 0), "sentinel": (5, 5, 0),
+                        "db": (5, 6, 3)}  # A.1, A.2: exception_safe_to_retry exists from these
+DB_RETRY_DEFAULT_ON_FROM = (5, 7, 0)  # installed code: DatabaseBackend defaults always_retry on, 3 tries
+DATE_DONE_INDEX_FROM = (5, 6, 3)  # A.2 / E / G.1: celery#10097, PR #10098
+NULLPOOL_FILTER_FROM = (5, 6, 3)  # A.2 / G.5: max_overflow/echo_pool crashed the NullPool path before
+SQLALCHEMY_NO_AUTOCOMMIT_FROM = (2, 0)  # E: create_engine(autocommit=True) -> TypeError
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+PUBLISH_RETRY_KEYS = ("max_retries", "interval_start", "interval_step", "interval_max")
+PICKLE_MARKERS = ("pickle", "python-serialize")
+SECRET_MARKERS = ("password", "passwd", "secret", "token", "credential")
+INNODB_LOCK_WAIT_S = 50.0  # E: innodb_lock_wait_timeout default
+SANE_REDIS_TIMEOUT_S = 10.0  # a healthy Redis answers in milliseconds; above this a stall is the risk
+RECOMMENDED_REDIS = {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0,
+                     "redis_retry_on_timeout": True, "redis_backend_health_check_interval": 25}
+CONNECT_TIMEOUT_S = 5
+NOMINAL_BROKER_RTT_MS = 1.0  # one LAN round trip plus broker enqueue; the broker probe measures yours
+
+DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#"
+D_ENGINE_OPTIONS = DOCS + "database-engine-options"
+D_MYSQL_FAQ = "https://docs.celeryq.dev/en/stable/faq.html#mysql-is-throwing-deadlock-errors-what-can-i-do"
+D_DB_RESULTS = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#database-result-backend"
+D_RPC_RESULTS = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#rpc-result-backend-rabbitmq-qpid"
+D_TRANSPORT_OPTIONS = DOCS + "broker-transport-options"
+D_PUBLISH_RETRY = "https://docs.celeryq.dev/en/stable/userguide/calling.html#message-sending-retry"
+D_CONFIRMS = "https://www.rabbitmq.com/docs/confirms"
+D_REDIS_SETTINGS = DOCS + "redis-backend-settings"
+D_ALWAYS_RETRY = DOCS + "result-backend-always-retry"
+D_INDEX_ISSUE = "https://github.com/celery/celery/issues/10097"
+D_TRACK_STARTED = DOCS + "task-track-started"
+D_RESULT_EXTENDED = DOCS + "result-extended"
+D_SECURITY = "https://docs.celeryq.dev/en/stable/userguide/security.html#serializers"
+D_IGNORE_RESULT = DOCS + "task-ignore-result"
+D_RESULT_BACKEND = DOCS + "result-backend"
+D_NULLPOOL_ISSUE = "https://github.com/celery/celery/issues/2661"
+D_HEARTBEAT = DOCS + "broker-heartbeat"
+D_POOL_LIMIT = DOCS + "broker-pool-limit"
+D_RESULT_TRANSPORT = DOCS + "result-backend-transport-options"
+
+# ---- fix templates: one-line summaries; the config is built from the user's own values -------
+S_ISOLATION = "Run the MySQL result backend at READ COMMITTED (merged with your engine options)"
+S_AUTOCOMMIT = "Remove 'autocommit' from database_engine_options (SQLAlchemy 2 rejects it)"
+S_NULLPOOL_CRASH = "Remove max_overflow/echo_pool from database_engine_options (crash before Celery 5.6.3)"
+S_RPC_CONFIRM = "Keep publisher confirms for tasks; store states in Redis so update_state skips the broker"
+S_PUBLISH_RETRY = "Set publish retries where Celery reads them: task_publish_retry_policy"
+S_CONFIRM_IGNORED = "Remove confirm_publish: only the AMQP transport reads it"
+S_CONFIRM_DELIVERY = "confirm_delivery is not an option: the AMQP spelling is confirm_publish"
+S_CONFIRM_DELIVERY_NON_AMQP = "Remove confirm_delivery: no Celery/kombu transport reads it"
+S_REDIS_TIMEOUT = "Bound Redis result-backend socket waits and reconnect on timeout"
+S_RETRY_RPC = "Remove result_backend_always_retry: rpc:// retries publishes with kombu's own policy"
+S_RETRY_UPGRADE = "Upgrade Celery to {version} or later for result_backend_always_retry to work on {backend}"
+S_RETRY_DB_OFF = "Let the database backend retry transient errors again (its default since Celery 5.7)"
+S_INDEX = "Create the date_done indexes by hand (create_all() never alters an existing table)"
+S_TRACK_STARTED = "Turn task_track_started off if no client needs the STARTED state"
+S_RESULT_EXTENDED = "Turn result_extended off if no client reads name/args/kwargs from results"
+S_PICKLE = "Accept JSON only (switch pickle-serialized tasks/results to JSON first)"
+S_IGNORE_RESULT = "Store results so clients see the final state"
+S_IGNORE_RESULT_TASKS = "Drop ignore_result=True from tasks whose state a client reads"
+S_NO_BACKEND = "Configure a result backend; Redis gives push-based state updates"
+S_CONNECT_TIMEOUT = "Bound each new database connection (clients open one per state read)"
+S_HEARTBEAT = "Restore AMQP heartbeats so a dead worker connection is noticed"
+S_POOL_DISABLED = "Re-enable the broker connection pool"
+S_POOL_SMALL = "Give each thread/greenlet a pooled broker connection"
+S_RESULT_VISIBILITY = "Remove visibility_timeout from result_backend_transport_options (a broker option)"
+
+# Placed in pasteable config when we cannot know the user's value (another host, a secret).
+PLACEHOLDER_REDIS = "redis://REDIS-HOST:6379/0"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the checks need besides the config: versions (tests vary them) and the budget."""
+
+    celery: tuple[int, ...]
+    sqlalchemy: tuple[int, ...]
+    budget_ms: float = 1000.0
+
+    @classmethod
+    def installed(cls, celery: tuple[int, ...], budget_ms: float) -> Facts:
+        import sqlalchemy  # heavy-ish; only when the probe runs
+
+        return cls(celery, version_tuple(sqlalchemy.__version__), budget_ms)
+
+
+def _v(version: tuple[int, ...]) -> str:
+    return ".".join(str(p) for p in version)
+
+
+# ---- finding constructors ---------------------------------------------------------------------
+
+def _ok(slug: str, title: str, detail: str = "", **evidence: Any) -> Finding:
+    return Finding(f"config.{slug}", Cause.CONFIG, Severity.OK, title, detail, 0.0, evidence)
+
+
+def _fixed(slug: str, severity: Severity, title: str, detail: str, fix: Fix | None,
+           **evidence: Any) -> Finding:
+    """Security, crash and plain-truth findings: severity by kind, not by milliseconds."""
+    return Finding(f"config.{slug}", Cause.CONFIG, severity, title, detail, 0.0, evidence, fix)
+
+
+def _cost(facts: Facts, slug: str, impact_ms: float, title: str, detail: str, fix: Fix | None,
+          **evidence: Any) -> Finding:
+    return rated(f"config.{slug}", Cause.CONFIG, impact_ms, facts.budget_ms, title,
+                 detail=detail, evidence=evidence, fix=fix)
+
+
+def _hazard(facts: Facts, slug: str, stall_s: float | None, title: str, detail: str,
+            fix: Fix | None, **evidence: Any) -> Finding:
+    """A stall the config allows for one update; capped at warning (frequency is unknown here)."""
+    if stall_s is None:
+        severity, impact_ms = Severity.WARNING, 0.0
+    else:
+        impact_ms = stall_s * 1000.0
+        severity = min(Severity.from_impact(impact_ms, facts.budget_ms), Severity.WARNING)
+    return Finding(f"config.{slug}", Cause.CONFIG, severity, title, detail, impact_ms,
+                   dict(evidence, worst_case_stall_s=stall_s), fix)
+
+
+# ---- pasteable Python -------------------------------------------------------------------------
+
+def _is_secret(key: Any) -> bool:
+    return any(m in str(key).lower() for m in SECRET_MARKERS)
+
+
+def _literal(value: Any) -> str | None:
+    """Python source for a value that round-trips through ast.literal_eval, else None."""
+    text = repr(value)
+    try:
+        return text if ast.literal_eval(text) == value else None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _source(value: Any, indent: int = 0) -> str:
+    """Source for a (possibly nested) dict; values we must not or cannot print become comments
+    telling the user to keep their own, so the text stays valid Python and leaks no secret."""
+    if not isinstance(value, Mapping):
+        return _literal(value) or "None"
+    if not value:
+        return "{}"
+    pad = " " * (indent + 4)
+    lines = ["{"]
+    for key, item in value.items():
+        text = None if _is_secret(key) else (
+            _source(item, indent + 4) if isinstance(item, Mapping) else _literal(item))
+        if text is None or _literal(key) is None:
+            lines.append(f"{pad}# {str(key)!r}: keep your existing value")
+        else:
+            lines.append(f"{pad}{_literal(key)}: {text},")
+    lines.append(" " * indent + "}")
+    return "\n".join(lines)
+
+
+def assignments(**settings: Any) -> str:
+    """``name = value`` lines, one per setting, in the order given."""
+    return "".join(f"{name} = {_source(value)}\n" for name, value in settings.items())
+
+
+# ---- the checks -------------------------------------------------------------------------------
+
+Check = Callable[[Any, Target, Facts], Iterator[Finding]]
+
+
+def _db_url(target: Target) -> str:
+    """The SQLAlchemy URL behind ``db+...`` ('' for other backends)."""
+    return target.backend_url.split("+", 1)[1] if target.backend_scheme == "db" else ""
+
+
+def _db_dialect(target: Target) -> str:
+    url = _db_url(target)
+    return url.split("://", 1)[0].split("+", 1)[0].lower() if url else ""
+
+
+def _is_mysql(target: Target) -> bool:
+    return _db_dialect(target) in ("mysql", "mariadb")
+
+
+def _engine_options(conf: Any) -> dict[str, Any]:
+    return dict(conf.get("database_engine_options") or {})
+
+
+def _has_connect_timeout(options: Mapping[str, Any]) -> bool:
+    return "connect_timeout" in dict(options.get("connect_args") or {})
+
+
+def recommended_engine_options(conf: Any, target: Target, facts: Facts) -> dict[str, Any]:
+    """The one database_engine_options every database fix shows: the user's options (Celery's
+    defaults when unset) minus what crashes, plus READ COMMITTED on MySQL and a connect timeout."""
+    options = _engine_options(conf)
+    options.pop("autocommit", None)
+    if facts.celery < NULLPOOL_FILTER_FROM:
+        options.pop("max_overflow", None)
+        options.pop("echo_pool", None)
+    if _is_mysql(target):
+        options["isolation_level"] = "READ COMMITTED"
+    dialect = _db_dialect(target)
+    if dialect in ("mysql", "mariadb", "postgresql") and not _has_connect_timeout(options):
+        options["connect_args"] = dict(options.get("connect_args") or {},
+                                       connect_timeout=CONNECT_TIMEOUT_S)
+    return options
+
+
+def _engine_fix(summary: str, conf: Any, target: Target, facts: Facts, *docs: str) -> Fix:
+    options = recommended_engine_options(conf, target, facts)
+    return Fix(summary, assignments(database_engine_options=options), docs)
+
+
+def _isolation(value: Any) -> str:
+    return " ".join(str(value or "").replace("-", " ").replace("_", " ").upper().split())
+
+
+def check_isolation(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """E, H.4: MySQL/MariaDB default to REPEATABLE READ; Celery's FAQ says READ COMMITTED.
+    PostgreSQL already runs READ COMMITTED and must never get this advice."""
+    dialect = _db_dialect(target)
+    if dialect == "postgresql":
+        yield _ok("mysql-isolation", "PostgreSQL result backend: already READ COMMITTED by default",
+                  "PostgreSQL's default isolation is READ COMMITTED; the READ COMMITTED advice in "
+                  "Celery's FAQ is for MySQL/MariaDB only.")
+        return
+    if dialect not in ("mysql", "mariadb"):
+        return
+    level = _isolation(_engine_options(conf).get("isolation_level"))
+    if level == "READ COMMITTED":
+        yield _ok("mysql-isolation", "MySQL result backend runs at READ COMMITTED")
+        return
+    shown = level or "server default (REPEATABLE READ unless my.cnf sets transaction-isolation)"
+    detail = (
+        f"database_engine_options sets no READ COMMITTED isolation (now: {shown}). Under REPEATABLE "
+        "READ, InnoDB keeps next-key (gap) locks for locking reads and DELETEs, so the daily "
+        "celery.backend_cleanup DELETE locks every row it scans, not only the rows it deletes, and "
+        "concurrent INSERTs of task rows deadlock; a result write that hits such a lock waits up to "
+        f"innodb_lock_wait_timeout ({INNODB_LOCK_WAIT_S:.0f} s by default) or is retried after a "
+        "deadlock. impact_ms is that worst case for one affected update; `celerydiag probe backend` "
+        "measures how often it happens and reads the server's real isolation level.")
+    if level == "AUTOCOMMIT":
+        detail += (" AUTOCOMMIT is not a fix either: it makes Celery's read-then-write of a result "
+                   "non-atomic and does not shorten lock waits.")
+    yield _hazard(facts, "mysql-isolation", INNODB_LOCK_WAIT_S,
+                  "MySQL result backend without READ COMMITTED: gap locks can stall state writes",
+                  detail, _engine_fix(S_ISOLATION, conf, target, facts, D_MYSQL_FAQ, D_ENGINE_OPTIONS),
+                  isolation_level=level or "server default")
+
+
+def check_autocommit(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """E, H.4: create_engine(autocommit=True) raises TypeError on SQLAlchemy 2."""
+    if target.backend_scheme != "db":
+        return
+    if "autocommit" not in _engine_options(conf):
+        yield _ok("db-autocommit", "database_engine_options has no 'autocommit' key")
+        return
+    fix = _engine_fix(S_AUTOCOMMIT, conf, target, facts, D_ENGINE_OPTIONS)
+    why = ("The fix does not add isolation_level='AUTOCOMMIT' either: it would make Celery's "
+           "read-then-write of a result non-atomic and does not shorten lock waits (each Celery "
+           "write is already one short transaction).")
+    if facts.sqlalchemy >= SQLALCHEMY_NO_AUTOCOMMIT_FROM:
+        yield _fixed("db-autocommit", Severity.CRITICAL,
+                     "database_engine_options 'autocommit' crashes the result backend on SQLAlchemy 2",
+                     f"SQLAlchemy {_v(facts.sqlalchemy)} raises TypeError: Invalid argument(s) "
+                     "'autocommit' sent to create_engine(); every update_state() and every state "
+                     f"read fails, so no state is ever visible. {why}",
+                     fix, sqlalchemy_version=_v(facts.sqlalchemy))
+    else:
+        yield _fixed("db-autocommit", Severity.INFO,
+                     "database_engine_options 'autocommit' will crash after an upgrade to SQLAlchemy 2",
+                     f"SQLAlchemy {_v(facts.sqlalchemy)} still accepts it; 2.x raises TypeError on "
+                     f"every backend operation. {why}", fix, sqlalchemy_version=_v(facts.sqlalchemy))
+
+
+def check_nullpool_options(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.2 / G.5: before 5.6.3, max_overflow/echo_pool reach create_engine(poolclass=NullPool)."""
+    if target.backend_scheme != "db" or facts.celery >= NULLPOOL_FILTER_FROM:
+        return
+    bad = sorted(k for k in ("max_overflow", "echo_pool") if k in _engine_options(conf))
+    if not bad:
+        return
+    yield _fixed("db-nullpool-option-crash", Severity.CRITICAL,
+                 f"database_engine_options {', '.join(bad)} crash the database backend outside forked workers",
+                 f"Celery {_v(facts.celery)} strips only pool* options when it uses NullPool (every "
+                 "client process, solo/threads/gevent/eventlet workers), so create_engine() raises "
+                 "TypeError and no state is stored or read there (celery#7355, fixed in 5.6.3).",
+                 _engine_fix(S_NULLPOOL_CRASH, conf, target, facts, D_ENGINE_OPTIONS),
+                 celery_version=_v(facts.celery))
+
+
+def _transport_options(conf: Any) -> dict[str, Any]:
+    return dict(conf.get("broker_transport_options") or {})
+
+
+def recommended_transport_options(conf: Any, target: Target) -> dict[str, Any]:
+    """The one broker_transport_options the confirm fixes show: no ignored or unknown keys."""
+    options = _transport_options(conf)
+    amqp = target.broker_scheme in AMQP_SCHEMES
+    if "confirm_delivery" in options:
+        wanted = options.pop("confirm_delivery")
+        if amqp and "confirm_publish" not in options:
+            options["confirm_publish"] = bool(wanted)
+    if not amqp:
+        options.pop("confirm_publish", None)
+    return options
+
+
+def check_rpc_confirm(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.3, C.1, H.1/H.2: only rpc:// puts update_state on the broker; confirms then wait per update."""
+    amqp = target.broker_scheme in AMQP_SCHEMES
+    confirm = bool(_transport_options(conf).get("confirm_publish")) and amqp
+    if target.backend_scheme != "rpc":
+        if confirm:
+            yield _ok("rpc-confirm-publish",
+                      "confirm_publish is not on the update_state path (results do not go through the broker)",
+                      "Publisher confirms slow task dispatch (PENDING→STARTED) by one broker round trip "
+                      "per message, not state updates: the worker writes states straight to the result "
+                      "backend.")
+        return
+    if not confirm:
+        yield _ok("rpc-confirm-publish", "rpc:// results are published without waiting for broker acks")
+        return
+    yield _cost(
+        facts, "rpc-confirm-publish", NOMINAL_BROKER_RTT_MS,
+        "rpc:// results with confirm_publish: every update_state() waits for a broker ack",
+        "With the rpc:// backend a state update is an AMQP message to the client's reply queue, sent "
+        "through the broker producer pool, whose connections carry broker_transport_options; with "
+        "confirm_publish each publish waits synchronously for basic.ack (one outstanding message per "
+        "channel), so the task blocks one broker round trip plus broker enqueue per update_state() "
+        f"(~{NOMINAL_BROKER_RTT_MS:g} ms assumed on a LAN; `celerydiag probe broker` measures yours). "
+        "Do not drop confirms to win this back: without them broker-side rejections lose tasks "
+        "silently (celery#5410). Either accept the cost, or store states in Redis as below.",
+        Fix(S_RPC_CONFIRM, assignments(result_backend=PLACEHOLDER_REDIS), (D_RPC_RESULTS, D_CONFIRMS)),
+        round_trips_per_update_count=1)
+
+
+def check_publish_retry_keys(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """C.3, C.4: these keys in broker_transport_options mean connection retry, not publish retry."""
+    options = _transport_options(conf)
+    found = [k for k in PUBLISH_RETRY_KEYS if k in options]
+    if not found:
+        return
+    if conf.value_set_for("task_publish_retry_policy"):
+        yield _ok("publish-retry-keys", "task_publish_retry_policy is set explicitly",
+                  f"broker_transport_options {', '.join(found)} stay connection-establishment retry "
+                  "settings (kombu reads them when it (re)connects).")
+        return
+    policy = dict(conf.get("task_publish_retry_policy") or {})
+    policy.update({k: options[k] for k in found})
+    yield _fixed(
+        "publish-retry-keys", Severity.INFO,
+        f"broker_transport_options {', '.join(found)} set connection retry, not task publish retry",
+        "kombu reads max_retries/interval_* from broker_transport_options only when it establishes "
+        "a connection (Connection._extract_failover_opts; with interval_max absent it caps waits at "
+        "30 s). Retrying a failed apply_async() publish is task_publish_retry_policy's job (default "
+        "3 retries, at most 1 s apart), and kombu copies that policy over the connection's transport "
+        "options at the first retried publish anyway. The fix keeps your transport options and makes "
+        "the publish policy explicit with your values.",
+        Fix(S_PUBLISH_RETRY, assignments(task_publish_retry_policy=policy), (D_PUBLISH_RETRY, D_TRANSPORT_OPTIONS)),
+        keys=found)
+
+
+def check_confirm_options(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """C.1, H.2: confirm_publish is pyamqp-only; confirm_delivery exists nowhere in kombu."""
+    options = _transport_options(conf)
+    amqp = target.broker_scheme in AMQP_SCHEMES
+    fixed = recommended_transport_options(conf, target)
+    docs = (D_TRANSPORT_OPTIONS, D_CONFIRMS)
+    if "confirm_publish" in options and not amqp:
+        yield _fixed("confirm-publish-ignored", Severity.INFO,
+                     f"confirm_publish does nothing on a {target.broker_scheme or 'non-AMQP'} broker",
+                     "Only kombu's AMQP (pyamqp) transport reads confirm_publish; other transports ignore "
+                     "it. A Redis publish (LPUSH) is already a synchronous request/reply.",
+                     Fix(S_CONFIRM_IGNORED, assignments(broker_transport_options=fixed), docs),
+                     broker_scheme=target.broker_scheme)
+    if "confirm_delivery" in options:
+        summary = S_CONFIRM_DELIVERY if amqp else S_CONFIRM_DELIVERY_NON_AMQP
+        yield _fixed("confirm-delivery-unknown", Severity.INFO,
+                     "broker_transport_options confirm_delivery does nothing: no such option",
+                     "confirm_delivery() is a pika BlockingChannel method; kombu and py-amqp accept "
+                     "unknown transport options and silently ignore them. The real option is "
+                     "confirm_publish (AMQP only, default False)."
+                     + (" Enabling it adds one broker round trip per publish (task dispatch)." if amqp else ""),
+                     Fix(summary, assignments(broker_transport_options=fixed), docs))
+
+
+def _redis_params(conf: Any, target: Target) -> dict[str, Any]:
+    """The socket settings the Redis backend will really use: built by Celery's own backend class
+    (URL query arguments override the settings); construction opens no connection."""
+    try:
+        from celery.app.backends import by_url
+
+        cls, url = by_url(target.backend_url, target.app.loader)
+        params = dict(cls(app=target.app, url=url).connparams)
+    except Exception:  # a backend we cannot build offline: fall back to the settings alone
+        params = {"socket_timeout": conf.get("redis_socket_timeout"),
+                  "socket_connect_timeout": conf.get("redis_socket_connect_timeout"),
+                  "retry_on_timeout": conf.get("redis_retry_on_timeout"),
+                  "health_check_interval": conf.get("redis_backend_health_check_interval")}
+    return params
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "", 0, "0") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def check_redis_timeout(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.1: redis_socket_timeout defaults to 120 s; a half-open socket stalls update_state that long."""
+    if target.backend_scheme not in REDIS_SCHEMES:
+        return
+    params = _redis_params(conf, target)
+    timeout = _seconds(params.get("socket_timeout"))
+    connect = _seconds(params.get("socket_connect_timeout"))
+    evidence = {"socket_timeout_s": timeout, "socket_connect_timeout_s": connect}
+    if timeout is not None and timeout <= SANE_REDIS_TIMEOUT_S and connect is not None \
+            and connect <= SANE_REDIS_TIMEOUT_S:
+        yield _ok("redis-socket-timeout", f"Redis result backend socket waits are bounded ({timeout:g} s)",
+                  **evidence)
+        return
+    stall = None if timeout is None else max(timeout, connect or 0.0)
+    bound = "forever" if timeout is None else f"up to {timeout:g} s"
+    detail = (
+        f"redis_socket_timeout is {'unset' if timeout is None else f'{timeout:g} s'} (Celery's default is "
+        f"120 s) and redis_socket_connect_timeout is {'unset' if connect is None else f'{connect:g} s'}. "
+        "update_state() is a synchronous GET then MULTI/SETEX/PUBLISH/EXEC; when the connection has "
+        "gone half-open (a NAT or load-balancer idle timeout, a failover) the write blocks "
+        f"{bound} before Celery reconnects and retries, and the task body waits with it. impact_ms is "
+        "that stall for one affected update; it costs nothing while the network is healthy. The fix "
+        "bounds both waits, retries once on a timeout, and PINGs connections idle for 25 s before use.")
+    fix = Fix(S_REDIS_TIMEOUT, assignments(**RECOMMENDED_REDIS), (D_REDIS_SETTINGS,))
+    yield _hazard(facts, "redis-socket-timeout", stall,
+                  f"Redis result backend: a stalled connection can block update_state() {bound}",
+                  detail, fix, **evidence)
+
+
+def _retry_effective(scheme: str, version: tuple[int, ...]) -> bool:
+    start = RETRY_EFFECTIVE_FROM.get(scheme)
+    return start is not None and version >= start
+
+
+def check_always_retry(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.0-A.2, B: result_backend_always_retry only works where exception_safe_to_retry exists."""
+    scheme = target.backend_scheme
+    explicitly = conf.value_set_for("result_backend_always_retry")
+    wanted = bool(conf.get("result_backend_always_retry"))
+    if scheme == "db" and facts.celery >= DB_RETRY_DEFAULT_ON_FROM and explicitly and not wanted:
+        yield _fixed(
+            "always-retry", Severity.INFO,
+            "result_backend_always_retry = False turns off the database backend's default retries",
+            f"Since Celery {_v(DB_RETRY_DEFAULT_ON_FROM)} the database backend retries transient "
+            "DatabaseErrors (deadlocks, lock-wait timeouts, dropped connections) up to 3 times with "
+            "backoff unless result_backend_always_retry is set; set to False, the first deadlock makes "
+            "update_state() raise in the task and that state is never stored.",
+            Fix(S_RETRY_DB_OFF, assignments(result_backend_always_retry=True), (D_ALWAYS_RETRY,)),
+            celery_version=_v(facts.celery))
+        return
+    if not wanted:
+        return
+    if scheme == "rpc":
+        yield _fixed("always-retry", Severity.INFO,
+                     "result_backend_always_retry does nothing with rpc:// results",
+                     "The rpc:// backend has no exception_safe_to_retry, so this setting never retries "
+                     "anything; its state messages are already published with kombu's retry policy "
+                     "(20 retries, at most 1 s apart).",
+                     Fix(S_RETRY_RPC, "", (D_ALWAYS_RETRY,)))
+        return
+    start = RETRY_EFFECTIVE_FROM.get(scheme)
+    if start is None:
+        return
+    name = "Redis" if scheme in REDIS_SCHEMES else "the database backend"
+    if facts.celery < start:
+        extra = (" The database backend's own @retry still retries 3 times without sleeping."
+                 if scheme == "db" else " No Redis error is retried by this setting.")
+        yield _fixed("always-retry", Severity.INFO,
+                     f"result_backend_always_retry does nothing on {name} before Celery {_v(start)}",
+                     f"Celery {_v(facts.celery)} has no exception_safe_to_retry for {name}, so the "
+                     f"setting is ignored there.{extra}",
+                     Fix(S_RETRY_UPGRADE.format(version=_v(start), backend=name), "", (D_ALWAYS_RETRY,)),
+                     celery_version=_v(facts.celery))
+        return
+    max_sleep_ms = conf.get("result_backend_max_sleep_between_retries_ms")
+    yield _ok("always-retry", f"result_backend_always_retry is effective on {name} (Celery {_v(facts.celery)})",
+              "Retries sleep a random time up to min(max sleep, base·2^n); after the backend comes back "
+              "an update can still wait up to result_backend_max_sleep_between_retries_ms.",
+              max_sleep_between_retries_ms=max_sleep_ms)
+
+
+def _table(conf: Any, kind: str, default: str) -> tuple[str, str]:
+    names = conf.get("database_table_names") or {}
+    schemas = conf.get("database_table_schemas") or {}
+    name = names.get(kind) or default
+    schema = schemas.get(kind)
+    return (f"{schema}.{name}" if schema else name), name
+
+
+def index_ddl(conf: Any) -> str:
+    """The DDL for the indexes SQLAlchemy's index=True creates on fresh tables (ix_<table>_<col>)."""
+    lines = []
+    for kind, default in (("task", "celery_taskmeta"), ("group", "celery_tasksetmeta")):
+        qualified, name = _table(conf, kind, default)
+        lines.append(f"CREATE INDEX ix_{name}_date_done ON {qualified} (date_done);")
+    return "\n".join(lines)
+
+
+def check_date_done_index(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """E, G.1: tables created before 5.6.3 lack the date_done index; create_all() never adds it."""
+    dialect = _db_dialect(target)
+    if target.backend_scheme != "db" or not dialect or dialect == "sqlite":
+        return
+    ddl = index_ddl(conf)
+    fix = Fix(S_INDEX, "".join(f"# {line}\n" for line in ddl.splitlines()), (D_INDEX_ISSUE,))
+    innodb = dialect in ("mysql", "mariadb")
+    lock_story = (
+        "On InnoDB the daily celery.backend_cleanup DELETE ... WHERE date_done < :t then scans and "
+        "locks the whole table, and result writes wait up to innodb_lock_wait_timeout "
+        f"({INNODB_LOCK_WAIT_S:.0f} s) or fail with 1205 (celery#10097)."
+        if innodb else
+        "celery.backend_cleanup's DELETE ... WHERE date_done < :t then scans the whole table; "
+        "on PostgreSQL that is slow but locks only the rows it deletes.")
+    if facts.celery < DATE_DONE_INDEX_FROM:
+        text = (f"Celery {_v(facts.celery)} creates celery_taskmeta/celery_tasksetmeta without an index "
+                f"on date_done (added in {_v(DATE_DONE_INDEX_FROM)}). {lock_story} Run the DDL in the "
+                "fix once (it is in the fix as comments).")
+        if innodb:
+            yield _hazard(facts, "db-date-done-index", INNODB_LOCK_WAIT_S,
+                          "Result tables have no date_done index: cleanup can lock out state writes",
+                          text, fix, celery_version=_v(facts.celery))
+        else:
+            yield _fixed("db-date-done-index", Severity.INFO,
+                         "Result tables have no date_done index: cleanup scans the whole table",
+                         text, fix, celery_version=_v(facts.celery))
+        return
+    yield _fixed("db-date-done-index", Severity.INFO,
+                 "If your result tables predate Celery 5.6.3 they lack the date_done index",
+                 f"Celery {_v(facts.celery)} creates the index on new tables only; create_all() never "
+                 f"alters an existing one. {lock_story} `celerydiag probe backend` checks the live "
+                 "table; the DDL is in the fix as comments.", fix, celery_version=_v(facts.celery))
+
+
+def _results_stored(conf: Any, target: Target) -> bool:
+    return target.backend_scheme not in ("", "disabled") and not conf.get("task_ignore_result")
+
+
+def check_track_started(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.0, B: task_track_started adds one backend write per task before the body runs."""
+    if not _results_stored(conf, target):
+        return
+    if not conf.get("task_track_started"):
+        yield _ok("track-started", "task_track_started is off: no extra write per task",
+                  "Clients see PENDING until the task's first update_state() or its result.")
+        return
+    yield _cost(facts, "track-started", 0.0,
+                "task_track_started: one extra backend write per task, before the task body runs",
+                "The worker stores STARTED (meta {pid, hostname}) before running the body, so every task "
+                "pays one write's latency (Redis: GET + MULTI/SETEX/PUBLISH/EXEC; database: SELECT + "
+                "INSERT + UPDATE + COMMIT on the first write) and every other state write queues behind "
+                "it. It does not delay other states; `celerydiag probe backend` measures the per-write "
+                "cost. Keep it if clients need to tell queued from running.",
+                Fix(S_TRACK_STARTED, assignments(task_track_started=False), (D_TRACK_STARTED,)),
+                extra_writes_per_task_count=1)
+
+
+def check_result_extended(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.0, A.2, B: result_extended adds name/args/kwargs/worker/retries/queue to every write."""
+    if not _results_stored(conf, target):
+        return
+    if not conf.get("result_extended"):
+        yield _ok("result-extended", "result_extended is off: state payloads carry only status and meta")
+        return
+    yield _cost(facts, "result-extended", 0.0,
+                "result_extended: every state write also carries the task's name, args and kwargs",
+                "Each update_state() and the final result serialize name, args, kwargs, worker, retries "
+                "and queue, so write and read cost grow with the size of the task's arguments (Redis also "
+                "decodes the old payload before each write; the database backend fills six extra "
+                "columns). `celerydiag probe serialization` measures the encode/decode cost.",
+                Fix(S_RESULT_EXTENDED, assignments(result_extended=False), (D_RESULT_EXTENDED,)))
+
+
+def _pickle_like(name: Any) -> bool:
+    return any(m in str(name).lower() for m in PICKLE_MARKERS)
+
+
+def check_pickle(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """D: any pickle-family content type accepted lets whoever can publish run code."""
+    accept = list(conf.get("accept_content") or ())
+    result_accept = conf.get("result_accept_content")
+    accepted = accept + list(result_accept or ())
+    bad = sorted({str(c) for c in accepted if _pickle_like(c)})
+    if not bad:
+        yield _ok("pickle-accepted", "No pickle-family serializer is accepted")
+        return
+    safe = [c for c in accept if not _pickle_like(c)] or ["json"]
+    settings: dict[str, Any] = {"accept_content": safe}
+    if result_accept is not None:
+        settings["result_accept_content"] = [c for c in result_accept if not _pickle_like(c)] or ["json"]
+    for key in ("task_serializer", "result_serializer"):
+        if _pickle_like(conf.get(key)):
+            settings[key] = "json"
+    yield _fixed(
+        "pickle-accepted", Severity.WARNING,
+        "pickle is accepted: anyone who can publish to the broker can run code in your workers",
+        f"accept_content/result_accept_content include {', '.join(bad)}. A crafted pickle payload runs "
+        "arbitrary code when a worker decodes a task message or a client decodes a result, so anyone "
+        "who can publish to the broker (or write the result store) can execute code. This is a "
+        "security finding, not latency. Switching serializers changes what task arguments may be: "
+        "JSON carries no Python objects.",
+        Fix(S_PICKLE, assignments(**settings), (D_SECURITY,)), content_types=bad)
+
+
+def _ignored_tasks(target: Target) -> list[str]:
+    try:
+        tasks = dict(target.app.tasks)
+    except Exception:  # a user's task module that fails to finalize is not our finding
+        return []
+    return sorted(name for name, task in tasks.items()
+                  if not name.startswith("celery.") and getattr(task, "ignore_result", False))
+
+
+def check_ignore_result(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.0 + installed trace.py/base.py: update_state ignores ignore_result; the final state does not."""
+    scheme = target.backend_scheme
+    if scheme in ("", "disabled"):
+        severity = Severity.WARNING if str(target.source) == "app" else Severity.INFO
+        yield _fixed("result-backend-disabled", severity,
+                     "No result backend: update_state() does nothing and clients can read no state",
+                     "With result_backend unset Celery uses its DisabledBackend: store_result() is a no-op, "
+                     "so update_state() silently stores nothing, and AsyncResult.state raises "
+                     "NotImplementedError('No result backend is configured').",
+                     Fix(S_NO_BACKEND, assignments(result_backend=PLACEHOLDER_REDIS), (D_RESULT_BACKEND,)))
+        return
+    if conf.get("task_ignore_result"):
+        yield _fixed("ignore-result", Severity.WARNING,
+                     "task_ignore_result = True: clients never see a task finish",
+                     "update_state() does not check ignore_result, so intermediate states are still "
+                     "written, but the worker stores no SUCCESS/FAILURE (and no STARTED): a client keeps "
+                     "seeing the last PROGRESS, or PENDING, forever.",
+                     Fix(S_IGNORE_RESULT, assignments(task_ignore_result=False), (D_IGNORE_RESULT,)))
+        return
+    ignored = _ignored_tasks(target)
+    if ignored:
+        yield _fixed("ignore-result", Severity.INFO,
+                     f"{len(ignored)} task(s) set ignore_result=True: their final state is never stored",
+                     "These tasks may still call update_state(), but SUCCESS/FAILURE is never written, so "
+                     f"a client polling them sees the last intermediate state forever: {', '.join(ignored[:10])}"
+                     + (" …" if len(ignored) > 10 else ""),
+                     Fix(S_IGNORE_RESULT_TASKS, "", (D_IGNORE_RESULT,)), tasks_count=len(ignored))
+        return
+    yield _ok("ignore-result", "Results are stored (task_ignore_result is off)")
+
+
+def check_db_connection_per_read(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.2, B, G.3/G.4: outside forked pool children every DB backend operation opens a connection."""
+    dialect = _db_dialect(target)
+    if target.backend_scheme != "db" or not dialect or dialect == "sqlite":
+        return
+    bounded = _has_connect_timeout(_engine_options(conf))
+    detail = (
+        "Celery's SessionManager caches an engine only in forked prefork children. Everywhere else "
+        "(web servers and other clients, solo/threads/gevent/eventlet workers) it builds a new engine "
+        "with NullPool per operation, so every AsyncResult.state read and every store_result() opens a "
+        "new database connection (TCP, auth, dialect init) and pool* options in "
+        "database_engine_options do not apply there. AsyncResult.get() on this backend polls every "
+        "0.5 s (its interval argument): a larger interval means fewer connections but later detection. "
+        "`celerydiag probe backend` measures the connect cost.")
+    fix = None if bounded else _engine_fix(S_CONNECT_TIMEOUT, conf, target, facts, D_ENGINE_OPTIONS,
+                                           D_NULLPOOL_ISSUE, D_DB_RESULTS)
+    if not bounded:
+        detail += (f" No connect timeout is set: the fix bounds each new connection to {CONNECT_TIMEOUT_S} s "
+                   "so one unreachable server cannot hang a state read.")
+    yield _cost(facts, "db-connection-per-read", 0.0,
+                "Database backend: clients open a new connection for every state read", detail, fix,
+                connect_timeout_set=bounded)
+
+
+def check_broker_heartbeat(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """C.2, F: broker_heartbeat 0/None vetoes AMQP heartbeats on the worker's consumer connection."""
+    if target.broker_scheme not in AMQP_SCHEMES:
+        return
+    heartbeat = conf.get("broker_heartbeat")
+    if heartbeat:
+        yield _ok("broker-heartbeat", f"AMQP heartbeats on (broker_heartbeat={heartbeat})",
+                  "Negotiated with the server: the smaller non-zero value wins (RabbitMQ proposes 60 s).")
+        return
+    yield _hazard(facts, "broker-heartbeat", None,
+                  "broker_heartbeat disables AMQP heartbeats: a dead worker connection goes unnoticed",
+                  f"broker_heartbeat is {heartbeat!r}; py-amqp then forces heartbeat 0 whatever the server "
+                  "proposes (client veto). The worker's consumer connection is the only one that uses "
+                  "heartbeats: without them a half-open connection is not detected, the worker receives "
+                  "no tasks, and they stay PENDING with no bound until TCP gives up.",
+                  Fix(S_HEARTBEAT, assignments(broker_heartbeat=120), (D_HEARTBEAT,)))
+
+
+def check_broker_pool(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """C.2: broker_pool_limit 0/None connects per publish; a small pool makes publishers queue."""
+    if target.broker_scheme in ("", "memory"):
+        return
+    limit = conf.get("broker_pool_limit")
+    rpc = " and, with rpc:// results, every update_state()" if target.backend_scheme == "rpc" else ""
+    if not limit:
+        yield _cost(facts, "broker-pool-limit", 0.0,
+                    "broker_pool_limit disables connection pooling: every publish opens a new connection",
+                    f"With broker_pool_limit={limit!r} each task publish{rpc} opens and closes a broker "
+                    "connection (TCP, AMQP handshake, auth: several round trips) instead of reusing one.",
+                    Fix(S_POOL_DISABLED, assignments(broker_pool_limit=10), (D_POOL_LIMIT,)),
+                    broker_pool_limit_count=limit)
+        return
+    pool = str(conf.get("worker_pool") or "")
+    concurrency = conf.get("worker_concurrency")
+    if pool in ("threads", "gevent", "eventlet") and concurrency and concurrency > limit:
+        yield _cost(facts, "broker-pool-limit", 0.0,
+                    f"{concurrency} {pool} workers share {limit} broker connections",
+                    f"Celery acquires a producer with block=True, so beyond {limit} concurrent publishers "
+                    f"(task sends{rpc}) wait for a free connection.",
+                    Fix(S_POOL_SMALL, assignments(broker_pool_limit=int(concurrency)), (D_POOL_LIMIT,)),
+                    broker_pool_limit_count=limit, worker_concurrency_count=concurrency)
+        return
+    yield _ok("broker-pool-limit", f"Broker connection pool: {limit} connections per process",
+              broker_pool_limit_count=limit)
+
+
+def check_result_transport_options(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A.1: the result backend never reads visibility_timeout (the docs' example is a broker option)."""
+    options = dict(conf.get("result_backend_transport_options") or {})
+    if "visibility_timeout" not in options:
+        return
+    options.pop("visibility_timeout")
+    yield _fixed("result-transport-visibility-timeout", Severity.INFO,
+                 "result_backend_transport_options visibility_timeout does nothing",
+                 "visibility_timeout is a Redis/SQS *broker* transport option (broker_transport_options); "
+                 "the result backend reads only global_keyprefix, retry_policy, result_chord_ordered and the "
+                 "Sentinel keys from result_backend_transport_options.",
+                 Fix(S_RESULT_VISIBILITY, assignments(result_backend_transport_options=options),
+                     (D_RESULT_TRANSPORT,)))
+
+
+CHECKS: tuple[Check, ...] = (
+    check_autocommit,
+    check_nullpool_options,
+    check_isolation,
+    check_date_done_index,
+    check_db_connection_per_read,
+    check_redis_timeout,
+    check_always_retry,
+    check_rpc_confirm,
+    check_confirm_options,
+    check_publish_retry_keys,
+    check_broker_heartbeat,
+    check_broker_pool,
+    check_track_started,
+    check_result_extended,
+    check_ignore_result,
+    check_result_transport_options,
+    check_pickle,
+)
+
+
+def check_config(target: Target, facts: Facts) -> list[Finding]:
+    """Every check against one target, secrets scrubbed from every string they produce."""
+    conf = target.conf
+    return [_scrubbed(f, target) for check in CHECKS for f in check(conf, target, facts)]
+
+
+def _scrubbed(finding: Finding, target: Target) -> Finding:
+    fix = finding.fix
+    if fix is not None:
+        fix = Fix(target.redact(fix.summary), target.redact(fix.config), fix.docs)
+    evidence = {k: target.redact(v) if isinstance(v, str) else v for k, v in finding.evidence.items()}
+    return replace(finding, title=target.redact(finding.title), detail=target.redact(finding.detail),
+                   evidence=evidence, fix=fix)
 
 
 class ConfigProbe(Probe):
     """Static config check: settings that delay or lose state updates (no network).
 
-    Reads the app's settings only; creates nothing, so there is nothing to clean up.
+    Reads the app's settings and the installed Celery/SQLAlchemy versions only; opens no
+    connection and creates nothing, so there is nothing to clean up.
     """
 
     name = "config"
@@ -19,14 +814,5 @@ class ConfigProbe(Probe):
     static = True
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        conf = ctx.target.conf
-        accepted = set(conf.accept_content or ()) | set(conf.result_accept_content or ())
-        if any("pickle" in str(c) or "python-serialize" in str(c) for c in accepted):
-            yield Finding(
-                "config.pickle-accepted", Cause.CONFIG, Severity.WARNING,
-                "pickle is accepted: anyone who can publish to the broker can run code",
-                fix=Fix("accept json only", "accept_content = ['json']\n"
-                        "result_accept_content = ['json']\n"))
-        else:
-            yield Finding("config.pickle-accepted", Cause.CONFIG, Severity.OK,
-                          "pickle is not accepted")
+        facts = Facts.installed(ctx.celery_version, ctx.budget_ms)
+        yield from check_config(ctx.target, facts)
