@@ -13,16 +13,19 @@ STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INF
 
 def render(report: Report, stream: TextIO, *, color: bool = False, **_: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.syntax import Syntax
     from rich.table import Table
 
     console = Console(file=stream, force_terminal=color, no_color=not color, width=110,
                       highlight=False, soft_wrap=False)
-    console.print(headline(report))
+    # Every string from a report is data, never rich markup: `celery[redis]` or a stray `[/]` in a
+    # title, detail, reason or URL must print as written (and must not raise MarkupError).
+    console.print(escape(headline(report)))
     line = latency_line(report)
     if line:
-        console.print(line)
+        console.print(escape(line))
     table = Table(title="Findings, worst first", show_lines=False, expand=False)
     table.add_column("severity")
     table.add_column("impact ms", justify="right")
@@ -30,7 +33,7 @@ def render(report: Report, stream: TextIO, *, color: bool = False, **_: Any) -> 
     table.add_column("finding")
     for f in report.findings:
         table.add_row(f"[{STYLE[f.severity]}]{f.severity}[/]", f"{f.impact_ms:.1f}",
-                      str(f.cause), f"{f.title}\n[dim]{f.id}[/]")
+                      str(f.cause), f"{escape(f.title)}\n[dim]{f.id}[/]")
     if report.findings:
         console.print(table)
     else:
@@ -42,11 +45,16 @@ def render(report: Report, stream: TextIO, *, color: bool = False, **_: Any) -> 
         body += evidence_lines(f.evidence)
         if f.fix:
             body.append(f"Fix: {f.fix.summary}")
-        console.print(Panel("\n".join(body), title=f"[{STYLE[f.severity]}]{f.severity}[/] {f.id}",
+        console.print(Panel(escape("\n".join(body)), title=f"[{STYLE[f.severity]}]{f.severity}[/] {f.id}",
                             title_align="left"))
         if f.fix and f.fix.config:
-            console.print(Syntax(f.fix.config.rstrip(), "python", theme="ansi_dark",
-                                 background_color="default"))
+            # Config is pasted into a celeryconfig: never wrap or crop it at the console width.
+            config = f.fix.config.rstrip()
+            console.print(Syntax(config, "python", theme="ansi_dark", background_color="default",
+                                 code_width=max(len(x) for x in config.splitlines())),
+                          crop=False, soft_wrap=True)
         for doc in (f.fix.docs if f.fix else ()):
-            console.print(f"  docs: {doc}")
-    console.print("Probes: " + "; ".join(probe_lines(report)))
+            console.print(f"  docs: {escape(doc)}", soft_wrap=True)
+    console.print("Probes:")
+    for line in probe_lines(report):
+        console.print(f"  {escape(line)}")
