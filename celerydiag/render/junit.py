@@ -3,10 +3,15 @@ so CI counts what was verified. Failures are findings at or above ``--fail-on``.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from typing import Any, TextIO
 
 from celerydiag.findings import ProbeStatus, Report, Severity
+
+# Characters XML 1.0 forbids even escaped (driver errors can carry ANSI colour codes or NULs);
+# ElementTree writes them as they are, which CI's JUnit parsers reject.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def render(report: Report, stream: TextIO, *, fail_on: Severity = Severity.CRITICAL,
@@ -21,7 +26,7 @@ def render(report: Report, stream: TextIO, *, fail_on: Severity = Severity.CRITI
     for name, findings in by_probe.items():  # merged reports may hold findings of unlisted probes
         _suite(suites, name, ProbeStatus.RAN, "", 0.0, findings, fail_on)
     ET.indent(suites)
-    stream.write(ET.tostring(suites, encoding="unicode", xml_declaration=True))
+    stream.write(_NOT_XML.sub("", ET.tostring(suites, encoding="unicode", xml_declaration=True)))
     stream.write("\n")
 
 
