@@ -21,7 +21,8 @@ def latency_line(report: Report) -> str | None:
     if p99 is None:
         return None
     p50 = lat.get("observed_p50_ms")
-    return (f"Observed state visibility: P50 {p50:.1f} ms, P99 {p99:.1f} ms; "
+    p50_text = f"P50 {p50:.1f} ms, " if p50 is not None else ""
+    return (f"Observed state visibility: {p50_text}P99 {p99:.1f} ms; "
             f"causes found explain {explained:.1f} ms of it.")
 
 
