@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.doctor",
     "celerydiag.cli.probe",
     "celerydiag.cli.report",
+    "celerydiag.cli.poll_model",
 )
 
 FORMAT_NAMES = ("text", "json", "markdown", "junit")

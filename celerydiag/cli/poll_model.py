@@ -1,0 +1,236 @@
+"""`celerydiag poll-model`: what a client's polling costs in delay, missed states and backend load.
+
+Thin: parse options into a Scenario and Strategies, call :func:`celerydiag.polling.model`, print
+the trade-off table (or JSON), the CDF chart, the recommendation. Needs no service.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+import click
+
+from celerydiag.errors import DiagError, ExitCode, InputError
+
+EPILOG = """\b
+Examples:
+  celerydiag poll-model --interval 5s --strategy fixed --threshold 135ms --durations exp:2s
+  celerydiag poll-model --interval 2s --strategy fixed --strategy smart --strategy push --clients 500
+  celerydiag poll-model --durations observed.txt --target-delay 1s --request-budget 200 --plot cdf.png
+  celerydiag poll-model --format json | jq '.strategies[] | {name, p99: .delay_ms.p99}'
+
+\b
+Strategies (several --strategy allowed; default: all five at --interval):
+  fixed[:T]                      a poll every T
+  jitter[:T[,SPREAD]]            intervals uniform in T*(1 +- SPREAD), default 20%
+  backoff[:START[,FACTOR[,CAP]]] START (0.5s), then x FACTOR (2) per poll up to CAP (--interval)
+  smart[:START]                  the copied "smart poll": next interval x0.8 when the poll saw the
+                                 task in progress, x1.5 when it saw PENDING, clamped to 200ms-5s
+  push                           AsyncResult.get(on_message=cb) on a Redis/RPC backend (no polling)
+
+\b
+The model: the task waits --queue-wait (PENDING), then goes through --states PROGRESS states
+each lasting a --durations draw, then SUCCESS. Delay = time from a state write to the first poll
+after it (+ --read-latency). A PROGRESS state no poll falls into is missed. Fixed intervals use
+the closed form (delay uniform in 0..T); the others a seeded Monte-Carlo with 95% intervals.
+--from-backend (durations measured on your backend) is not available yet: export observed
+durations to a file, one per line in seconds, and pass it to --durations.
+"""
+
+
+def _seconds(what: str, interval: bool = False) -> Any:
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
+        from celerydiag.polling import check_interval, parse_seconds
+
+        if value is None:
+            return None
+        seconds = parse_seconds(value, what)
+        if interval:
+            return check_interval(seconds, what)
+        if seconds > 86400:
+            raise InputError(f"{what}: expected at most 1 day, got {value!r}")
+        return seconds
+
+    return convert
+
+
+def _durations(what: str) -> Any:
+    def convert(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+        from celerydiag.polling import parse_durations
+
+        return parse_durations(value, what)
+
+    return convert
+
+
+@click.command("poll-model", epilog=EPILOG)
+@click.option("--interval", default="5s", show_default=True, metavar="DURATION",
+              callback=_seconds("--interval", interval=True),
+              help="Poll interval T (fixed, jitter), backoff's cap and smart's start: 5s, 500ms, 0.2.")
+@click.option("-s", "--strategy", "strategies", multiple=True, metavar="SPEC",
+              help="A polling strategy (repeatable); see the list below. Default: all five.")
+@click.option("--threshold", default="1s", show_default=True, metavar="DURATION",
+              callback=_seconds("--threshold"),
+              help="Report P(delay > threshold): how often a state shows up later than this.")
+@click.option("--durations", default="exp:2s", show_default=True, metavar="SPEC",
+              callback=_durations("--durations"),
+              help="How long each PROGRESS state lasts: exp:MEAN, fixed:D, or a file of observed "
+                   "durations (one per line, seconds; file:PATH or just PATH).")
+@click.option("--states", default=10, show_default=True, type=click.IntRange(1, 10_000),
+              help="PROGRESS states per task before SUCCESS.")
+@click.option("--queue-wait", default="fixed:0s", show_default=True, metavar="SPEC",
+              callback=_durations("--queue-wait"),
+              help="Time a task waits PENDING before its first state, same forms as --durations.")
+@click.option("--read-latency", default="0ms", show_default=True, metavar="DURATION",
+              callback=_seconds("--read-latency"),
+              help="Time one read of the state takes (added to every delay).")
+@click.option("--clients", default=100, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="Concurrent clients each watching a task: sets the backend load column (req/s).")
+@click.option("--target-delay", default="1s", show_default=True, metavar="DURATION",
+              callback=_seconds("--target-delay"),
+              help="P99 delay you want; the recommendation picks the cheapest way to meet it.")
+@click.option("--request-budget", type=click.FloatRange(min=0, min_open=True), metavar="REQ/S",
+              help="Backend reads per second all --clients together may cost (default: no limit).")
+@click.option("--tasks", default=4000, show_default=True, type=click.IntRange(100, 200_000),
+              help="Tasks to simulate per strategy (fewer when intervals are tiny, to bound run time).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: same seed, same numbers.")
+@click.option("--explain-claim", is_flag=True,
+              help="Explain the '5 s polling = 97.3% chance of missing SUCCESS' claim (automatic at "
+                   "--interval 5s).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png",
+              help="Also write a PNG of the delay CDF per strategy.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text for people (table + chart), json for scripts.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the output to this file instead of stdout.")
+@click.option("--no-color", is_flag=True, envvar="NO_COLOR", help="Plain text even on a terminal.")
+def command(interval: float, strategies: tuple[str, ...], threshold: float, durations: Any, states: int,
+            queue_wait: Any, read_latency: float, clients: int, target_delay: float,
+            request_budget: float | None, tasks: int, seed: int, explain_claim: bool,
+            plot_path: str | None, fmt: str, output: str | None, no_color: bool) -> ExitCode:
+    """Model what polling AsyncResult costs: delay, missed PROGRESS states, backend load.
+
+    Prints per strategy the detection delay (mean, P50, P95, P99), P(delay > --threshold), the
+    chance a PROGRESS state is never seen, reads per task and req/s for --clients, a chart of the
+    delay CDF, and the cheapest strategy that meets --target-delay within --request-budget.
+    Needs no service.
+    """
+    from celerydiag import polling
+
+    chosen = [polling.parse_strategy(s, interval) for s in (strategies or polling.KINDS)]
+    scenario = polling.Scenario(durations=durations, states=states, queue_wait=queue_wait,
+                                latency_s=read_latency, threshold_s=threshold, tasks=tasks, seed=seed)
+    results = _run(chosen, scenario)
+    recommendation = polling.recommend(results, target_delay, request_budget, clients, read_latency)
+    claim_t = _claim_interval(chosen, interval, explain_claim)
+    claim = polling.explain_claim(claim_t, read_latency) if claim_t else None
+    if plot_path:
+        _write_plot(plot_path, results)
+    doc = polling.document(results, scenario, clients, recommendation, claim)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as stream:
+                _render(doc, results, fmt, stream, color=False)
+        except OSError as exc:
+            raise DiagError(f"cannot write --output {output}: {exc.strerror}") from None
+    else:
+        _render(doc, results, fmt, sys.stdout, color=fmt == "text" and not no_color and sys.stdout.isatty())
+    return ExitCode.OK
+
+
+def _run(strategies: list[Any], scenario: Any) -> list[Any]:
+    """Simulate, with a spinner on stderr when it is a terminal (large --tasks take seconds)."""
+    from celerydiag import polling
+
+    if not sys.stderr.isatty():
+        return polling.model(strategies, scenario)
+    from rich.console import Console
+
+    with Console(stderr=True).status("modelling") as status:
+        return polling.model(strategies, scenario,
+                             on_strategy=lambda s: status.update(f"modelling {s.name}"))
+
+
+def _claim_interval(strategies: list[Any], interval: float, asked: bool) -> float | None:
+    from celerydiag.polling import CLAIM_INTERVAL_S
+
+    fixed_like = [s.interval_s for s in strategies if s.kind in ("fixed", "jitter")]
+    if any(abs(t - CLAIM_INTERVAL_S) < 1e-9 for t in [interval, *fixed_like]):
+        return CLAIM_INTERVAL_S
+    return (fixed_like[0] if fixed_like else interval) if asked else None
+
+
+def _curves(results: list[Any]) -> list[tuple[str, list[tuple[float, float]]]]:
+    return [(r.strategy.name, [(x * 1000, p) for x, p in r.cdf]) for r in results]
+
+
+def _x_max_ms(results: list[Any]) -> float:
+    from celerydiag.plot import nice_max
+
+    return nice_max(max(r.p99_s for r in results) * 1000 * 1.05)
+
+
+def _write_plot(path: str, results: list[Any]) -> None:
+    from celerydiag.plot import cdf_png
+
+    try:
+        with open(path, "wb") as stream:
+            stream.write(cdf_png(_curves(results), x_max_ms=_x_max_ms(results)))
+    except OSError as exc:
+        raise InputError(f"cannot write --plot {path}: {exc.strerror}") from None
+    click.echo(f"celerydiag: wrote the delay CDF to {path}", err=True)
+
+
+def _ms(value: float) -> str:
+    from celerydiag.polling import fmt_s
+
+    return fmt_s(value / 1000)
+
+
+def _render(doc: dict[str, Any], results: list[Any], fmt: str, stream: TextIO, color: bool) -> None:
+    if fmt == "json":
+        json.dump(doc, stream, indent=2, ensure_ascii=False, allow_nan=False)
+        stream.write("\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from celerydiag.plot import terminal_chart
+
+    console = Console(file=stream, force_terminal=color, no_color=not color, width=120, highlight=False,
+                      soft_wrap=True)
+    inputs = doc["inputs"]
+    console.print(f"Polling model: {inputs['states_count']} PROGRESS states per task, each {inputs['durations']}"
+                  f", queue wait {inputs['queue_wait']}, read latency {_ms(inputs['read_latency_ms'])}, "
+                  f"{inputs['clients_count']} clients")
+    table = Table(title="Trade-off per strategy (delay = state write -> client sees it)")
+    for name, justify in (("strategy", "left"), ("mean", "right"), ("p50", "right"), ("p95", "right"),
+                          ("p99", "right"), (f"P(>{_ms(inputs['threshold_ms'])})", "right"),
+                          ("P(miss)", "right"), ("reads/task", "right"), ("req/s", "right"),
+                          ("how", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in doc["strategies"]:
+        d = s["delay_ms"]
+        method = "exact" if s["method"] == "closed-form" else "MC"
+        table.add_row(s["name"], _ms(d["mean"]), _ms(d["p50"]), _ms(d["p95"]), _ms(d["p99"]),
+                      _pct(s["p_delay_over_threshold"]), _pct(s["p_miss_transient"]),
+                      f"{s['requests_per_task']:.4g}", f"{s['backend_requests_per_s']:.4g}", method)
+    console.print(table)
+    console.print("P(miss) = chance a PROGRESS state is never seen; req/s = backend reads for all clients; "
+                  "how = exact (closed form) or MC (seeded Monte-Carlo; 95% intervals below and in --format json)")
+    console.print(terminal_chart(_curves(results), x_max_ms=_x_max_ms(results)))
+    mc = [s for s in doc["strategies"] if s["method"] == "monte-carlo"]
+    if mc:
+        console.print("95% intervals (Monte-Carlo): " + "; ".join(
+            f"{s['name']} p99 {_ms(s['ci95']['delay_ms']['p99'][0])}-{_ms(s['ci95']['delay_ms']['p99'][1])}, "
+            f"miss {_pct(s['ci95']['p_miss_transient'][0])}-{_pct(s['ci95']['p_miss_transient'][1])}"
+            for s in mc))
+    if doc["claim"]:
+        console.print(f"\nThe '97.3 %' claim: {doc['claim']['text']}")
+    console.print(f"\nRecommendation (P99 <= target delay): {doc['recommendation']['text']}")
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
