@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.probe",
     "celerydiag.cli.report",
     "celerydiag.cli.poll_model",
+    "celerydiag.cli.bench_serialize",
 )
 
 FORMAT_NAMES = ("text", "json", "markdown", "junit")

@@ -1,0 +1,241 @@
+"""`celerydiag bench-serialize`: what each serializer costs on the payloads your tasks store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+import click
+
+from celerydiag.cli import remember_secrets, target_options
+from celerydiag.errors import ExitCode, InputError
+
+EPILOG = """\b
+Examples:
+  celerydiag bench-serialize                               # standard payloads x every serializer (~30 s)
+  celerydiag bench-serialize --quick -s json -s msgpack    # a quick look at two serializers
+  celerydiag bench-serialize --payload meta.json           # the dict you pass to update_state(meta=...)
+  celerydiag bench-serialize --backend redis://127.0.0.1:6379/0 --from-backend 5f1c...  # a real stored meta
+  celerydiag bench-serialize --format json -o before.json  # then, after a change:
+  celerydiag bench-serialize --compare before.json
+"""
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        from celerydiag.serialization import parse_size
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(f"{value!r} is not a size like 64MB, 500k or 1048576 ({exc})", param, ctx)
+
+
+@click.command("bench-serialize", epilog=EPILOG)
+@click.option("-s", "--serializer", "serializers", multiple=True, metavar="NAME",
+              help="Serializer to time (repeatable). Default: every one kombu has registered (json, "
+                   "pickle, msgpack, yaml, and any your --app registers) plus pickle5 and orjson, "
+                   "shown with the code that registers them.")
+@click.option("-k", "--payload-kind", "kinds", multiple=True,
+              type=click.Choice(["progress-meta", "floats-10k", "ndarray-1mb", "ndarray-10mb",
+                                 "dataframe-columns"]),
+              help="Standard payload to time (repeatable). Default: all five, unless you give "
+                   "--payload or --from-backend, which then run alone.")
+@click.option("-p", "--payload", "payload_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Your own meta (what you pass to update_state(meta=...)) as a JSON file, or a "
+                   "pickle with --trust-pickle. Repeatable.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow --payload to be a pickle. Unpickling runs any code the file holds: only "
+                   "for a file you made yourself.")
+@click.option("--max-size", type=SizeType(), default="64MB", show_default=True,
+              help="Refuse a --payload file or stored meta larger than this, before reading it "
+                   "(the benchmark holds several copies in memory).")
+@click.option("--from-backend", "task_ids", multiple=True, metavar="TASK_ID",
+              help="Time a real stored meta, read (read-only) from the target's result backend "
+                   "(needs --app or --backend). Repeatable.")
+@target_options
+@click.option("--quick", is_flag=True,
+              help="Shorter calibration and 3 values per timing (~10 s); spreads get wider.")
+@click.option("--bandwidth-mbit", type=click.FloatRange(min=1), default=1000.0, show_default=True,
+              help="Network speed assumed for the 'per update' column (the payload crosses the "
+                   "network several times per update; see the backend model line).")
+@click.option("--compare", "compare_path", type=click.Path(dir_okay=False),
+              help="A JSON file from an earlier run (--format json -o FILE): show before/after.")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0, show_default=True,
+              help="Seconds to wait for the result backend (--from-backend).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text for people, json for scripts and --compare.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the result to this file instead of stdout.")
+@click.option("--no-color", is_flag=True, envvar="NO_COLOR", help="Plain text even on a terminal.")
+def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files: tuple[str, ...],
+            trust_pickle: bool, max_size: int, task_ids: tuple[str, ...], app: str | None,
+            broker: str | None, backend: str | None, quick: bool, bandwidth_mbit: float,
+            compare_path: str | None, timeout: float, fmt: str, output: str | None,
+            no_color: bool) -> ExitCode:
+    """Time encode and decode of task-state payloads with each serializer, the way Celery does it.
+
+    Uses kombu's serializer registry (the calls Celery makes), calibrated like pyperf: loop counts
+    sized to a minimum time per value, warm-ups discarded, several values, median and relative
+    spread (a warning when the machine is noisy), encoded size and peak memory. The per-update
+    column adds what your result backend does with the payload (Redis: decode of the old meta,
+    SETEX + PUBLISH; database: the row reads and the UPDATE) at --bandwidth-mbit.
+    Exit codes: 0 done, 2 bad input, 3 backend unreachable (--from-backend), 130 interrupted.
+    """
+    from celerydiag import serialization as ser
+    from celerydiag.doctor import collect_meta
+    from celerydiag.target import password_of
+    from celerydiag.ui import make_progress
+
+    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
+    old = ser.read_document(compare_path) if compare_path else None
+    target = _target(app, broker, backend, need=bool(task_ids))
+    names = _serializers(serializers)
+    payloads = [ser.load_payload_file(path, trust_pickle, max_size) for path in payload_files]
+    if task_ids:
+        from celerydiag.probes.serialization import read_task_meta
+
+        payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]
+    if kinds or not payloads:
+        payloads = [ser.standard_payload(k) for k in (kinds or ser.STANDARD_KINDS)] + payloads
+    model = ser.backend_model(target.backend_scheme if target else "redis")
+    bandwidth = bandwidth_mbit * 1e6 / 8
+    progress = make_progress(enabled=fmt == "text" or output is not None)
+    progress.start("bench-serialize", total=len(payloads) * len(names))
+    try:
+        results = ser.run_bench(payloads, names, ser.HarnessConfig.quick() if quick else ser.HarnessConfig(),
+                                on_case=lambda label: progress.step(1, label))
+    finally:
+        progress.close()
+    meta = dict(collect_meta(), target=target.to_dict() if target else None,
+                result_serializer=target.conf.result_serializer if target else None, quick=quick)
+    doc = ser.bench_document(results, model, bandwidth, payloads, meta)
+    if old is not None:
+        doc["compare"] = ser.compare_documents(old, doc)
+    _write(doc, fmt, output, no_color)
+    return ExitCode.OK
+
+
+def _target(app: str | None, broker: str | None, backend: str | None, need: bool) -> Any:
+    """Only resolve a target when the user named one (or needs one): the embedded default would
+    only make a temp dir for nothing."""
+    from celerydiag.target import resolve_target
+
+    env = os.environ
+    if not (app or broker or backend or env.get("CELERY_RESULT_BACKEND") or env.get("CELERY_BROKER_URL")):
+        if need:
+            raise InputError("--from-backend needs the result backend to read from",
+                             "pass --backend redis://host:6379/0 (or --app proj.celery:app)")
+        return None
+    target = resolve_target(app=app, broker=broker, backend=backend)
+    remember_secrets(target.secrets())
+    return target
+
+
+def _serializers(requested: tuple[str, ...]) -> list[str]:
+    from celerydiag.serialization import known_serializers
+
+    known = known_serializers()
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise InputError(f"unknown serializer {unknown[0]!r}",
+                         f"choose from: {', '.join(known)} (or pass --app so your registration is imported)")
+    return list(dict.fromkeys(requested)) or list(known)
+
+
+def _write(doc: dict[str, Any], fmt: str, output: str | None, no_color: bool) -> None:
+    try:
+        stream: TextIO = open(output, "w", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        raise InputError(f"cannot write --output {output}: {exc.strerror}") from None
+    try:
+        if fmt == "json":
+            json.dump(doc, stream, indent=2, ensure_ascii=False, allow_nan=False)
+            stream.write("\n")
+        else:
+            render_text(doc, stream, color=not output and not no_color and sys.stdout.isatty())
+    finally:
+        if output:
+            stream.close()
+        else:
+            sys.stdout.flush()
+
+
+def render_text(doc: dict[str, Any], stream: TextIO, color: bool = False) -> None:
+    """The table (payload x serializer), the before/after table, the recommendation and the
+    configuration of each serializer it names."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from celerydiag.serialization import UNSTABLE_SPREAD, human_size
+
+    console = Console(file=stream, force_terminal=color, no_color=not color, width=130, highlight=False)
+    model = doc["backend_model"]
+    table = Table(title="Serializer cost per payload (median per call; ± relative spread)")
+    for col, just in (("payload", "left"), ("serializer", "left"), ("encode ms", "right"),
+                      ("decode ms", "right"), ("size", "right"), (f"per update on {model['backend']} ms", "right"),
+                      ("peak mem", "right"), ("note", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    previous = None
+    for r in doc["results"]:
+        label = r["payload"] if r["payload"] != previous else ""
+        previous = r["payload"]
+        if r["error"]:
+            short = r["error"] if len(r["error"]) <= 48 else r["error"][:47] + "…"
+            table.add_row(label, r["serializer"], "-", "-", "-", "-", "-", f"[red]cannot: {escape(short)}[/]")
+            continue
+        table.add_row(label, r["serializer"], _ms(r["encode_ms"]), _ms(r["decode_ms"]), human_size(r["size_bytes"]),
+                      f"{r['update_ms']:.3f}", human_size(r["peak_memory_bytes"]), r["note"] or "")
+    console.print(table)
+    console.print(f"[dim]Per update on {model['backend']}: " + "; ".join(model["steps"])
+                  + f"; network at {model['bandwidth_bytes_per_s'] * 8 / 1e6:g} Mbit/s.[/]")
+    if doc.get("compare"):
+        console.print(_compare_table(doc["compare"]))
+    if doc["unstable"]:
+        console.print(f"[yellow]WARNING: {len(doc['unstable'])} timing(s) spread ≥ {UNSTABLE_SPREAD:.0%} "
+                      f"(the machine is busy): {', '.join(doc['unstable'][:4])}. Rerun without --quick on a "
+                      f"quiet machine (`python -m pyperf system tune` helps).[/]")
+    console.print("\n[bold]Recommendation[/]")
+    for i, line in enumerate(doc["recommendation"]):
+        console.print(("  " if i == 0 else "  - ") + line, markup=False)
+    for name in doc["suggested"]:
+        info = doc["serializers"][name]
+        console.print(f"\n[bold]{name}[/] in your celeryconfig (every worker and client imports it):")
+        console.print(info["config"], markup=False, highlight=False)
+        if info["security"]:
+            console.print(f"[yellow]{info['security']}[/]")
+
+
+def _ms(timing: dict[str, Any] | None) -> str:
+    if not timing:
+        return "-"
+    return f"{timing['median']:.3f} ±{timing['spread'] * 100:.0f}%"
+
+
+def _compare_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    from celerydiag.serialization import human_size
+
+    table = Table(title="Before / after (ratio < 1 is faster; ~ means within the noise)")
+    for col in ("payload", "serializer", "encode before → after", "decode before → after", "size before → after"):
+        table.add_column(col)
+
+    def cell(c: dict[str, Any] | None) -> str:
+        if not c:
+            return "-"
+        mark = "" if c["significant"] else " ~"
+        return f"{c['before']:.3f} → {c['after']:.3f} ms (x{c['ratio']:.2f}{mark})"
+
+    for r in rows:
+        size = r["size_bytes"]
+        table.add_row(r["payload"], r["serializer"], cell(r["encode_ms"]), cell(r["decode_ms"]),
+                      f"{human_size(size['before'])} → {human_size(size['after'])}")
+    return table
