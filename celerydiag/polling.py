@@ -225,15 +225,15 @@ STRATEGY_HELP = ("fixed[:T], jitter[:T[,SPREAD]], backoff[:START[,FACTOR[,CAP]]]
                  "or push")
 
 
-def parse_strategy(spec: str, interval_s: float) -> Strategy:
+def parse_strategy(spec: str, interval_s: float, option: str = "--strategy") -> Strategy:
     """``fixed``, ``fixed:2s``, ``jitter:5s,20%``, ``backoff:0.5s,2,10s``, ``smart``, ``push``.
     Missing values default to ``interval_s`` (T, backoff's cap, smart's start), backoff START
     0.5 s and FACTOR 2, jitter SPREAD 20 %."""
     kind, _, rest = str(spec).strip().lower().partition(":")
     args = [a.strip() for a in rest.split(",")] if rest else []
-    what = f"--strategy {spec!r}"
+    what = f"{option} {spec!r}"
     if kind not in KINDS:
-        raise InputError(f"--strategy: unknown strategy {spec!r}; expected {STRATEGY_HELP}")
+        raise InputError(f"{option}: unknown strategy {spec!r}; expected {STRATEGY_HELP}")
     limit = {"fixed": 1, "jitter": 2, "backoff": 3, "smart": 1, "push": 0}[kind]
     if len(args) > limit:
         raise InputError(f"{what}: too many values; expected {STRATEGY_HELP}")

@@ -1,0 +1,170 @@
+"""The doctor's polling probe: the delay a client's polling adds, from the model (no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.probes import Probe, ProbeContext
+from celerydiag.target import Target
+
+DOCS_GET = "https://docs.celeryq.dev/en/stable/reference/celery.result.html#celery.result.AsyncResult.get"
+DOCS_DB = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#database-result-backend"
+PROBE_TASKS = 1000  # simulated tasks for the non-closed-form strategies: well under a second
+ASSUMED_DURATIONS = "exp:2s"  # only used by backoff/smart/jitter, whose delay depends on the timeline
+PUSH_SNIPPET = ("def on_state(meta):  # called for every state the worker writes, PROGRESS included\n"
+                "    push_to_browser(meta['status'], meta['result'])\n"
+                "result.get(on_message=on_state, propagate=False)")
+ONE_READ_SNIPPET = ("meta = result.backend.get_task_meta(result.id)  # one read per poll\n"
+                    "state, info = meta['status'], meta.get('result')")
+
+
+def push_backend(target: Target) -> bool | None:
+    """True when the backend's get() is push-based (Redis, RPC: Celery's AsyncBackendMixin), False
+    for polling (sync) backends, None when Celery does not know the URL. Loads the class only."""
+    from celery.app.backends import by_url
+    from celery.backends.asynchronous import AsyncBackendMixin
+
+    try:
+        cls, _ = by_url(target.backend_url, getattr(target.app, "loader", None))
+    except Exception:  # an unknown scheme: the target module already reports it
+        return None
+    return issubclass(cls, AsyncBackendMixin)
+
+
+class PollingProbe(Probe):
+    """Polling: how late polling clients see each state and which PROGRESS states they skip (no network).
+
+    Models --poll-interval/--poll-strategy (how your clients poll AsyncResult) with the closed form
+    for a fixed interval, or a seeded simulation for backoff/smart/jitter. Without them it models
+    Celery's own AsyncResult.get(): polling every 0.5 s on the database and other sync backends,
+    push on Redis and RPC. Creates nothing.
+    """
+
+    name = "polling"
+    cause = Cause.POLLING
+    static = True
+
+    def run(self, ctx: ProbeContext) -> Iterator[Finding]:
+        from celerydiag import polling
+
+        interval = ctx.options.get("poll_interval")
+        spec = ctx.options.get("poll_strategy")
+        push = push_backend(ctx.target)
+        scheme = ctx.target.backend_scheme or "unknown"
+        if spec is not None and str(spec).strip().lower() == "push":
+            yield from self._push(ctx, push, scheme)
+            return
+        if interval is None and spec is None:
+            if push:
+                yield Finding(
+                    "polling.client-model", Cause.POLLING, Severity.INFO,
+                    f"AsyncResult.get() on the {scheme} backend is push-based; how your web clients poll "
+                    "is unknown",
+                    detail=("Celery's get() subscribes and is woken by each write (no polling delay). A page "
+                            "that polls result.state every T seconds sees each state up to T late and skips "
+                            "PROGRESS states shorter than T. Assumption: clients use get(). Pass "
+                            "--poll-interval SECONDS (and --poll-strategy) to model your clients."),
+                    evidence={"backend": scheme, "get_push_based": True})
+                return
+            yield from self._modelled(ctx, polling.Strategy("fixed", polling.CELERY_GET_INTERVAL_S), scheme,
+                                      push, assumed=True)
+            return
+        strategy = polling.parse_strategy(spec or "fixed", float(interval or polling.CELERY_GET_INTERVAL_S),
+                                          "--poll-strategy")
+        yield from self._modelled(ctx, strategy, scheme, push, assumed=False,
+                                  interval_assumed=interval is None)
+        yield from self._client_reads(scheme)
+
+    def _modelled(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None, *, assumed: bool,
+                  interval_assumed: bool = False) -> Iterator[Finding]:
+        from celerydiag import polling
+
+        scenario = polling.Scenario(durations=polling.parse_durations(ASSUMED_DURATIONS), states=10,
+                                    threshold_s=ctx.budget_ms / 1000, tasks=PROBE_TASKS)
+        result = polling.simulate(strategy, scenario)
+        ms = {k: round(v.value * 1000, 3) for k, v in result.delay_s.items()}
+        miss_1s = (polling.fixed_p_miss(strategy.interval_s, 1.0) if strategy.kind == "fixed"
+                   else polling.simulate(strategy, polling.Scenario(
+                       polling.fixed_durations(1.0), states=10, tasks=PROBE_TASKS)).p_miss.value)
+        evidence: dict[str, Any] = {
+            "strategy": strategy.name, "method": result.method,
+            "mean_ms": ms["mean"], "p50_ms": ms["p50"], "p95_ms": ms["p95"], "p99_ms": ms["p99"],
+            "miss_1s_state_ratio": round(miss_1s, 4),
+            "reads_per_task_count": round(result.requests_per_task.value, 2),
+        }
+        if strategy.kind != "fixed":
+            evidence["assumed_state_durations"] = ASSUMED_DURATIONS
+        who = ("AsyncResult.get() (Celery's default, interval=0.5)" if assumed
+               else f"clients polling {strategy.name}")
+        assumption = ("Assumption: clients wait with result.get() and its default interval of 0.5 s; if a "
+                      "web page polls result.state instead, pass --poll-interval SECONDS. " if assumed else "")
+        if interval_assumed:
+            assumption += "Assumption: no --poll-interval given, so 0.5 s (Celery's get() default) was used. "
+        detail = (f"{assumption}A state written by the worker is seen by {who} after the next poll: mean "
+                  f"{polling.fmt_s(ms['mean'] / 1000)}, P99 {polling.fmt_s(ms['p99'] / 1000)} "
+                  f"({'closed form' if result.method == 'closed-form' else 'simulated'}). A PROGRESS state "
+                  f"lasting 1 s is never seen with probability {miss_1s:.0%}. "
+                  "`celerydiag poll-model` shows the full trade-off.")
+        yield rated("polling.detection-delay", Cause.POLLING, ms["p99"], ctx.budget_ms,
+                    f"states reach {who} up to {polling.fmt_s(ms['p99'] / 1000)} late (P99)",
+                    detail=detail, evidence=evidence, fix=self._fix(ctx, strategy, scheme, push))
+
+    def _fix(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None) -> Fix:
+        from celerydiag.polling import fmt_s
+
+        # The longest fixed interval whose P99 (0.99 T) stays under the warning line (20 % of budget).
+        target_s = max(0.2 * ctx.budget_ms / 1000 / 0.99, 0.001)
+        if push:
+            return Fix(f"Stop polling: on the {scheme} backend result.get(on_message=cb, propagate=False) "
+                       "calls cb for every state the worker writes (code in polling.client-reads); or poll "
+                       f"every {fmt_s(target_s)} or less.", docs=(DOCS_GET,))
+        return Fix(f"Poll every {fmt_s(target_s)} or less (result.get(interval={round(target_s, 3)})); each "
+                   f"read costs the {scheme} backend a query (a new connection in non-forked processes). "
+                   "For push-based get() with no polling delay, use a Redis result backend:",
+                   config='result_backend = "redis://localhost:6379/0"  # your Redis; get() is then push-based\n',
+                   docs=(DOCS_GET, DOCS_DB))
+
+    def _push(self, ctx: ProbeContext, push: bool | None, scheme: str) -> Iterator[Finding]:
+        from celerydiag import polling
+
+        if push:
+            yield Finding("polling.detection-delay", Cause.POLLING, Severity.OK,
+                          f"clients are pushed every state (get(on_message=...) on {scheme}): no polling delay",
+                          evidence={"strategy": "push", "p99_ms": 0.0})
+            return
+        p99_ms = polling.fixed_delay_quantile_s(polling.CELERY_GET_INTERVAL_S, 0.99) * 1000
+        yield rated(
+            "polling.detection-delay", Cause.POLLING, p99_ms, ctx.budget_ms,
+            f"push is not available on the {scheme} backend: get() polls every 0.5 s",
+            detail=(f"--poll-strategy push needs a Redis or RPC result backend; on {scheme} Celery rejects "
+                    "get(on_message=...) (ImproperlyConfigured: Backend does not support on_message callback) "
+                    f"and get() polls every 0.5 s, so states are up to {polling.fmt_s(p99_ms / 1000)} late "
+                    "(P99)."),
+            evidence={"strategy": "push", "p99_ms": p99_ms, "get_interval_s": polling.CELERY_GET_INTERVAL_S},
+            fix=Fix("Use a Redis result backend for push-based get(on_message=...):",
+                    config='result_backend = "redis://localhost:6379/0"  # your Redis\n', docs=(DOCS_GET,)))
+
+    def _client_reads(self, scheme: str) -> Iterator[Finding]:
+        """What every poller of .state should know (celery-facts B), stated once, at info."""
+        if scheme == "rpc":
+            yield Finding(
+                "polling.rpc-other-process", Cause.POLLING, Severity.WARNING,
+                "with rpc:// results only the process that sent the task sees its states",
+                detail=("The RPC backend delivers states to the sender's reply queue; a web process polling "
+                        "result.state for a task another process sent sees PENDING until it expires. Poll "
+                        "from the sending process, or use a Redis result backend."),
+                fix=Fix("Use a result backend every process can read:",
+                        config='result_backend = "redis://localhost:6379/0"  # your Redis\n', docs=(DOCS_GET,)))
+        cost = (" On the database backend each read is also a new connection in processes that were not "
+                "forked by a worker (web servers)." if scheme == "db" else "")
+        yield Finding(
+            "polling.client-reads", Cause.POLLING, Severity.INFO,
+            "each .state/.info access is a separate backend read: read the meta once per poll",
+            detail=("AsyncResult caches only finished states, so result.state followed by result.info makes two "
+                    "reads that can straddle a write (PROGRESS with the SUCCESS payload, or the reverse)." + cost
+                    + " Per poll, read once:\n" + ONE_READ_SNIPPET + "\nOr, on Redis/RPC, stream states with no "
+                    "polling:\n" + PUSH_SNIPPET),
+            fix=Fix("Read the task meta once per poll (client code in the detail), or stream with "
+                    "get(on_message=...) on Redis/RPC.", docs=(DOCS_GET,)))
