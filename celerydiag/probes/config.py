@@ -73,7 +73,7 @@ D_POOL_LIMIT = DOCS + "broker-pool-limit"
 D_RESULT_TRANSPORT = DOCS + "result-backend-transport-options"
 
 # ---- fix templates: one-line summaries; the config is built from the user's own values -------
-S_ISOLATION = "Run the MySQL result backend at READ COMMITTED (merged with your engine options)"
+S_ISOLATION = "Run the MySQL result backend at READ COMMITTED (your engine options merged; same dict in every fix)"
 S_AUTOCOMMIT = "Remove 'autocommit' from database_engine_options (SQLAlchemy 2 rejects it)"
 S_NULLPOOL_CRASH = "Remove max_overflow/echo_pool from database_engine_options (crash before Celery 5.6.3)"
 S_RPC_CONFIRM = "Keep publisher confirms for tasks; store states in Redis so update_state skips the broker"
@@ -249,7 +249,7 @@ def check_isolation(conf: Any, target: Target, facts: Facts) -> Iterator[Finding
     PostgreSQL already runs READ COMMITTED and must never get this advice."""
     dialect = _db_dialect(target)
     if dialect == "postgresql":
-        yield _ok("mysql-isolation", "PostgreSQL result backend: already READ COMMITTED by default",
+        yield _ok("db-isolation", "PostgreSQL result backend: already READ COMMITTED by default",
                   "PostgreSQL's default isolation is READ COMMITTED; the READ COMMITTED advice in "
                   "Celery's FAQ is for MySQL/MariaDB only.")
         return
@@ -257,21 +257,22 @@ def check_isolation(conf: Any, target: Target, facts: Facts) -> Iterator[Finding
         return
     level = _isolation(_engine_options(conf).get("isolation_level"))
     if level == "READ COMMITTED":
-        yield _ok("mysql-isolation", "MySQL result backend runs at READ COMMITTED")
+        yield _ok("db-isolation", "MySQL result backend runs at READ COMMITTED")
         return
     shown = level or "server default (REPEATABLE READ unless my.cnf sets transaction-isolation)"
     detail = (
         f"database_engine_options sets no READ COMMITTED isolation (now: {shown}). Under REPEATABLE "
-        "READ, InnoDB keeps next-key (gap) locks for locking reads and DELETEs, so the daily "
-        "celery.backend_cleanup DELETE locks every row it scans, not only the rows it deletes, and "
-        "concurrent INSERTs of task rows deadlock; a result write that hits such a lock waits up to "
+        "READ, InnoDB keeps next-key (gap) locks for locking reads and DELETEs until commit, so the daily "
+        "celery.backend_cleanup DELETE keeps every row it scans locked, not only the rows it deletes "
+        "(the whole table while date_done has no index), and concurrent INSERTs of task rows can "
+        "deadlock (Celery's FAQ); a result write that hits such a lock waits up to "
         f"innodb_lock_wait_timeout ({INNODB_LOCK_WAIT_S:.0f} s by default) or is retried after a "
         "deadlock. impact_ms is that worst case for one affected update; `celerydiag probe backend` "
         "measures how often it happens and reads the server's real isolation level.")
     if level == "AUTOCOMMIT":
         detail += (" AUTOCOMMIT is not a fix either: it makes Celery's read-then-write of a result "
                    "non-atomic and does not shorten lock waits.")
-    yield _hazard(facts, "mysql-isolation", INNODB_LOCK_WAIT_S,
+    yield _hazard(facts, "db-isolation", INNODB_LOCK_WAIT_S,
                   "MySQL result backend without READ COMMITTED: gap locks can stall state writes",
                   detail, _engine_fix(S_ISOLATION, conf, target, facts, D_MYSQL_FAQ, D_ENGINE_OPTIONS),
                   isolation_level=level or "server default")
