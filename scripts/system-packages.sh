@@ -5,6 +5,7 @@ set -u
 missing=()
 command -v tshark  >/dev/null 2>&1 || missing+=(tshark)
 command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
+command -v nft     >/dev/null 2>&1 || missing+=(nftables)  # capture fixture: loss in a netns
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-packages: missing ${missing[*]}; install them to run the capture tests" >&2

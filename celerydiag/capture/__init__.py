@@ -1,0 +1,64 @@
+"""Packet analysis of broker and backend traffic: ``analyse(path)`` -> :class:`CaptureReport`.
+
+Layers, each in its own module: ``reader`` (pcap/pcapng records, streamed), ``decode`` (link/IP/TCP
+headers), ``tcp`` (Wireshark's tcp.analysis rules per connection and direction), ``stream``
+(in-order reassembly), ``amqp`` and ``resp`` (protocol parsers), ``analysis`` (the one-pass loop),
+``report`` (``celerydiag.capture/1``), ``assess`` (findings with impact_ms and fixes), ``live``
+(scapy sniffing into a pcap, then the same analysis) and ``render`` (text for people).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celerydiag.capture.analysis import Ports
+from celerydiag.capture.report import CAPTURE_SCHEMA, CaptureReport
+
+__all__ = ["CAPTURE_SCHEMA", "CaptureReport", "Ports", "analyse", "ports_for_target"]
+
+
+def analyse(path: str, *, ports: Ports | None = None, budget_ms: float = 1000.0,
+            progress: Callable[[int], None] | None = None, extra: dict[str, Any] | None = None) -> CaptureReport:
+    """Read ``path`` (pcap or pcapng) once and build the report. Raises InputError for a file that
+    is not a capture; a truncated file gives the analysis of what was readable."""
+    from celerydiag.capture import analysis, assess, report
+    from celerydiag.capture.reader import open_capture
+
+    info, frames = open_capture(path)
+    result = analysis.run(info, frames, ports or Ports(), progress=progress)
+    conns, timeline = report.summarise(result)
+    findings = tuple(assess.assess(conns, budget_ms))
+    file_block: dict[str, Any] = {
+        "path": path, "packets": info.packets, "link_type": info.link_type, "format": info.format,
+        "truncated": info.truncated, "tcp_packets": info.packets - result.non_tcp,
+        "duration_s": round((result.last_ts or 0.0) - (result.first_ts or 0.0), 6),
+    }
+    if info.interface_drops is not None:
+        file_block["interface_drops"] = info.interface_drops
+    return CaptureReport(file=file_block, connections=tuple(conns), findings=findings, timeline=tuple(timeline),
+                         budget_ms=budget_ms, extra=dict(extra or {}))
+
+
+def ports_for_target(urls: Iterable[str], extra: Iterable[int] = ()) -> Ports:
+    """Default ports plus the broker/backend ports named in the target's URLs and ``--port``."""
+    from urllib.parse import urlsplit
+
+    ports = Ports()
+    for url in urls:
+        if not url or "://" not in url:
+            continue
+        scheme = url.split("://", 1)[0].split("+")
+        for part in url.split(";"):
+            try:
+                port = urlsplit(part).port
+            except ValueError:
+                port = None
+            if scheme[0] in ("amqp", "amqps", "pyamqp", "librabbitmq"):
+                ports.amqp.add(port or (5671 if scheme[0] == "amqps" else 5672))
+            elif scheme[0] in ("redis", "rediss", "sentinel"):
+                ports.redis.add(port or 6379)
+            elif scheme[0] == "db" and port:
+                ports.other.add(port)
+    ports.other.update(p for p in extra if p not in ports.amqp and p not in ports.redis)
+    return ports

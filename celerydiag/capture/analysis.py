@@ -1,0 +1,155 @@
+"""The packet loop: frames -> TCP segments -> connections (TCP analysis) -> protocol parsers.
+
+One pass, streaming: memory is the per-connection state, not the packet count. Protocols are
+recognised by the server port (the target's broker/backend ports, 5672/5671 for AMQP, 6379 for
+Redis) or, on other ports, by the first bytes the client sends (``AMQP`` protocol header, a RESP
+array).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celerydiag.capture.amqp import AmqpParser, AmqpState
+from celerydiag.capture.decode import tcp_segment
+from celerydiag.capture.reader import CaptureInfo
+from celerydiag.capture.resp import RedisState, RespParser
+from celerydiag.capture.stream import Reassembler
+from celerydiag.capture.tcp import ACK, SYN, Connection
+
+AMQP_PORTS = frozenset({5672, 5671})
+REDIS_PORTS = frozenset({6379, 6380})
+DB_PORTS = frozenset({5432, 3306})
+KNOWN_PORTS = AMQP_PORTS | REDIS_PORTS | DB_PORTS
+
+
+@dataclass
+class Ports:
+    """Which server ports speak what (the target's own ports are added by the caller)."""
+
+    amqp: set[int] = field(default_factory=lambda: set(AMQP_PORTS))
+    redis: set[int] = field(default_factory=lambda: set(REDIS_PORTS))
+    other: set[int] = field(default_factory=lambda: set(DB_PORTS))
+
+    def servers(self) -> set[int]:
+        return self.amqp | self.redis | self.other
+
+
+@dataclass
+class Tracked:
+    """A Connection plus what we learned on top of TCP."""
+
+    conn: Connection
+    client_is_a: bool | None = None
+    protocol: str = "tcp"
+    amqp: AmqpState | None = None
+    redis: RedisState | None = None
+    streams: dict[bool, Reassembler] = field(default_factory=dict)  # from_a -> reassembler
+    undecided: bool = True
+
+
+@dataclass
+class Analysis:
+    info: CaptureInfo
+    tracked: list[Tracked]
+    first_ts: float | None
+    last_ts: float | None
+    non_tcp: int
+
+
+def run(info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], ports: Ports,
+        progress: Any = None) -> Analysis:
+    table: dict[tuple, tuple[Tracked, bool]] = {}
+    tracked: list[Tracked] = []
+    servers = ports.servers()
+    first_ts = last_ts = None
+    non_tcp = 0
+    count = 0
+    for ts, link, frame in frames:
+        count += 1
+        if progress is not None and not count & 0xFFFF:
+            progress(count)
+        if first_ts is None:
+            first_ts = ts
+        last_ts = ts
+        seg = tcp_segment(link, frame)
+        if seg is None:
+            non_tcp += 1
+            continue
+        src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale = seg
+        entry = table.get((src, sport, dst, dport))
+        if entry is not None and flags & SYN and not flags & ACK:
+            t, _ = entry
+            if (t.conn.end_ts is not None) and seq != _syn_seq(t):
+                entry = None  # the ports were reused for a new connection (Wireshark does the same)
+        if entry is None:
+            conn = Connection(len(tracked), (src, sport), (dst, dport), ts)
+            t = Tracked(conn)
+            tracked.append(t)
+            table[(src, sport, dst, dport)] = (t, True)
+            table[(dst, dport, src, sport)] = (t, False)
+            entry = (t, True)
+        t, from_a = entry
+        conn = t.conn
+        conn.segment(from_a, ts, seq, ack, flags, window, seglen, wscale)
+        if t.client_is_a is None:
+            _decide_client(t, servers)
+        if seglen:
+            if t.undecided:
+                _decide_protocol(t, ports, from_a, payload)
+            if t.amqp is not None:
+                side = "client" if from_a == t.client_is_a else "server"
+                t.streams[from_a].segment(ts, seq, seglen, payload)
+                t.amqp.activity(side, ts)
+            elif t.redis is not None:
+                t.streams[from_a].segment(ts, seq, seglen, payload)
+    return Analysis(info, tracked, first_ts, last_ts, non_tcp)
+
+
+def _syn_seq(t: Tracked) -> int | None:
+    conn = t.conn
+    segs = conn.fwd_a.segments
+    return segs[0][0] if segs else None
+
+
+def _decide_client(t: Tracked, servers: set[int]) -> None:
+    conn = t.conn
+    if conn.syn_from_a is not None:
+        t.client_is_a = conn.syn_from_a
+        return
+    a_port, b_port = conn.a[1], conn.b[1]
+    if b_port in servers and a_port not in servers:
+        t.client_is_a = True
+    elif a_port in servers and b_port not in servers:
+        t.client_is_a = False
+    else:
+        t.client_is_a = a_port > b_port
+
+
+def _decide_protocol(t: Tracked, ports: Ports, from_a: bool, payload: bytes) -> None:
+    conn = t.conn
+    server_port = conn.b[1] if t.client_is_a else conn.a[1]
+    from_client = from_a == t.client_is_a
+    protocol = None
+    if server_port in ports.amqp or (from_client and payload[:4] == b"AMQP"):
+        protocol = "amqp"
+    elif server_port in ports.redis or (from_client and payload[:1] == b"*" and b"\r\n$" in payload[:64]):
+        protocol = "redis"
+    elif server_port in ports.other:
+        protocol = "tcp"
+    if protocol is None and not from_client:
+        return  # wait for the client's first bytes
+    t.undecided = False
+    client_a = bool(t.client_is_a)
+    if protocol == "amqp":
+        t.protocol = "amqp"
+        t.amqp = AmqpState()
+        t.streams = {client_a: Reassembler(AmqpParser(t.amqp, "client"), synced=conn.syn_from_a is not None),
+                     not client_a: Reassembler(AmqpParser(t.amqp, "server"), synced=conn.syn_from_a is not None)}
+    elif protocol == "redis":
+        t.protocol = "redis"
+        t.redis = RedisState()
+        t.streams = {client_a: Reassembler(RespParser(t.redis, True), synced=conn.syn_from_a is not None),
+                     not client_a: Reassembler(RespParser(t.redis, False), synced=conn.syn_from_a is not None)}

@@ -1,0 +1,248 @@
+"""Findings from a capture: each network cause with the milliseconds it adds and its fix.
+
+impact_ms is what the cause adds to the P99 time from ``update_state()`` to a client seeing it:
+- missed heartbeats: the silence itself (everything on that connection waited at least that long,
+  then the connection was dropped and had to be re-established);
+- zero window: the longest episode (data queued behind a closed window waits that long);
+- retransmissions: one RTO (Linux's minimum, 200 ms) once 1 % or more of the data segments are
+  retransmitted (then the P99 segment is one of them), scaled down linearly below that;
+- RTT: the median RTT times the round trips a state update needs on that protocol (Redis: GET,
+  then MULTI..EXEC, then the client's read = 3; AMQP publish/deliver = 1);
+- Connection.Blocked: how long the broker kept the connection blocked;
+- Redis: the P99 of the state path (read-before-write GET + the MULTI..EXEC transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from celerydiag.capture.report import ConnectionSummary
+from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+
+RTO_MIN_MS = 200.0  # Linux TCP_RTO_MIN
+RETRANS_P99_RATIO = 0.01
+ROUND_TRIPS = {"redis": 3, "amqp": 1, "tcp": 1}
+NOTABLE_SHARE = 0.05  # below 5 % of the budget a measured number is reported as ok
+DOCS_HEARTBEAT = "https://www.rabbitmq.com/docs/heartbeats"
+DOCS_HEARTBEAT_CELERY = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-heartbeat"
+DOCS_PREFETCH = "https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits"
+DOCS_ALARMS = "https://www.rabbitmq.com/docs/alarms"
+DOCS_REDIS_LATENCY = "https://redis.io/docs/latest/operate/oss_and_stack/management/optimization/latency/"
+DOCS_TSHARK = "https://www.wireshark.org/docs/wsug_html_chunked/ChAdvTCPAnalysis.html"
+
+
+def _ok(slug: str, title: str, **kw: Any) -> Finding:
+    return Finding(id=f"network.{slug}", cause=Cause.NETWORK, severity=Severity.OK, title=title, **kw)
+
+
+def assess(conns: list[ConnectionSummary], budget_ms: float) -> Iterator[Finding]:
+    amqp = [c for c in conns if c.amqp is not None]
+    if amqp:
+        yield _heartbeats(amqp, budget_ms)
+        blocked = [c for c in amqp if c.amqp and c.amqp["blocked_s"] > 0]
+        if blocked:
+            yield _blocked(blocked, budget_ms)
+    if conns:
+        yield _zero_window(conns, budget_ms)
+        yield _retransmissions(conns, budget_ms)
+        rtt = _rtt(conns, budget_ms)
+        if rtt is not None:
+            yield rtt
+    redis = [c for c in conns if c.redis is not None]
+    if redis:
+        found = _redis(redis, budget_ms)
+        if found is not None:
+            yield found
+
+
+def _heartbeats(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+    worst = None
+    for c in conns:
+        a = c.amqp or {}
+        for side in a.get("silent_sides", []):
+            silence = a["max_silence_s"][side]
+            if worst is None or silence > worst[0]:
+                worst = (silence, side, c)
+    negotiated = sorted({c.amqp["heartbeat_s"] for c in conns if c.amqp and c.amqp["heartbeat_s"] is not None})
+    if worst is None:
+        return _ok("missed-heartbeats", "No AMQP side went silent for two heartbeat intervals",
+                   evidence={"amqp_connections_count": len(conns), "heartbeats_negotiated_s": negotiated})
+    silence, side, c = worst
+    a = c.amqp or {}
+    hb = a["heartbeat_s"]
+    affected = sum(1 for x in conns if x.amqp and x.amqp["missed_heartbeats"])
+    if side == "client":
+        why = ("the client process stopped sending anything, heartbeats included: a blocked event loop "
+               "(a long CPU-bound or blocking call in the worker's consumer thread), a stopped or swapping "
+               "process, or a GC pause")
+        fix = Fix(
+            "Keep the worker's event loop free (move blocking work into the task pool) and give the heartbeat "
+            "room for pauses you cannot avoid; the worker checks it every broker_heartbeat / "
+            "broker_heartbeat_checkrate seconds.",
+            "# seconds; RabbitMQ recommends 5-20 s minimum, Celery's default is 120 (negotiated down to the\n"
+            "# server's 60). Below 5 s false positives are likely.\n"
+            f"broker_heartbeat = {max(30, int(hb or 0) * 4)}\n"
+            "broker_heartbeat_checkrate = 2.0\n",
+            (DOCS_HEARTBEAT_CELERY, DOCS_HEARTBEAT),
+        )
+    else:
+        why = ("the broker sent nothing, heartbeats included: the broker was overloaded or paused, or the path "
+               "from it dropped traffic (look for retransmissions on this connection)")
+        fix = Fix(
+            "Check the broker's health (rabbitmq-diagnostics status, alarms) and the network path; a longer "
+            "heartbeat only rides out short stalls.",
+            f"broker_heartbeat = {max(30, int(hb or 0) * 4)}\n",
+            (DOCS_HEARTBEAT, DOCS_ALARMS),
+        )
+    return rated(
+        "network.missed-heartbeats", Cause.NETWORK, silence * 1000.0, budget_ms,
+        f"AMQP {side} went silent for {silence:.1f} s with a {hb} s heartbeat; "
+        f"the connection {'was dropped' if a['close'] != 'open' else 'is past the point the peer should drop it'}",
+        detail=(f"On {c.client} -> {c.server} {why}. A peer that hears nothing for two heartbeat intervals "
+                f"closes the connection (closed by {a['closed_by'] or 'nobody yet'}, via {a['close']}); "
+                "tasks and rpc:// states on it wait until the worker reconnects."),
+        evidence={"silence_s": round(silence, 3), "heartbeat_s": hb, "silent_side": side,
+                  "connection": f"{c.client} -> {c.server}", "affected_connections_count": affected,
+                  "close": a["close"], "closed_by": a["closed_by"]},
+        fix=fix,
+    )
+
+
+def _blocked(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+    c = max(conns, key=lambda x: (x.amqp or {})["blocked_s"])
+    a = c.amqp or {}
+    return rated(
+        "network.amqp-blocked", Cause.NETWORK, a["blocked_s"] * 1000.0, budget_ms,
+        f"RabbitMQ blocked a publishing connection for {a['blocked_s']:.1f} s ({a['blocked_reason'] or 'no reason'})",
+        detail=(f"Connection.Blocked on {c.client} -> {c.server}: a memory or disk alarm pauses every "
+                "publisher, so task messages (and rpc:// states) wait until Connection.Unblocked."),
+        evidence={"blocked_s": round(a["blocked_s"], 3), "reason": a["blocked_reason"],
+                  "connection": f"{c.client} -> {c.server}"},
+        fix=Fix("Clear the resource alarm on the broker (free memory or disk, consume the backlog); "
+                "rabbitmq-diagnostics alarms shows which one.", "", (DOCS_ALARMS,)),
+    )
+
+
+def _zero_window(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+    worst = None
+    total = 0
+    for c in conns:
+        for ep in c.tcp["zero_window_episodes"]:
+            total += 1
+            if worst is None or ep["duration_s"] > worst[0]["duration_s"]:
+                worst = (ep, c)
+    if worst is None:
+        return _ok("zero-window", "No receiver closed its TCP window (no zero-window episode)",
+                   evidence={"connections_count": len(conns)})
+    ep, c = worst
+    side = ep["side"]
+    if side == "client" and c.protocol == "amqp":
+        who = "the AMQP client (a worker's consumer) stopped reading what the broker delivered"
+        fix = Fix("The worker stopped reading its socket: keep its event loop free, and prefetch fewer messages so "
+                  "a busy worker does not hold (and stop reading) a deep backlog.",
+                  "worker_prefetch_multiplier = 1\n", (DOCS_PREFETCH,))
+    elif side == "server" and c.protocol == "amqp":
+        who = "RabbitMQ stopped reading from this publisher (flow control or a resource alarm)"
+        fix = Fix("The broker paused reading from publishers: check rabbitmq-diagnostics alarms and the queue "
+                  "backlog; publishes (task dispatch, rpc:// states) wait meanwhile.", "", (DOCS_ALARMS,))
+    elif side == "server" and c.protocol == "redis":
+        who = "Redis stopped reading (a slow command, a fork for persistence, or swapping)"
+        fix = Fix("Redis is not reading its clients: check LATENCY DOCTOR and SLOWLOG on the server.", "",
+                  (DOCS_REDIS_LATENCY,))
+    else:
+        who = f"the {side} application stopped reading its socket"
+        fix = Fix(f"The {side} process stopped reading from {c.server if side == 'server' else c.client}: "
+                  "look for a blocked event loop or an overloaded process there.", "", (DOCS_TSHARK,))
+    return rated(
+        "network.zero-window", Cause.NETWORK, ep["duration_s"] * 1000.0, budget_ms,
+        f"TCP zero window for {ep['duration_s']:.2f} s: {who}",
+        detail=(f"On {c.client} -> {c.server} the {side} advertised a zero receive window "
+                f"({ep['zero_window_packets']} zero-window packets); everything behind it waited. "
+                f"{total} episode(s) in the capture. Check: tshark -r FILE -Y tcp.analysis.zero_window"),
+        evidence={"longest_episode_s": ep["duration_s"], "episodes_count": total, "side": side,
+                  "connection": f"{c.client} -> {c.server}", "protocol": c.protocol},
+        fix=fix,
+    )
+
+
+def _retransmissions(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+    kinds = ("retransmission", "fast_retransmission", "spurious_retransmission")
+    retrans = sum(c.tcp[k][s] for c in conns for k in kinds for s in ("client", "server"))
+    data = sum(c.tcp.get("data_segments", {}).get(s, 0) for c in conns for s in ("client", "server"))
+    ratio = retrans / data if data else 0.0
+    if not retrans:
+        return _ok("retransmissions", "No TCP retransmissions", evidence={"data_segments_count": data})
+    worst = max(conns, key=lambda c: sum(c.tcp[k][s] for k in kinds for s in ("client", "server")))
+    impact = RTO_MIN_MS * min(1.0, ratio / RETRANS_P99_RATIO)
+    return rated(
+        "network.retransmissions", Cause.NETWORK, impact, budget_ms,
+        f"{ratio:.1%} of data segments were retransmitted ({retrans} of {data})",
+        detail=("Each retransmission after a timeout costs at least one RTO (200 ms on Linux); once 1 % of "
+                f"segments are retransmitted the P99 state update pays it. Worst: {worst.client} -> {worst.server}. "
+                "Check: tshark -r FILE -Y tcp.analysis.retransmission"),
+        evidence={"retransmissions_count": retrans, "data_segments_count": data, "retransmission_ratio": ratio,
+                  "connection": f"{worst.client} -> {worst.server}"},
+        fix=Fix("Packet loss on the path: check interface errors and drops (ip -s link), MTU mismatches and "
+                "overloaded links or middleboxes between the hosts.", "", (DOCS_TSHARK,)),
+    )
+
+
+def _rtt(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
+    best = None
+    for c in conns:
+        samples = [v for v in (c.tcp["rtt_ms"]["client"], c.tcp["rtt_ms"]["server"], c.tcp["rtt_ms"]["handshake"])
+                   if v is not None]
+        if not samples:
+            continue
+        rtt = max(samples)
+        impact = rtt * ROUND_TRIPS.get(c.protocol, 1)
+        if best is None or impact > best[0]:
+            best = (impact, rtt, c)
+    if best is None:
+        return None
+    impact, rtt, c = best
+    evidence = {"rtt_ms": round(rtt, 3), "round_trips_count": ROUND_TRIPS.get(c.protocol, 1),
+                "connection": f"{c.client} -> {c.server}", "protocol": c.protocol}
+    if impact < NOTABLE_SHARE * budget_ms:
+        return _ok("high-rtt", f"Round-trip times are low (worst median {rtt:.2f} ms)", impact_ms=impact,
+                   evidence=evidence)
+    return rated(
+        "network.high-rtt", Cause.NETWORK, impact, budget_ms,
+        f"Round trip {rtt:.1f} ms to {c.server} ({c.protocol}); a state update pays it "
+        f"{ROUND_TRIPS.get(c.protocol, 1)}x",
+        detail="Median ACK RTT measured from data/ACK pairs (and the handshake). Run the broker/backend close "
+               "to the workers and clients, or cut round trips (Redis pub/sub results instead of polling).",
+        evidence=evidence,
+        fix=Fix("Place the broker and result backend in the same zone as workers and clients; every state "
+                "update and every poll pays this round trip.", "", (DOCS_TSHARK,)),
+    )
+
+
+def _redis(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
+    worst = None
+    for c in conns:
+        r = c.redis or {}
+        get = (r.get("commands") or {}).get("GET")
+        tx = r.get("transaction_ms")
+        p99 = (get["p99_ms"] if get else 0.0) + (tx["p99_ms"] if tx else 0.0)
+        if (get or tx) and (worst is None or p99 > worst[0]):
+            worst = (p99, get, tx, c)
+    if worst is None:
+        return None
+    p99, get, tx, c = worst
+    r = c.redis or {}
+    evidence = {"get_p99_ms": get["p99_ms"] if get else None, "transaction_p99_ms": tx["p99_ms"] if tx else None,
+                "connection": f"{c.client} -> {c.server}", "task_ids_polled_count": r.get("task_ids_polled"),
+                "pubsub_pushes_count": r.get("pubsub_pushes")}
+    if p99 < NOTABLE_SHARE * budget_ms:
+        return _ok("redis-latency", f"Redis state path is fast on the wire (P99 {p99:.2f} ms)", impact_ms=p99,
+                   evidence=evidence)
+    return rated(
+        "network.redis-latency", Cause.NETWORK, p99, budget_ms,
+        f"Redis state path P99 {p99:.1f} ms on the wire (GET + MULTI..EXEC)",
+        detail="Request-to-reply time seen in the capture for the commands update_state() issues.",
+        evidence=evidence,
+        fix=Fix("Redis answers slowly: check LATENCY DOCTOR, SLOWLOG, persistence forks and swap on the server.",
+                "", (DOCS_REDIS_LATENCY,)),
+    )

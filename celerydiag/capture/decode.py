@@ -1,0 +1,115 @@
+"""Link, IP and TCP headers from raw frame bytes, with ``struct`` (no per-packet objects).
+
+Link types: Ethernet (with 802.1Q/QinQ tags), Linux cooked v1 and v2 (``tcpdump -i any``), raw
+IP, BSD null/loopback (host byte order) and OpenBSD loop (network order), bare IPv4/IPv6. IP
+fragments other than the first are skipped (a TCP header is not in them). The TCP segment length
+is taken from the IP length fields, as Wireshark does, so a snaplen-truncated frame still counts
+its real size.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+_U16 = struct.Struct("!H").unpack_from
+_TCP = struct.Struct("!HHIIBBH").unpack_from  # sport dport seq ack off flags window
+_IP4_ADDRS = struct.Struct("!4s4s").unpack_from
+
+ETHERTYPE_IP4, ETHERTYPE_IP6 = 0x0800, 0x86DD
+_V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH: skip to the next header
+
+
+def ip_offset(link: int, frame: bytes) -> int:
+    """Offset of the IP header in the frame, or -1 when it is not IP."""
+    if link == 1:
+        etype = _U16(frame, 12)[0] if len(frame) >= 14 else 0
+        off = 14
+        while etype in (0x8100, 0x88A8) and len(frame) >= off + 4:
+            etype = _U16(frame, off + 2)[0]
+            off += 4
+        return off if etype in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
+    if link == 113:
+        return 16 if len(frame) >= 16 and _U16(frame, 14)[0] in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
+    if link == 276:
+        return 20 if len(frame) >= 20 and _U16(frame, 0)[0] in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
+    if link in (101, 12, 14, 228, 229):
+        return 0
+    if link in (0, 108):
+        return 4
+    return -1
+
+
+def tcp_segment(link: int, frame: bytes) -> tuple | None:
+    """``(src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale)`` or None.
+
+    ``src``/``dst`` are raw address bytes (cheap dict keys); ``payload`` is what was captured of
+    the segment's data (may be shorter than ``seglen`` when the snaplen cut it); ``wscale`` is the
+    window-scale option of a SYN, else -1.
+    """
+    off = ip_offset(link, frame)
+    if off < 0 or len(frame) < off + 20:
+        return None
+    version = frame[off] >> 4
+    if version == 4:
+        ihl = (frame[off] & 0x0F) * 4
+        if frame[off + 9] != 6 or _U16(frame, off + 6)[0] & 0x1FFF:
+            return None
+        total = _U16(frame, off + 2)[0]
+        src, dst = _IP4_ADDRS(frame, off + 12)
+        tcp = off + ihl
+        ip_end = off + total if total else len(frame)
+    elif version == 6:
+        if len(frame) < off + 40:
+            return None
+        nxt = frame[off + 6]
+        plen = _U16(frame, off + 4)[0]
+        src, dst = frame[off + 8:off + 24], frame[off + 24:off + 40]
+        tcp = off + 40
+        ip_end = tcp + plen if plen else len(frame)
+        while nxt in _V6_EXT and len(frame) >= tcp + 8:
+            nxt, hlen = frame[tcp], (frame[tcp + 1] + 1) * (4 if nxt == 51 else 8)
+            tcp += hlen
+        if nxt != 6:
+            return None
+    else:
+        return None
+    if len(frame) < tcp + 20:
+        return None
+    sport, dport, seq, ack, doff, flags, window = _TCP(frame, tcp)
+    hlen = (doff >> 4) * 4
+    seglen = ip_end - tcp - hlen
+    if seglen < 0:
+        return None
+    wscale = -1
+    if flags & 0x02 and hlen > 20:
+        wscale = _wscale(frame, tcp + 20, tcp + hlen)
+    start = tcp + hlen
+    return src, sport, dst, dport, seq, ack, flags, window, seglen, frame[start:start + seglen], wscale
+
+
+def _wscale(frame: bytes, pos: int, end: int) -> int:
+    end = min(end, len(frame))
+    while pos < end:
+        kind = frame[pos]
+        if kind == 0:
+            break
+        if kind == 1:
+            pos += 1
+            continue
+        if pos + 1 >= end:
+            break
+        length = frame[pos + 1]
+        if kind == 3 and length == 3 and pos + 2 < end:
+            return min(frame[pos + 2], 14)
+        if length < 2:
+            break
+        pos += length
+    return -1
+
+
+def address(raw: bytes, port: int) -> str:
+    """``ip:port`` for IPv4, ``[ip]:port`` for IPv6."""
+    if len(raw) == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, raw)}:{port}"
+    return f"[{socket.inet_ntop(socket.AF_INET6, raw)}]:{port}"

@@ -1,0 +1,185 @@
+"""Redis RESP2/RESP3 on the wire: pair each request with its reply and time the state path.
+
+Celery's result backend writes a state as ``GET`` (read-before-write) then ``MULTI / SETEX /
+PUBLISH / EXEC`` and clients read it with ``GET celery-task-meta-<id>`` or get it pushed on a
+``SUBSCRIBE``d channel (celery-facts A.1, B). So per connection we time every command from the
+segment that completed it to the segment that completed its reply (pipelining keeps order, so a
+FIFO pairs them), time each MULTI..EXEC transaction, count pub/sub pushes, and count polls per
+task id. Values are skipped, never kept: only command names and ``celery-task-meta-`` keys are.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from celerydiag.capture.tcp import Reservoir
+
+STATE_PATH = ("GET", "SET", "SETEX", "PUBLISH", "MULTI", "EXEC", "SUBSCRIBE", "MGET")
+TASK_META = b"celery-task-meta-"
+MAX_COMMANDS = 64  # distinct command names timed per connection
+MAX_TASK_IDS = 100_000
+_SUB = {b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe"}
+_PUSH = {b"message", b"pmessage", b"smessage"}
+INCOMPLETE = object()
+
+
+@dataclass
+class RedisState:
+    latency: dict[str, Reservoir] = field(default_factory=dict)
+    transaction: Reservoir = field(default_factory=Reservoir)
+    pending: deque = field(default_factory=deque)  # (name, nargs, ts)
+    polls: dict[bytes, int] = field(default_factory=dict)
+    pushes: int = 0
+    absorb: int = 0
+    multi_ts: float | None = None
+    errors: int = 0
+
+    def command(self, ts: float, parts: list[Any]) -> None:
+        if not parts or not isinstance(parts[0], bytes):
+            return
+        name = parts[0].upper().decode("ascii", "replace")
+        self.pending.append((name, len(parts) - 1, ts))
+        if name == "GET" and len(parts) > 1 and isinstance(parts[1], bytes):
+            key = parts[1]
+            i = key.find(TASK_META)
+            if i >= 0 and (key in self.polls or len(self.polls) < MAX_TASK_IDS):
+                tid = key[i + len(TASK_META):]
+                self.polls[tid] = self.polls.get(tid, 0) + 1
+        elif name == "MULTI":
+            self.multi_ts = ts
+
+    def reply(self, ts: float, value: Any, push: bool) -> None:
+        if isinstance(value, list) and value and isinstance(value[0], bytes):
+            kind = value[0].lower()
+            if push or kind in _PUSH:
+                if kind in _PUSH or kind not in _SUB:
+                    self.pushes += 1
+                    return
+            if kind in _SUB:
+                if self.pending and self.pending[0][0].lower().encode() in _SUB:
+                    name, nargs, sent = self.pending.popleft()
+                    self._time(name, ts - sent)
+                    self.absorb = max(0, nargs - 1)
+                elif self.absorb:
+                    self.absorb -= 1
+                return
+        elif push:
+            self.pushes += 1
+            return
+        if isinstance(value, ReplyError):
+            self.errors += 1
+        if not self.pending:
+            return
+        name, _nargs, sent = self.pending.popleft()
+        self._time(name, ts - sent)
+        if name == "EXEC" and self.multi_ts is not None:
+            self.transaction.add(ts - self.multi_ts)
+            self.multi_ts = None
+
+    def _time(self, name: str, seconds: float) -> None:
+        res = self.latency.get(name)
+        if res is None:
+            if len(self.latency) >= MAX_COMMANDS:
+                return
+            res = self.latency[name] = Reservoir()
+        res.add(seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        polls = list(self.polls.values())
+        return {
+            "commands": {name: r.summary_ms() for name, r in sorted(self.latency.items())},
+            "transaction_ms": self.transaction.summary_ms(),
+            "pubsub_pushes": self.pushes,
+            "error_replies": self.errors,
+            "task_ids_polled": len(polls),
+            "polls_per_task": {"mean": round(sum(polls) / len(polls), 2), "max": max(polls)} if polls else None,
+        }
+
+
+class ReplyError(bytes):
+    """A ``-ERR ...`` reply (kept apart so errors can be counted)."""
+
+
+def parse(data: Any, pos: int, depth: int = 0) -> tuple[Any, int]:
+    """One RESP value at ``pos``: ``(value, next_pos)`` or ``(INCOMPLETE, pos)``.
+
+    Bulk strings longer than 256 bytes are skipped (their length is returned, not their bytes),
+    so a large task result never gets copied. Raises ValueError on bytes that are not RESP.
+    """
+    end = data.find(b"\r\n", pos)
+    if end < 0:
+        return INCOMPLETE, pos
+    t = data[pos]
+    line = data[pos + 1:end]
+    nxt = end + 2
+    if t in (0x2B, 0x3A, 0x2C, 0x28, 0x23, 0x5F):  # + : , ( # _
+        return bytes(line), nxt
+    if t == 0x2D:  # -
+        return ReplyError(line), nxt
+    if t in (0x24, 0x3D, 0x21):  # $ = !
+        n = int(line)
+        if n < 0:
+            return None, nxt
+        if nxt + n + 2 > len(data):
+            return INCOMPLETE, pos
+        return (bytes(data[nxt:nxt + n]) if n <= 256 else n), nxt + n + 2
+    if t in (0x2A, 0x7E, 0x3E, 0x25, 0x7C):  # * ~ > % |
+        n = int(line)
+        if n < 0:
+            return None, nxt
+        if t in (0x25, 0x7C):
+            n *= 2
+        if depth > 8:
+            raise ValueError("RESP nested too deep")
+        items = []
+        p = nxt
+        for _ in range(n):
+            item, p2 = parse(data, p, depth + 1)
+            if item is INCOMPLETE:
+                return INCOMPLETE, pos
+            items.append(item)
+            p = p2
+        return items, p
+    raise ValueError("not RESP")
+
+
+class RespParser:
+    """One direction: requests (client) or replies (server)."""
+
+    def __init__(self, state: RedisState, client: bool) -> None:
+        self.state = state
+        self.client = client
+
+    def resync(self, data: Any) -> int:
+        marks = b"*" if self.client else b"+-:$*>_%~"
+        for pos in range(min(len(data), 4096)):
+            if data[pos] in marks and (pos == 0 or data[pos - 1] == 0x0A):
+                return pos
+        return -1
+
+    def feed(self, ts: float, data: Any) -> int:
+        pos = 0
+        n = len(data)
+        try:
+            while pos < n:
+                if self.client and data[pos] != 0x2A:  # inline command: one line
+                    end = data.find(b"\r\n", pos)
+                    if end < 0:
+                        break
+                    self.state.command(ts, bytes(data[pos:end]).split())
+                    pos = end + 2
+                    continue
+                push = data[pos] == 0x3E
+                value, nxt = parse(data, pos)
+                if value is INCOMPLETE:
+                    break
+                if self.client:
+                    self.state.command(ts, value)
+                else:
+                    self.state.reply(ts, value, push)
+                pos = nxt
+        except (ValueError, IndexError):
+            return -1
+        return pos

@@ -1,0 +1,320 @@
+"""TCP analysis per connection and direction, with Wireshark's ``tcp.analysis.*`` definitions.
+
+The rules follow ``tcp_analyze_sequence_number()`` in Wireshark's ``epan/dissectors/packet-tcp.c``
+(zero window, zero-window probe, lost segment, keep-alive, window update, window full, dup ACK,
+retransmission with its fast/spurious/out-of-order kinds, ACK RTT) closely enough that every count
+can be checked with ``tshark -Y tcp.analysis.<flag>`` on the same file; the tests do exactly that.
+Sequence arithmetic is modulo 2**32 like Wireshark's ``GT_SEQ``/``LT_SEQ`` macros.
+
+Per-connection state is bounded (the unacked-segment list is capped like Wireshark's
+``TCP_MAX_UNACKED_SEGMENTS``; RTT samples are a fixed-size reservoir), so memory stays flat as
+the capture grows.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+M32 = 0xFFFFFFFF
+HALF = 0x80000000
+MAX_UNACKED = 10000  # Wireshark's TCP_MAX_UNACKED_SEGMENTS
+RESERVOIR = 2048
+
+# analysis flags on one segment (names = the tshark field after tcp.analysis.)
+A_RETRANSMISSION = 0x01
+A_LOST_PACKET = 0x02
+A_ACK_LOST_PACKET = 0x04
+A_KEEP_ALIVE = 0x08
+A_DUPLICATE_ACK = 0x10
+A_ZERO_WINDOW = 0x20
+A_ZERO_WINDOW_PROBE = 0x40
+A_ZERO_WINDOW_PROBE_ACK = 0x80
+A_KEEP_ALIVE_ACK = 0x100
+A_OUT_OF_ORDER = 0x200
+A_FAST_RETRANSMISSION = 0x400
+A_WINDOW_UPDATE = 0x800
+A_WINDOW_FULL = 0x1000
+A_SPURIOUS_RETRANSMISSION = 0x4000
+
+COUNTED = {
+    "zero_window": A_ZERO_WINDOW,
+    "window_full": A_WINDOW_FULL,
+    "retransmission": A_RETRANSMISSION,
+    "fast_retransmission": A_FAST_RETRANSMISSION,
+    "spurious_retransmission": A_SPURIOUS_RETRANSMISSION,
+    "out_of_order": A_OUT_OF_ORDER,
+    "duplicate_ack": A_DUPLICATE_ACK,
+    "keep_alive": A_KEEP_ALIVE,
+    "zero_window_probe": A_ZERO_WINDOW_PROBE,
+    "window_update": A_WINDOW_UPDATE,
+    "lost_segment": A_LOST_PACKET,
+}
+
+
+class Reservoir:
+    """A fixed-size uniform sample of a stream of values, plus exact count and max."""
+
+    __slots__ = ("values", "count", "max", "_rng")
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.count = 0
+        self.max = 0.0
+        self._rng = random.Random(5)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if value > self.max:
+            self.max = value
+        if len(self.values) < RESERVOIR:
+            self.values.append(value)
+        else:
+            slot = self._rng.randrange(self.count)
+            if slot < RESERVOIR:
+                self.values[slot] = value
+
+    def summary_ms(self) -> dict[str, Any] | None:
+        if not self.count:
+            return None
+        from celerydiag.measure import summarize
+
+        s = summarize([v * 1000.0 for v in self.values]).to_dict()
+        s["samples"] = self.count
+        s["max_ms"] = round(self.max * 1000.0, 3)
+        return s
+
+
+@dataclass
+class Episode:
+    """A zero-window episode: from the first zero window a side advertises to its window update."""
+
+    side: str  # whose receive window was zero: its application stopped reading
+    start: float
+    end: float | None = None
+    packets: int = 0
+
+    def duration_s(self, until: float) -> float:
+        return (self.end if self.end is not None else until) - self.start
+
+
+class Flow:
+    """One direction of a connection (Wireshark's ``tcp_flow_t`` with its analyze_seq_info)."""
+
+    __slots__ = ("win_scale", "window", "base_set", "nextseq", "nextseqtime", "lastack", "lastacktime",
+                 "dupacknum", "maxseqtobeacked", "lastsegmentflags", "segments", "counts", "packets",
+                 "payload_bytes", "data_segments", "fin", "rst", "last_data", "max_gap", "rtt", "syn_time",
+                 "zw_episode")
+
+    def __init__(self) -> None:
+        self.win_scale = -1
+        self.window = M32
+        self.base_set = False
+        self.nextseq = 0
+        self.nextseqtime = 0.0
+        self.lastack = 0
+        self.lastacktime = 0.0
+        self.dupacknum = 0
+        self.maxseqtobeacked = 0
+        self.lastsegmentflags = 0
+        self.segments: list[list[Any]] = []  # [seq, nextseq, ts], newest last
+        self.counts = dict.fromkeys(COUNTED, 0)
+        self.counts["reset"] = 0
+        self.packets = 0
+        self.payload_bytes = 0
+        self.data_segments = 0
+        self.fin: float | None = None
+        self.rst: float | None = None
+        self.last_data: float | None = None
+        self.max_gap = 0.0
+        self.rtt = Reservoir()
+        self.syn_time: float | None = None
+        self.zw_episode: Episode | None = None
+
+
+def _gt(a: int, b: int) -> bool:
+    d = (a - b) & M32
+    return 0 < d < HALF
+
+
+def _lt(a: int, b: int) -> bool:
+    return ((a - b) & M32) >= HALF
+
+
+def _le(a: int, b: int) -> bool:
+    d = (a - b) & M32
+    return d == 0 or d >= HALF
+
+
+@dataclass
+class Connection:
+    """Both directions of one TCP conversation (one ``tcp.stream``)."""
+
+    stream: int
+    a: tuple[str, int]  # the endpoint that sent the first packet we saw
+    b: tuple[str, int]
+    first_ts: float
+    fwd_a: Flow = field(default_factory=Flow)  # a -> b
+    fwd_b: Flow = field(default_factory=Flow)  # b -> a
+    last_ts: float = 0.0
+    packets: int = 0
+    syn_from_a: bool | None = None  # who sent the SYN (None: no SYN captured)
+    ts_mru_syn: float = 0.0
+    first_rtt: float = 0.0
+    episodes: list[Episode] = field(default_factory=list)
+    app: Any = None  # protocol parser (amqp/resp) attached once the protocol is known
+    end_ts: float | None = None  # first FIN or RST
+
+    def flows(self, from_a: bool) -> tuple[Flow, Flow]:
+        return (self.fwd_a, self.fwd_b) if from_a else (self.fwd_b, self.fwd_a)
+
+    def side_name(self, from_a: bool, client_is_a: bool) -> str:
+        return "client" if from_a == client_is_a else "server"
+
+    def segment(self, from_a: bool, ts: float, seq: int, ack: int, flags: int, window: int,
+                seglen: int, wscale: int) -> int:
+        """Analyse one segment; returns its tcp.analysis flag bits (Wireshark's ``ta->flags``)."""
+        fwd, rev = (self.fwd_a, self.fwd_b) if from_a else (self.fwd_b, self.fwd_a)
+        self.packets += 1
+        self.last_ts = ts
+        fwd.packets += 1
+        ta = 0
+        if flags & SYN:
+            if not flags & ACK:
+                self.ts_mru_syn = ts
+                if self.syn_from_a is None:
+                    self.syn_from_a = from_a
+        elif flags & ACK and self.ts_mru_syn and not self.first_rtt:
+            self.first_rtt = ts - self.ts_mru_syn
+        if flags & RST:
+            fwd.counts["reset"] += 1
+            if fwd.rst is None:
+                fwd.rst = ts
+            if self.end_ts is None:
+                self.end_ts = ts
+        if flags & FIN:
+            if fwd.fin is None:
+                fwd.fin = ts
+            if self.end_ts is None:
+                self.end_ts = ts
+        if seglen:
+            fwd.payload_bytes += seglen
+            fwd.data_segments += 1
+            if fwd.last_data is not None and ts - fwd.last_data > fwd.max_gap:
+                fwd.max_gap = ts - fwd.last_data
+            fwd.last_data = ts
+
+        nextseq_f = fwd.nextseq
+        # base sequence bookkeeping (only "is it set" matters for the analysis)
+        fwd.base_set = True
+        rev_window = rev.window
+        # ZERO WINDOW PROBE
+        if seglen == 1 and seq == nextseq_f and rev_window == 0:
+            ta |= A_ZERO_WINDOW_PROBE
+        else:
+            no_sfr = not flags & (SYN | FIN | RST)
+            if window == 0 and no_sfr:
+                ta |= A_ZERO_WINDOW
+            if nextseq_f and _gt(seq, nextseq_f) and not flags & RST:
+                ta |= A_LOST_PACKET
+            if seglen <= 1 and seq == ((nextseq_f - 1) & M32) and no_sfr:
+                ta |= A_KEEP_ALIVE
+            if seglen == 0 and window and window != fwd.window and seq == nextseq_f \
+                    and ack == fwd.lastack and no_sfr:
+                ta |= A_WINDOW_UPDATE
+            if seglen > 0 and rev.win_scale != -1 and no_sfr:
+                shift = 0 if rev.win_scale == -2 else rev.win_scale
+                if (seq + seglen) & M32 == (rev.lastack + (rev.window << shift)) & M32:
+                    ta |= A_WINDOW_FULL
+            dup_shape = seglen == 0 and seq == nextseq_f and ack == fwd.lastack and no_sfr \
+                and window == fwd.window
+            if dup_shape and window and rev.lastsegmentflags & A_KEEP_ALIVE:
+                ta |= A_KEEP_ALIVE_ACK
+            elif dup_shape and window == 0 and rev.lastsegmentflags & A_ZERO_WINDOW_PROBE:
+                ta |= A_ZERO_WINDOW_PROBE_ACK
+            elif dup_shape and window:
+                fwd.dupacknum = 1 if fwd.dupacknum == -1 else fwd.dupacknum + 1
+                ta |= A_DUPLICATE_ACK
+        # finished_fwd
+        if ack != fwd.lastack:
+            fwd.dupacknum = 0
+        # ACKED LOST PACKET
+        if rev.maxseqtobeacked and flags & ACK and _gt(ack, rev.maxseqtobeacked):
+            if rev.maxseqtobeacked > rev.nextseq:
+                rev.maxseqtobeacked = rev.nextseq
+                ta |= A_ACK_LOST_PACKET
+            else:
+                if rev.dupacknum == 0:
+                    ta |= A_ACK_LOST_PACKET
+                rev.dupacknum = -1
+        # RETRANSMISSION / FAST / SPURIOUS / OUT-OF-ORDER
+        if (seglen > 0 or flags & (SYN | FIN)) and not ta & A_KEEP_ALIVE:
+            not_advanced = bool(nextseq_f) and _lt(seq, nextseq_f)
+            if seglen > 1 and ((nextseq_f - 1) & M32) == seq:
+                not_advanced = False
+            if seglen > 0 and rev.lastack and _le((seq + seglen) & M32, rev.lastack):
+                ta |= A_SPURIOUS_RETRANSMISSION
+            elif not_advanced and rev.dupacknum >= 2 and rev.lastack == seq and ts - rev.lastacktime < 0.020:
+                ta |= A_FAST_RETRANSMISSION
+            elif not_advanced and ts - fwd.nextseqtime < (self.first_rtt or 0.003) and \
+                    nextseq_f != (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & M32:
+                ta |= A_OUT_OF_ORDER
+            elif not_advanced:
+                ta |= A_RETRANSMISSION
+        nextseq = (seq + seglen) & M32
+        if seglen or flags & (SYN | FIN):
+            if flags & (SYN | FIN):
+                nextseq = (nextseq + 1) & M32
+            if len(fwd.segments) < MAX_UNACKED:
+                fwd.segments.append([seq, nextseq, ts])
+        if (_gt(nextseq, fwd.nextseq) or not fwd.nextseq) and not ta & A_ZERO_WINDOW_PROBE:
+            fwd.nextseq = nextseq
+            fwd.nextseqtime = ts
+        if (seq == fwd.maxseqtobeacked or not fwd.maxseqtobeacked) and not ta & A_ZERO_WINDOW_PROBE:
+            fwd.maxseqtobeacked = fwd.nextseq
+        fwd.window = window
+        fwd.lastack = ack
+        fwd.lastacktime = ts
+        fwd.lastsegmentflags = ta
+        # remove what this ACKs from the other direction's unacked list; exact match = ACK RTT
+        segs = rev.segments
+        if segs:
+            keep = []
+            for ual in segs:
+                if ack == ual[1]:
+                    rev.rtt.add(ts - ual[2])
+                    continue
+                if _gt(ack, ual[0]) and _le(ack, ual[1]):
+                    ual[0] = ack
+                    keep.append(ual)
+                elif _gt(ual[1], ack):
+                    keep.append(ual)
+            if len(keep) != len(segs):
+                rev.segments = keep
+        if flags & SYN:  # options are dissected after the analysis, as in Wireshark
+            fwd.win_scale = wscale
+            if fwd.win_scale == -1:
+                fwd.win_scale = rev.win_scale = -2
+            elif flags & ACK and rev.win_scale == -2:
+                fwd.win_scale = -2
+        if ta:
+            counts = fwd.counts
+            for name, bit in COUNTED.items():
+                if ta & bit:
+                    counts[name] += 1
+        self._episodes(from_a, ts, window, flags, ta)
+        return ta
+
+    def _episodes(self, from_a: bool, ts: float, window: int, flags: int, ta: int) -> None:
+        fwd = self.fwd_a if from_a else self.fwd_b
+        ep = fwd.zw_episode
+        if ta & A_ZERO_WINDOW:
+            if ep is None:
+                ep = fwd.zw_episode = Episode("a" if from_a else "b", ts)
+                self.episodes.append(ep)
+            ep.packets += 1
+        elif ep is not None and window and not flags & RST:
+            ep.end = ts
+            fwd.zw_episode = None
