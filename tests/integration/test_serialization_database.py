@@ -1,0 +1,113 @@
+"""The serialization probe reading real results that Celery's own database backend stored in
+PostgreSQL and MariaDB, in scratch tables named through ``database_table_names`` (never a real
+``celery_taskmeta``), dropped afterwards; and proof that the probe writes nothing."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import pytest
+
+from celerydiag.probes import ProbeContext, run_probe
+from celerydiag.probes.serialization import SerializationProbe, read_task_meta
+from celerydiag.target import resolve_target
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from tests.conftest import check_finding_document  # noqa: E402
+
+pytestmark = [pytest.mark.integration]
+
+DATABASES = [pytest.param("pg_url", marks=pytest.mark.postgres, id="postgres"),
+             pytest.param("mysql_url", marks=pytest.mark.mariadb, id="mariadb")]
+
+
+def _meta(floats: int) -> dict:
+    rng = random.Random(floats)
+    return {"current": floats, "total": floats, "values": [round(rng.random(), 6) for _ in range(floats)]}
+
+
+def _engine(url: str):  # noqa: ANN202
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from celerydiag.reach import connect_timeout_args
+
+    return create_engine(url, poolclass=NullPool, connect_args=connect_timeout_args(url, 5))
+
+
+def _has_table(url: str, name: str) -> bool:
+    from sqlalchemy import inspect
+
+    engine = _engine(url)
+    try:
+        return inspect(engine).has_table(name)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def database(request: pytest.FixtureRequest, scratch: str):  # noqa: ANN201
+    """(SQLAlchemy URL, target with scratch table names); drops the tables after the test."""
+    from sqlalchemy import text
+
+    url = request.getfixturevalue(request.param)
+    base = scratch.replace("-", "_")
+    names = {"task": f"{base}_task", "group": f"{base}_group"}
+    target = resolve_target(broker="memory://", backend=f"db+{url}")
+    target.conf.database_table_names = names
+    yield url, target, names
+    engine = _engine(url)
+    try:
+        with engine.begin() as conn:
+            for table in names.values():
+                conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    finally:
+        engine.dispose()
+    assert not any(_has_table(url, t) for t in names.values()), "scratch tables leaked"
+
+
+def test_probe_reads_recent_results_from_the_task_table(database, scratch: str) -> None:  # noqa: ANN001
+    from sqlalchemy import text
+
+    url, target, names = database
+    backend = target.app.backend  # Celery creates the scratch tables on first use
+    ids = {f"{scratch}-{n}": n for n in (5, 300, 2_000)}  # MariaDB's BLOB holds 64 KiB at most
+    for task_id, floats in ids.items():
+        backend.store_result(task_id, _meta(floats), "PROGRESS")
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            largest = conn.execute(text(f"SELECT max(length(result)) FROM {names['task']}")).scalar()
+            rows_before = conn.execute(text(f"SELECT count(*) FROM {names['task']}")).scalar()
+    finally:
+        engine.dispose()
+
+    result = run_probe(SerializationProbe(), ProbeContext(target=target, budget_ms=1000))
+
+    assert str(result.status) == "ran", result.reason
+    (finding,) = result.findings
+    check_finding_document(finding.to_dict())
+    assert finding.id == "serialization.stored-meta"
+    ev = finding.evidence
+    assert ev["metas_count"] == 3 and rows_before == 3
+    assert ev["max_bytes"] == largest > 15_000
+    assert ev["measured_bytes"] == largest  # the result column holds result_serializer bytes (5.7)
+    assert names["task"] in finding.detail and f"{scratch}-2000" in finding.detail
+    assert finding.impact_ms == pytest.approx(ev["update_ms"]) and finding.impact_ms > 0
+
+    payload = read_task_meta(target, f"{scratch}-300", timeout_s=5, max_bytes=1 << 20)
+    assert payload.stored == _meta(300)  # what Celery stored, decoded the way Celery reads it
+    assert payload.name == f"backend:{scratch}-300"
+
+
+def test_probe_writes_nothing_not_even_a_missing_table(database) -> None:  # noqa: ANN001
+    url, target, names = database
+
+    result = run_probe(SerializationProbe(), ProbeContext(target=target, budget_ms=1000))
+
+    (finding,) = result.findings
+    assert finding.id == "serialization.standard-meta"
+    assert f"no task table {names['task']} yet" in finding.detail
+    assert not _has_table(url, names["task"])  # Celery's backend would have created it
