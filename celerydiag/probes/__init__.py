@@ -34,6 +34,7 @@ PROBE_PATHS: tuple[str, ...] = (
     "celerydiag.probes.backend:BackendProbe",
     "celerydiag.probes.polling:PollingProbe",
     "celerydiag.probes.serialization:SerializationProbe",
+    "celerydiag.probes.e2e:E2EProbe",
 )
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")

@@ -1,0 +1,456 @@
+"""The end-to-end probe: the whole problem, measured directly.
+
+A real Celery worker (in this process, on a thread, pool ``solo``) consumes only a queue of its
+own on the target's broker and writes to the target's result backend. Its probe task calls
+``update_state`` N times on a fixed schedule and records when each call returned. A client (a
+second Celery app, as a web process would be) watches the way users do: polling
+``backend.get_task_meta`` at a fine interval, and, where the backend pushes (Redis, rpc),
+``AsyncResult.get(on_message=...)``. Worker and client share one clock, so the latency of every
+update is exact, with no clock skew to correct.
+
+What it creates, and removes at the end (also on Ctrl-C): the queue ``celerydiag.probe.<id>``
+(and its exchange), result keys of its own task ids, and on the database backend two scratch
+tables ``celerydiag_<id>_taskmeta``/``_tasksetmeta`` (never the user's ``celery_taskmeta``).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from celerydiag.errors import TargetUnreachable
+from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.measure import ms, summarize
+from celerydiag.probes import Probe, ProbeContext, log
+from celerydiag.target import Target, redact_url
+
+PUSH_BACKENDS = ("redis", "rediss", "sentinel", "rpc")
+POLL_INTERVAL_S = 0.002  # a client polling as fast as it sensibly can: we want the backend's delay
+UPDATE_SPACING_S = 0.010  # time between two update_state calls in the probe task
+DISPATCH_SAMPLES = 30
+DISPATCH_SPACING_S = 0.02
+START_TIMEOUT_S = 15.0
+
+# Settings copied from the target so our worker and client talk to its services exactly as its
+# own processes do (transport options, serializers, backend tuning), and nothing else (no routes,
+# imports, beat schedule, …).
+COPIED_PREFIXES = ("broker_", "result_", "redis_", "database_", "accept_content", "task_serializer",
+                   "task_compression", "task_track_started", "task_default_delivery_mode",
+                   "security_", "mongodb_", "cache_")
+NOT_COPIED = {"broker_url", "result_backend", "broker_connection_retry_on_startup",
+              "broker_connection_max_retries", "database_table_names", "result_expires"}
+
+
+@dataclass
+class Trace:
+    """What the worker and the client each saw, on the same clock (perf_counter seconds)."""
+
+    started: dict[str, float] = field(default_factory=dict)  # task id -> task body start
+    returned: dict[tuple[str, int], float] = field(default_factory=dict)  # (task, i) -> returned
+    write_s: list[float] = field(default_factory=list)  # how long each update_state blocked
+    seen: dict[str, dict[int, float]] = field(default_factory=dict)  # mode -> i -> first seen
+    reads_s: list[float] = field(default_factory=list)  # one poll's read time
+    deadline: float = 0.0
+
+
+class E2EProbe(Probe):
+    """End-to-end: a real worker's update_state() to a client seeing it, P50/P95/P99.
+
+    Starts a Celery worker (in-process, pool solo) on a queue of its own, runs a probe task that
+    calls update_state `--updates` times (default 250), and measures how long each new state
+    takes to reach a polling client and, where the backend pushes, an on_message client; also
+    dispatch latency (apply_async to task start) from 30 tasks sent on a fixed schedule. Load:
+    one task queue, ~100 writes/s and one client's reads for a few seconds. Cleans up its queue,
+    result keys and scratch tables.
+    """
+
+    name = "e2e"
+    cause = Cause.E2E
+
+    def applies(self, target: Target) -> str | None:
+        if target.backend_scheme in ("disabled", ""):
+            return "no result backend configured: there are no task states to see"
+        return None
+
+    def run(self, ctx: ProbeContext) -> Iterator[Finding]:
+        run = E2ERun(ctx)
+        yield from run.measure()
+
+
+class E2ERun:
+    """One measurement: build the apps, start the worker, run both phases, clean up."""
+
+    def __init__(self, ctx: ProbeContext) -> None:
+        self.ctx = ctx
+        self.target = ctx.target
+        self.trace = Trace()
+        self.queue_name = f"celerydiag.probe.{ctx.scratch.split('-', 1)[-1]}"
+        self.table_prefix = ctx.scratch.replace("-", "_")
+        self.task_ids: list[str] = []
+        self.modes = ["push"] if self.target.backend_scheme == "rpc" else ["poll"]
+        if self.target.backend_scheme in PUSH_BACKENDS and "push" not in self.modes:
+            self.modes.append("push")
+
+    # -- orchestration ------------------------------------------------------------------------
+
+    def measure(self) -> Iterator[Finding]:
+        ctx, limits = self.ctx, self.ctx.limits
+        updates = limits.updates
+        ctx.progress.start("e2e", total=DISPATCH_SAMPLES + updates * len(self.modes))
+        self.trace.deadline = time.perf_counter() + limits.max_seconds
+        worker_app, client_app = self._apps()
+        # An ExitStack unwinds last-in first-out: remove what we made, then close the apps.
+        ctx.cleanup.callback(worker_app.close)
+        ctx.cleanup.callback(client_app.close)
+        ctx.cleanup.callback(self._drop_scratch, client_app)
+        ctx.cleanup.callback(self._forget_results, client_app)
+        ctx.cleanup.callback(self._delete_queue, client_app)
+        self._register_tasks(worker_app)
+        hostname = f"{ctx.scratch}@{socket.gethostname()}"
+        with running_worker(worker_app, hostname, self.queue_name, self.target):
+            dispatch = self._dispatch_phase(client_app)
+            for mode in self.modes:
+                self._progress_phase(client_app, mode, updates)
+        yield from self._findings(dispatch)
+
+    def _apps(self) -> tuple[Any, Any]:
+        """A worker app and a client app with the target's transport settings and our own queue.
+
+        Two apps, like a real deployment: the worker's database backend behaves as a forked
+        prefork child (pooled connections); the client's as a web process (a new connection per
+        read when not forked: reference A.2).
+        """
+        from celery import Celery
+        from kombu import Exchange, Queue
+
+        apps = []
+        for role in ("worker", "client"):
+            app = Celery(f"celerydiag-e2e-{role}", broker=self.target.broker_url,
+                         backend=self.target.backend_url, set_as_current=False)
+            app.conf.update(_copied_settings(self.target))
+            exchange = Exchange(self.queue_name, "direct", durable=False, auto_delete=True)
+            app.conf.update(
+                task_queues=[Queue(self.queue_name, exchange, routing_key=self.queue_name,
+                                   durable=False, auto_delete=True)],
+                task_default_queue=self.queue_name,
+                task_default_exchange=self.queue_name,
+                task_default_routing_key=self.queue_name,
+                task_routes=None,
+                task_create_missing_queues=False,
+                worker_enable_remote_control=False,
+                worker_send_task_events=False,
+                task_send_sent_event=False,
+                worker_hijack_root_logger=False,
+                # 1 would be the natural choice for one probe task at a time, but with the solo
+                # pool on AMQP (Celery 5.7) the consumer then stalls after its first task.
+                worker_prefetch_multiplier=4,
+                broker_connection_retry_on_startup=False,
+                broker_connection_max_retries=1,
+                broker_connection_timeout=self.ctx.limits.timeout_s,
+                result_expires=600,  # our keys vanish by themselves even if cleanup cannot run
+                database_table_names={"task": f"{self.table_prefix}_taskmeta",
+                                      "group": f"{self.table_prefix}_tasksetmeta"},
+            )
+            if self.target.broker_scheme == "memory":
+                app.conf.broker_transport_options = {"polling_interval": 0.01}
+            apps.append(app)
+        return apps[0], apps[1]
+
+    def _register_tasks(self, app: Any) -> None:
+        trace = self.trace
+
+        # Bound tasks: the instance that runs is not always the proxy this decorator returns, so
+        # only `self.request` reliably names the running task.
+        @app.task(name="celerydiag.e2e.ping", ignore_result=True, bind=True, shared=False)
+        def ping(self: Any) -> None:
+            trace.started[self.request.id] = time.perf_counter()
+
+        @app.task(name="celerydiag.e2e.progress", bind=True, shared=False)
+        def progress(self: Any, updates: int, spacing_s: float) -> dict[str, int]:
+            task_id = self.request.id
+            trace.started[task_id] = begin = time.perf_counter()
+            done = 0
+            for i in range(updates):
+                slot = begin + i * spacing_s
+                delay = slot - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                if time.perf_counter() > trace.deadline:
+                    break
+                t0 = time.perf_counter()
+                self.update_state(state="PROGRESS", meta={"i": i, "n": updates})
+                t1 = time.perf_counter()
+                trace.returned[(task_id, i)] = t1
+                trace.write_s.append(t1 - t0)
+                done += 1
+            return {"i": done, "n": updates}
+
+    # -- phase 1: dispatch --------------------------------------------------------------------
+
+    def _dispatch_phase(self, client: Any) -> list[float]:
+        """apply_async → task start, each timed from its intended send time (fixed schedule)."""
+        ping = client.signature("celerydiag.e2e.ping")
+        intended: dict[str, float] = {}
+        start = time.perf_counter()
+        for i in range(DISPATCH_SAMPLES):
+            slot = start + i * DISPATCH_SPACING_S
+            delay = slot - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            task_id = f"{self.ctx.scratch}-ping-{i}"
+            intended[task_id] = slot
+            ping.apply_async(task_id=task_id, queue=self.queue_name,
+                             routing_key=self.queue_name, exchange=self.queue_name)
+        wait_until = time.perf_counter() + max(5.0, self.ctx.limits.timeout_s)
+        while time.perf_counter() < wait_until and not all(t in self.trace.started for t in intended):
+            time.sleep(0.005)
+        self.ctx.progress.step(DISPATCH_SAMPLES, "dispatch")
+        return [ms(self.trace.started[t] - slot) for t, slot in intended.items()
+                if t in self.trace.started]
+
+    # -- phase 2: progress updates ------------------------------------------------------------
+
+    def _progress_phase(self, client: Any, mode: str, updates: int) -> None:
+        task_id = f"{self.ctx.scratch}-progress-{mode}"
+        self.task_ids.append(task_id)
+        seen: dict[int, float] = {}
+        self.trace.seen[mode] = seen
+        result = client.signature("celerydiag.e2e.progress", args=(updates, UPDATE_SPACING_S)) \
+            .apply_async(task_id=task_id, queue=self.queue_name, routing_key=self.queue_name,
+                         exchange=self.queue_name)
+        budget = updates * UPDATE_SPACING_S + self.ctx.limits.max_seconds
+        if mode == "push":
+            self._watch_push(result, seen, budget)
+        else:
+            self._watch_poll(client, task_id, seen, budget)
+
+    def _note(self, seen: dict[int, float], meta: Any, now: float) -> None:
+        if isinstance(meta, dict) and isinstance(meta.get("i"), int) and meta["i"] not in seen:
+            seen[meta["i"]] = now
+            self.ctx.progress.step(1, "updates")
+
+    def _watch_poll(self, client: Any, task_id: str, seen: dict[int, float], budget: float) -> None:
+        """Poll the way a careful client does: one read per poll, state and meta from the same
+        read (reference B: `.state` then `.info` are two reads and can disagree)."""
+        backend = client.backend
+        stop = time.perf_counter() + budget
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            meta = backend.get_task_meta(task_id)
+            t1 = time.perf_counter()
+            self.trace.reads_s.append(t1 - t0)
+            if meta.get("status") == "PROGRESS":
+                self._note(seen, meta.get("result"), t1)
+            elif meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
+                return
+            time.sleep(POLL_INTERVAL_S)
+
+    def _watch_push(self, result: Any, seen: dict[int, float], budget: float) -> None:
+        def on_message(body: dict[str, Any]) -> None:
+            now = time.perf_counter()
+            if body.get("status") == "PROGRESS":
+                self._note(seen, body.get("result"), now)
+
+        result.get(on_message=on_message, propagate=False, timeout=budget, disable_sync_subtasks=False)
+
+    # -- findings -----------------------------------------------------------------------------
+
+    def _latencies(self, mode: str) -> tuple[list[float], int, int]:
+        """Per update seen: seen − returned, in ms. Also: updates never seen, updates seen before
+        update_state had returned (the write was visible before its reply reached the worker)."""
+        task_id = f"{self.ctx.scratch}-progress-{mode}"
+        seen = self.trace.seen.get(mode, {})
+        written = [i for (t, i) in self.trace.returned if t == task_id]
+        values, early = [], 0
+        for i, t_seen in seen.items():
+            returned = self.trace.returned.get((task_id, i))
+            if returned is None:
+                continue
+            delta = t_seen - returned
+            if delta < 0:
+                early += 1
+            values.append(ms(max(delta, 0.0)))
+        return values, len(set(written) - set(seen)), early
+
+    def _findings(self, dispatch: list[float]) -> Iterator[Finding]:
+        ctx = self.ctx
+        where = _where(self.target)
+        write = summarize([ms(v) for v in self.trace.write_s])
+        d = summarize(dispatch)
+        if d.samples:
+            yield rated(
+                "e2e.dispatch-latency", Cause.E2E, d.p99_ms, ctx.budget_ms,
+                f"Task dispatch (apply_async → task starts) P99 {d.p99_ms:.1f} ms",
+                detail=(f"{d.samples} tasks sent on a fixed {DISPATCH_SPACING_S * 1000:.0f} ms schedule "
+                        f"through {where}; each timed from its intended send time. This is the time a "
+                        "task spends PENDING before it can report anything; the broker probe explains it."),
+                evidence={**d.to_dict(), "lost_count": DISPATCH_SAMPLES - d.samples})
+        observed_mode = "push" if "push" in self.modes else "poll"
+        for mode in self.modes:
+            values, missed, early = self._latencies(mode)
+            s = summarize(values)
+            if not s.samples:
+                yield Finding(f"e2e.visibility-{mode}", Cause.E2E, Severity.WARNING,
+                              f"The {mode} client saw none of the task's state updates",
+                              detail="The task ran but no PROGRESS state reached the client within "
+                                     "the time bound; see the backend and broker probes.",
+                              evidence={"missed_count": missed, "updates_written_count": len(self.trace.write_s)})
+                continue
+            how = ("polling backend.get_task_meta() every "
+                   f"{POLL_INTERVAL_S * 1000:.0f} ms (plus the read itself)" if mode == "poll"
+                   else "AsyncResult.get(on_message=...) (the backend pushes)")
+            evidence: dict[str, Any] = {**s.to_dict(), "missed_count": missed,
+                                        "seen_before_return_count": early,
+                                        "update_state_p50_ms": round(write.p50_ms, 3),
+                                        "update_state_p99_ms": round(write.p99_ms, 3)}
+            if mode == "poll":
+                reads = summarize([ms(v) for v in self.trace.reads_s])
+                evidence.update(read_p50_ms=round(reads.p50_ms, 3), read_p99_ms=round(reads.p99_ms, 3),
+                                poll_interval_ms=POLL_INTERVAL_S * 1000)
+            yield rated(
+                f"e2e.visibility-{mode}", Cause.E2E, s.p99_ms, ctx.budget_ms,
+                f"State visibility ({mode}): update_state() returned → client saw it, "
+                f"P99 {s.p99_ms:.1f} ms",
+                detail=(f"{s.samples} updates written by a real worker through {where} and watched by a "
+                        f"client {how}. update_state() itself blocked the task for P50 "
+                        f"{write.p50_ms:.1f} ms / P99 {write.p99_ms:.1f} ms per call."
+                        + (f" {missed} updates were overwritten before the client read them (a poller "
+                           "only sees the latest state)." if missed else "")),
+                evidence=evidence,
+                fix=_visibility_fix(self.target, mode, s.p99_ms, ctx.budget_ms))
+            if mode == observed_mode:
+                ctx.latency.update(observed_p50_ms=round(s.p50_ms, 3), observed_p99_ms=round(s.p99_ms, 3),
+                                   observed_mode=mode, observed_samples=s.samples)
+
+    # -- cleanup ------------------------------------------------------------------------------
+
+    def _forget_results(self, client: Any) -> None:
+        for task_id in self.task_ids:
+            _quietly(client.backend.forget, task_id)
+
+    def _delete_queue(self, client: Any) -> None:
+        if self.target.broker_scheme == "memory":
+            return
+        with client.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=self.ctx.limits.timeout_s)
+            channel = conn.default_channel
+            for queue in client.conf.task_queues:
+                _quietly(queue(channel).delete)
+                _quietly(queue.exchange(channel).delete)
+
+    def _drop_scratch(self, client: Any) -> None:
+        """Drop our scratch tables and give the shared model classes back their own names."""
+        from celery.backends.database.models import Task, TaskExtended, TaskSet
+
+        try:
+            if self.target.backend_scheme == "db":
+                backend = client.backend
+                engine = backend.session_manager.get_engine(backend.url, **backend.engine_options)
+                for model in (backend.task_cls, backend.taskset_cls):
+                    _quietly(model.__table__.drop, engine, checkfirst=True)
+                _quietly(engine.dispose)
+        finally:
+            for model in (Task, TaskExtended, TaskSet):
+                model.configure(schema=None, name=None)
+            if self.target.app is not None and self.target.backend_scheme == "db":
+                # the user's own backend (if any) re-applies its names, as it did at creation
+                conf = self.target.conf
+                Task.configure(schema=(conf.database_table_schemas or {}).get("task"),
+                               name=(conf.database_table_names or {}).get("task"))
+                TaskExtended.configure(schema=(conf.database_table_schemas or {}).get("task"),
+                                       name=(conf.database_table_names or {}).get("task"))
+                TaskSet.configure(schema=(conf.database_table_schemas or {}).get("group"),
+                                  name=(conf.database_table_names or {}).get("group"))
+
+
+@contextmanager
+def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Iterator[Any]:
+    """A real worker on a thread, consuming only ``queue``; stopped on exit, Ctrl-C included.
+
+    Celery's own embedded test worker (TestWorkController) is what we start, without its
+    logging setup and ping task, and with a start timeout so a dead broker cannot hang us.
+    """
+    from celery.contrib.testing.worker import TestWorkController
+    from celery.worker import state
+
+    app.finalize()
+    _mark_forked(app)
+    worker = TestWorkController(
+        app=app, concurrency=1, pool="solo", loglevel="ERROR", logfile=None, hostname=hostname,
+        ready_callback=None, without_heartbeat=True, without_mingle=True, without_gossip=True,
+        queues=[queue])
+
+    def work() -> None:
+        # Celery's solo pool looks tasks up on the *current* app, a thread-local: make ours
+        # current in the worker thread only, leaving the caller's (and the user's) app alone.
+        app.set_current()
+        worker.start()
+
+    thread = threading.Thread(target=work, name="celerydiag-e2e-worker", daemon=True)
+    thread.start()
+    try:
+        if not worker._on_started.wait(START_TIMEOUT_S) or not thread.is_alive():
+            raise TargetUnreachable(f"the e2e worker could not start on broker {redact_url(target.broker_url)} "
+                                    f"within {START_TIMEOUT_S:.0f} s")
+        yield worker
+    finally:
+        stopping = time.perf_counter()
+        state.should_terminate = 0
+        hub = getattr(worker, "hub", None)
+        if hub is not None:  # AMQP: wake the event loop, or it sleeps until its next timer (~10 s)
+            hub.call_soon(lambda: None)
+        thread.join(10.0)
+        state.should_terminate = None
+        log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)
+
+
+def _copied_settings(target: Target) -> dict[str, Any]:
+    conf = target.conf
+    out = {}
+    for key in conf.keys():
+        if not isinstance(key, str) or not key.islower() or key in NOT_COPIED:
+            continue
+        if key.startswith(COPIED_PREFIXES):
+            out[key] = conf.get(key)
+    return out
+
+
+def _mark_forked(app: Any) -> None:
+    """Make the worker's database backend pool connections the way a prefork child does.
+
+    Our worker is a thread, not a forked child, so Celery would open a new connection for every
+    update_state (NullPool); a real prefork worker would not, and we would overstate its cost.
+    """
+    backend = app.backend
+    manager = getattr(backend, "session_manager", None)
+    if manager is not None:
+        manager.forked = True
+
+
+def _where(target: Target) -> str:
+    return f"broker {redact_url(target.broker_url)} and backend {redact_url(target.backend_url)}"
+
+
+def _visibility_fix(target: Target, mode: str, p99_ms: float, budget_ms: float) -> Fix | None:
+    if p99_ms < 0.2 * budget_ms:
+        return None
+    if target.backend_scheme == "db":
+        return Fix("Move task states to a Redis result backend and stream them with "
+                   "get(on_message=...); the database backend is polled and every read is a query "
+                   "(see the backend probe for what slows it).",
+                   "result_backend = 'redis://REDIS_HOST:6379/0'\n",
+                   ("https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend",))
+    return Fix("See the broker, backend and network findings for what adds the delay; the e2e "
+               "number is their sum as a client sees it.")
+
+
+def _quietly(fn: Any, *args: Any, **kw: Any) -> None:
+    try:
+        fn(*args, **kw)
+    except Exception:
+        pass
