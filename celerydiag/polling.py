@@ -83,11 +83,15 @@ def parse_seconds(text: str, what: str) -> float:
 
 
 def fmt_s(seconds: float) -> str:
-    """Short human duration: 0.135 → '135ms', 5 → '5s', 2.5 → '2.5s'."""
+    """Short human duration that parse_seconds reads back: 0.135 → '135ms', 2.5 → '2.5s', 3600 → '1h'."""
     if seconds == 0:
         return "0s"
     if abs(seconds) < 1:
         return f"{seconds * 1000:.4g}ms"
+    if abs(seconds) >= 3600:
+        return f"{seconds / 3600:.4g}h"
+    if abs(seconds) >= 120:
+        return f"{seconds / 60:.4g}m"
     return f"{seconds:.4g}s"
 
 
