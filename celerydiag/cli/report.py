@@ -33,9 +33,11 @@ def load(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as stream:
             data = json.load(stream)
+        if not isinstance(data, dict):
+            raise ValueError(f"its top level is a JSON {type(data).__name__}, not an object")
         return Report.from_dict(data)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: JSON not an object
         raise InputError(f"{path} is not a celerydiag JSON report: {exc}",
                          "produce one with `celerydiag doctor --format json -o FILE`") from None
