@@ -23,7 +23,10 @@ def command(files: tuple[str, ...], fmt: str, output: str | None, fail_on: str,
     from celerydiag.merge import merge_reports
 
     reports = [load(path) for path in files]
-    merged = merge_reports(reports, budget_ms if len(reports) > 1 else None)
+    # Severities in a saved report were judged against the budget it was made with; keep that
+    # budget unless the user names one, rather than claiming the default over them.
+    explicit = click.get_current_context().get_parameter_source("budget_ms") != click.core.ParameterSource.DEFAULT
+    merged = merge_reports(reports, budget_ms if len(reports) > 1 and explicit else None)
     return emit(merged, fmt, output, fail_on, no_color)
 
 
