@@ -12,6 +12,7 @@ Fixtures (use them by name in any test):
                                 traceback instead of becoming a quiet ``failed`` probe. A test of
                                 the guard itself sets ``celerydiag.probes._on_internal_error``
                                 back to a no-op with monkeypatch.
+  cli_argv                      the argv prefix of the real console script, for Popen
   run_cli(*args, ...)           run the real ``celerydiag`` console script in a subprocess with a
                                 bounded timeout and a clean environment; returns CompletedProcess
   check_report(doc)             assert ``doc`` has the ``celerydiag.report/1`` shape of design.md
@@ -95,6 +96,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TARGET_ENV}
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def cli_argv() -> list[str]:
+    """The argv prefix that runs the real console script (for Popen, signals, timing)."""
+    return list(CLI)
 
 
 @pytest.fixture

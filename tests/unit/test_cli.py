@@ -1,0 +1,296 @@
+"""The command line as a user meets it: help for every option, exit codes 0/1/2/3/130, the
+stdout/stderr split, --output, and `report` merging several hosts' saved reports."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+
+from celerydiag import __version__
+from celerydiag.cli import COMMAND_MODULES, main
+from celerydiag.errors import ExitCode
+
+TESTS = Path(__file__).resolve().parents[1]
+APPS = TESTS / "fixtures" / "apps"
+REPORTS = TESTS / "fixtures" / "reports"
+
+
+@pytest.fixture(autouse=True)
+def in_apps_dir(monkeypatch):
+    """Run from tests/fixtures/apps like a user runs from their project root, with a clean env."""
+    monkeypatch.chdir(APPS)
+    monkeypatch.syspath_prepend(str(APPS))
+    for var in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERYDIAG_TRACEBACK", "NO_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    for name in [m for m in sys.modules if m.startswith("tapp_")]:
+        del sys.modules[name]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return int(code), out, err
+
+
+def commands() -> dict[str, click.Command]:
+    return {m.rsplit(".", 1)[1].replace("_", "-"): importlib.import_module(m).command for m in COMMAND_MODULES}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_error_line(err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert lines and lines[0].startswith(("celerydiag: error:", "Error:", "Usage:")), err
+    assert len([x for x in lines if x.startswith("celerydiag: error:")]) <= 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+# ---- help ----------------------------------------------------------------------------------------
+
+def test_top_level_help_lists_every_command(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name in commands():
+        assert f"  {name}" in out
+    assert "--version" in out and "--verbose" in out
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_every_option_of_every_command_is_in_help_with_text(capsys, name):
+    command = commands()[name]
+    code, out, _ = run(capsys, name, "--help")
+    assert code == 0
+    assert (command.help or "").strip(), f"{name} has no help text"
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        assert (param.help or "").strip(), f"{name} {param.opts[0]} has no help text"
+        for opt in param.opts:
+            assert opt in out, f"{name} --help does not show {opt}"
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"celerydiag, version {__version__}"
+
+
+# ---- exit codes ----------------------------------------------------------------------------------
+
+def test_exit_0_when_nothing_reaches_fail_on(capsys, check_report):
+    code, out, err = run(capsys, "doctor", "--static", "--app", "tapp_clean:app", "--format", "json",
+                         "--fail-on", "warning")
+    assert code == ExitCode.OK, err
+    check_report(json.loads(out))
+
+
+def test_exit_1_only_when_a_finding_reaches_fail_on(capsys):
+    args = ("doctor", "--static", "--app", "tapp_pickle:app", "--format", "json")
+    code, out, err = run(capsys, *args, "--fail-on", "warning")
+    assert code == ExitCode.FINDINGS, err
+    report = json.loads(out)
+    assert any(f["severity"] in ("warning", "critical") for f in report["findings"])
+    assert report["target"]["source"] == "app"
+    assert run(capsys, *args)[0] == ExitCode.OK  # default --fail-on critical
+    assert run(capsys, *args, "--fail-on", "never")[0] == ExitCode.OK
+
+
+def test_static_skips_network_probes_and_names_the_reason(capsys):
+    code, out, _ = run(capsys, "doctor", "--static", "--app", "tapp_clean:app", "--format", "json")
+    probes = {p["name"]: p for p in json.loads(out)["probes"]}
+    assert probes["config"]["status"] == "ran"
+    others = [p for name, p in probes.items() if name != "config"]
+    assert others and all(p["status"] in ("skipped", "ran") for p in others)
+    assert all("--static" in p["reason"] for p in others if p["status"] == "skipped")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("doctor", "--no-such-option"), ("No such option",)),
+        (("no-such-command",), ("No such command",)),
+        (("doctor", "--format", "yaml"), ("yaml",)),
+        (("doctor", "--app", "no_such_module_xyz:app"), ("no_such_module_xyz", "hint:")),
+        (("doctor", "--static", "--app", "tapp_broken:app"), ("RuntimeError: settings module is missing",)),
+        (("doctor", "--backend", "foo://u:Hunter2pw@h/0"), ("unsupported result backend", "hint:")),
+        (("doctor", "--broker", "foo://u:Hunter2pw@h", "--backend", "redis://127.0.0.1:1/0"),
+         ("unsupported broker", "hint:")),
+        (("probe", "no-such-probe"), ("no probe named", "config")),
+        (("report",), ("Missing argument",)),
+        (("report", "/nonexistent/celerydiag-report.json"), ("cannot read",)),
+    ],
+)
+def test_exit_2_on_bad_usage_with_one_line(capsys, args, needles):
+    code, out, err = run(capsys, *args)
+    assert code == ExitCode.USAGE, (out, err)
+    assert out == ""
+    assert_one_error_line(err, *needles)
+    assert "Hunter2pw" not in err
+
+
+def test_probe_without_name_lists_probes_and_is_usage(capsys):
+    code, out, _ = run(capsys, "probe")
+    assert code == ExitCode.USAGE
+    assert out.startswith("config ")
+    code, out, _ = run(capsys, "probe", "--list")
+    assert code == ExitCode.OK and "e2e" in out
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["this is not json\n", "[1, 2]\n", '{"schema": "celerydiag.report/2"}\n', '{"schema": "celerydiag.report/1", '
+     '"findings": [{"id": "BAD ID", "cause": "broker", "severity": "info"}]}\n', "\x00\xff binary"],
+    ids=["text", "json-list", "other-schema", "bad-finding", "binary"],
+)
+def test_report_on_a_file_that_is_not_a_report_is_usage(capsys, tmp_path, content):
+    path = tmp_path / "not-a-report.json"
+    path.write_text(content, encoding="latin-1")
+    code, out, err = run(capsys, "report", str(path))
+    assert code == ExitCode.USAGE, err
+    assert_one_error_line(err, "not a celerydiag JSON report", "hint:")
+
+
+def test_exit_3_when_the_broker_port_is_closed(capsys):
+    port = closed_port()
+    started = time.monotonic()
+    code, out, err = run(capsys, "doctor", "--broker", f"amqp://u:Hunter2pw@127.0.0.1:{port}//",
+                         "--backend", "redis://127.0.0.1:1/0", "--timeout", "2")
+    assert code == ExitCode.UNREACHABLE, err
+    assert time.monotonic() - started < 10
+    assert_one_error_line(err, "unreachable", f"127.0.0.1:{port}", "hint:")
+    assert "Hunter2pw" not in err and out == ""
+
+
+# ---- output and streams --------------------------------------------------------------------------
+
+def test_json_on_stdout_summary_on_stderr(run_cli, check_report):
+    proc = run_cli("doctor", "--static", "--app", "tapp_pickle:app", "--format", "json", cwd=APPS, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)  # nothing but the report on stdout
+    check_report(report)
+    assert proc.stderr.strip().splitlines()[-1].startswith("celerydiag: ")
+    assert "critical" in proc.stderr and "warning" in proc.stderr
+    assert "celerydiag:" not in proc.stdout
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "markdown", "junit"])
+def test_output_file_gets_the_report_and_stdout_stays_empty(capsys, tmp_path, fmt):
+    target = tmp_path / f"report.{fmt}"
+    code, out, err = run(capsys, "doctor", "--static", "--app", "tapp_pickle:app", "--format", fmt,
+                         "--output", str(target))
+    assert code == 0 and out == ""
+    text = target.read_text(encoding="utf-8")
+    assert "config.pickle-accepted" in text
+    assert "\x1b[" not in text  # no colour codes in files
+    assert "warning" in err
+
+
+def test_output_to_an_unwritable_place_is_usage(capsys, tmp_path):
+    code, _, err = run(capsys, "doctor", "--static", "--app", "tapp_clean:app",
+                       "--output", str(tmp_path / "missing-dir" / "r.json"))
+    assert code == ExitCode.USAGE
+    assert_one_error_line(err, "cannot write --output")
+
+
+# ---- report: re-render and merge -------------------------------------------------------------------
+
+def test_report_re_renders_one_saved_report_unchanged(capsys):
+    path = REPORTS / "full-v1.json"
+    code, out, _ = run(capsys, "report", str(path), "--format", "json", "--fail-on", "never")
+    assert code == 0
+    assert json.loads(out) == json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_report_merges_two_hosts_into_one_ranked_report(capsys, check_report):
+    a, b = REPORTS / "full-v1.json", REPORTS / "host-b-v1.json"
+    code, out, err = run(capsys, "report", str(a), str(b), "--format", "json")
+    assert code == ExitCode.FINDINGS  # full-v1 has critical findings
+    merged = json.loads(out)
+    check_report(merged)
+    assert merged["meta"]["hostname"] == "web-1, worker-2"
+    assert merged["meta"]["merged_from"] == 2
+    hosts = {(f["id"], f["evidence"]["host"]) for f in merged["findings"]}
+    assert ("backend.lock-wait", "web-1") in hosts and ("backend.write-latency", "worker-2") in hosts
+    assert ("config.pickle-accepted", "web-1") in hosts and ("config.pickle-accepted", "worker-2") in hosts
+    na, nb = (len(json.loads(p.read_text())["findings"]) for p in (a, b))
+    assert len(merged["findings"]) == na + nb
+    assert merged["latency"]["observed_p99_ms"] == 2105.0  # the worst host's observation
+    assert any(p["reason"].startswith("[worker-2]") for p in merged["probes"])
+
+
+def test_report_merge_of_different_targets_names_both(capsys, tmp_path):
+    other = json.loads((REPORTS / "host-b-v1.json").read_text())
+    other["target"] = {"broker": "redis://r2:6379/0", "backend": "redis://r2:6379/1", "source": "env"}
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    code, out, _ = run(capsys, "report", str(REPORTS / "full-v1.json"), str(path), "--format", "json")
+    target = json.loads(out)["target"]
+    assert "redis://r2:6379/0" in target["broker"] and "rabbit.internal" in target["broker"]
+
+
+def test_report_merge_keeps_the_reports_budget_unless_asked(capsys, tmp_path):
+    """Severities were judged against the budget the reports were made with; a merged report
+    must not claim the default 1000 ms over findings rated at 200 ms."""
+    paths = []
+    for name in ("full-v1", "host-b-v1"):
+        doc = json.loads((REPORTS / f"{name}.json").read_text())
+        doc["budget_ms"] = 200.0
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(doc))
+    _, out, _ = run(capsys, "report", *map(str, paths), "--format", "json")
+    assert json.loads(out)["budget_ms"] == 200.0
+    _, out, _ = run(capsys, "report", *map(str, paths), "--format", "json", "--budget-ms", "500")
+    assert json.loads(out)["budget_ms"] == 500.0
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigint_during_doctor_exits_130_after_cleanup(tmp_path, cli_argv):
+    """Ctrl-C in the middle of a long e2e run on the embedded default: 130 within a few seconds,
+    one line, no traceback, nothing left behind (the embedded SQLite scratch dir is created under
+    a private TMPDIR, so other runs on the machine cannot confuse the leak check)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [*cli_argv, "doctor", "--updates", "20000", "--format", "json"], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a test runner started in the background inherits an ignored SIGINT; a user's shell does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("celerydiag-embedded-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(2.0)  # well inside the e2e probe's measurement
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    elapsed = time.monotonic() - interrupted
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert out == ""
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("celerydiag: interrupted")
+    assert list(tmp_path.glob("celerydiag-embedded-*")) == []
+    assert elapsed < 15, f"took {elapsed:.1f} s to stop after Ctrl-C"
