@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.report",
     "celerydiag.cli.poll_model",
     "celerydiag.cli.bench_serialize",
+    "celerydiag.cli.capture",
 )
 
 FORMAT_NAMES = ("text", "json", "markdown", "junit")

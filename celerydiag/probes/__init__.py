@@ -34,6 +34,7 @@ PROBE_PATHS: tuple[str, ...] = (
     "celerydiag.probes.backend:BackendProbe",
     "celerydiag.probes.polling:PollingProbe",
     "celerydiag.probes.serialization:SerializationProbe",
+    "celerydiag.probes.network:NetworkProbe",
     "celerydiag.probes.e2e:E2EProbe",
 )
 

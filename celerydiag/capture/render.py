@@ -1,0 +1,92 @@
+"""Text for a person: the file, one row per connection, the event timeline, then the findings.
+
+JSON is ``CaptureReport.to_dict()``; markdown and junit reuse the report renderers on the findings
+(see :func:`as_report`), so CI gets the same shapes as from ``doctor``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from celerydiag.capture.report import CaptureReport
+from celerydiag.findings import Report, Severity, rank
+from celerydiag.render.words import evidence_lines
+
+STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",
+         Severity.OK: "green"}
+TIMELINE_ROWS = 40
+
+
+def _pair(d: dict[str, Any]) -> str:
+    return f"{d['client']}/{d['server']}"
+
+
+def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream, force_terminal=color, no_color=not color, width=140, highlight=False,
+                      soft_wrap=False)
+    f = report.file
+    extra = " (truncated: analysed what was readable)" if f.get("truncated") else ""
+    console.print(f"Capture {f.get('path', '')}: {f['packets']} packets, {f['format']}, link {f['link_type']}, "
+                  f"{f.get('duration_s', 0):.1f} s{extra}. Budget {report.budget_ms:g} ms.")
+    live = report.extra.get("live")
+    if live:
+        console.print(f"Live on {live['iface']} ({live['filter']}): {live['seconds']:.1f} s, "
+                      f"kernel drops {live['kernel_drops'] if live['kernel_drops'] is not None else 'unknown'}"
+                      f"{', stopped by Ctrl-C' if live['interrupted'] else ''}.")
+    table = Table(title="Connections (client/server counts; tshark's tcp.analysis definitions)")
+    for col in ("#", "client -> server", "proto", "pkts", "zero win", "win full", "retrans", "fast rtx",
+                "dup ack", "RST", "RTT ms", "heartbeat", "max silence s", "close"):
+        table.add_column(col, justify="right" if col not in ("client -> server", "proto", "close") else "left",
+                         no_wrap=col == "client -> server")
+    for c in report.connections:
+        t = c.tcp
+        a = c.amqp or {}
+        rtt = [v for v in (t["rtt_ms"]["client"], t["rtt_ms"]["server"]) if v is not None]
+        table.add_row(
+            str(c.stream), f"{c.client} -> {c.server}", c.protocol, str(c.packets), _pair(t["zero_window"]),
+            _pair(t["window_full"]), _pair(t["retransmission"]), _pair(t["fast_retransmission"]),
+            _pair(t["duplicate_ack"]), _pair(t["reset"]), f"{max(rtt):.2f}" if rtt else "-",
+            f"{a['heartbeat_s']} s" if a.get("heartbeat_s") is not None else "-",
+            f"{a['max_silence_s']['client']:.1f}/{a['max_silence_s']['server']:.1f}" if a else "-",
+            (f"{a['close']} by {a['closed_by']}" if a.get("closed_by") else a.get("close", "")) if a else "")
+    if report.connections:
+        console.print(table)
+    else:
+        console.print("No TCP connections on the captured ports.")
+    if report.timeline:
+        tl = Table(title="Timeline (seconds from the first packet)")
+        for col in ("t s", "connection", "side", "event"):
+            tl.add_column(col)
+        for e in report.timeline[:TIMELINE_ROWS]:
+            tl.add_row("" if e["t_s"] is None else f"{e['t_s']:.3f}", e["connection"], e["side"], e["event"])
+        if len(report.timeline) > TIMELINE_ROWS:
+            tl.add_row("", "", "", f"... {len(report.timeline) - TIMELINE_ROWS} more (see --format json)")
+        console.print(tl)
+    for finding in rank(report.findings):
+        style = STYLE[finding.severity]
+        console.print(f"[{style}]{finding.severity}[/] {finding.impact_ms:.1f} ms  {finding.title}  "
+                      f"[dim]{finding.id}[/]")
+        if finding.severity == Severity.OK:
+            continue
+        for line in [finding.detail, *evidence_lines(finding.evidence)]:
+            if line:
+                console.print(f"    {line}")
+        if finding.fix:
+            console.print(f"    Fix: {finding.fix.summary}")
+            for line in finding.fix.config.rstrip().splitlines():
+                console.print(f"      {line}")
+            for doc in finding.fix.docs:
+                console.print(f"    docs: {doc}")
+
+
+def as_report(report: CaptureReport) -> Report:
+    """The findings as a ``celerydiag.report/1`` (for markdown and junit output)."""
+    from celerydiag import __version__
+    from celerydiag.findings import ProbeResult, ProbeStatus
+
+    result = ProbeResult("network", ProbeStatus.RAN, "", 0.0, tuple(report.findings))
+    target = {"broker": "", "backend": "", "source": f"capture {report.file.get('path', '')}"}
+    return Report.build(target, report.budget_ms, [result], {}, __version__)

@@ -1,0 +1,165 @@
+"""`celerydiag capture`: live or offline packet analysis of broker and backend traffic."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from celerydiag.cli import fail_on_severity, output_options, remember_secrets, target_options
+from celerydiag.errors import DiagError, ExitCode, InputError
+
+EPILOG = """\b
+Examples:
+  celerydiag capture --read broker.pcap                         # offline: a tcpdump/tshark/our own capture
+  sudo celerydiag capture --iface eth0 --duration 30            # live on the default ports
+  sudo celerydiag capture -A proj.celery:app --iface any --write cap.pcap   # your app's ports, keep the file
+  celerydiag capture --read cap.pcapng --format json | jq '.connections[] | {client, amqp}'
+  celerydiag capture --read raw.pcap --write shareable.pcap     # copy with AMQP credentials blanked
+
+Every TCP count follows Wireshark's tcp.analysis definitions; check any number with e.g.
+  tshark -r FILE -Y tcp.analysis.zero_window -T fields -e tcp.stream
+"""
+DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
+
+
+@click.command("capture", epilog=EPILOG)
+@click.option("-r", "--read", "read_", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Analyse this pcap or pcapng file (tcpdump -w, tshark -w, dumpcap, --write).")
+@click.option("-i", "--iface", metavar="IFACE",
+              help="Capture live on this interface (any = all; needs root or CAP_NET_RAW).")
+@click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
+              help="Another server port to capture and analyse (repeatable). Defaults: 5672, 5671, 6379, 5432, "
+                   "3306, plus the ports of --app/--broker/--backend.")
+@click.option("-d", "--duration", type=click.FloatRange(min=0.1, max=86400), default=10.0, show_default=True,
+              help="Live: seconds to capture (Ctrl-C stops earlier and still analyses).")
+@click.option("-c", "--count", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Live: stop after this many packets (0 = no limit).")
+@click.option("-w", "--write", "write", type=click.Path(dir_okay=False, writable=True), metavar="FILE.pcap",
+              help="Live: keep the capture in this pcap. With --read: write a copy (credentials blanked).")
+@click.option("--scrub/--no-scrub", default=True, show_default=True,
+              help="Blank AMQP PLAIN credentials (Connection.Start-Ok) in what --write writes. They are never "
+                   "printed either way.")
+@target_options
+@output_options
+def command(read_: str | None, iface: str | None, ports: tuple[int, ...], duration: float, count: int,
+            write: str | None, scrub: bool, app: str | None, broker: str | None, backend: str | None,
+            fmt: str, output: str | None, fail_on: str, budget_ms: float, no_color: bool) -> ExitCode:
+    """Find network causes of late task states in broker and backend traffic, live or from a file.
+
+    Per TCP connection: zero-window episodes (who stopped reading), retransmissions, duplicate ACKs,
+    resets and RTT, counted as Wireshark does; AMQP heartbeats (negotiated value, longest silence per
+    side, who missed them), Connection.Close/Blocked with reasons; Redis per-command latency on the
+    state path and polls per task id. Findings are ranked by the milliseconds they add.
+
+    Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or unreadable
+    file (or no capture privileges), 130 interrupted.
+    """
+    from celerydiag.capture import analyse, ports_for_target
+
+    if bool(read_) == bool(iface):
+        raise InputError("give exactly one of --read FILE or --iface IFACE",
+                         "celerydiag capture --read FILE.pcap, or sudo celerydiag capture --iface any")
+    if read_ and not os.path.isfile(read_):
+        raise InputError(f"cannot read {read_}: no such file")
+    urls = _target_urls(app, broker, backend)
+    port_set = ports_for_target(urls, ports)
+    extra: dict[str, Any] = {}
+    path = read_
+    if iface:
+        path, extra = _live(iface, port_set, duration, count, write, scrub)
+    elif write:
+        from celerydiag.capture.live import scrub_file
+
+        scrub_file(read_, write) if scrub else _copy(read_, write)  # type: ignore[arg-type]
+    report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=_progress(fmt, output), extra=extra)
+    if iface and not write:
+        os.unlink(path)  # type: ignore[arg-type]
+    return _emit(report, fmt, output, fail_on, no_color)
+
+
+def _target_urls(app: str | None, broker: str | None, backend: str | None) -> list[str]:
+    if not (app or broker or backend):
+        return []
+    from celerydiag.target import password_of, resolve_target
+
+    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
+    target = resolve_target(app=app, broker=broker, backend=backend)
+    remember_secrets(target.secrets())
+    return [target.broker_url, target.backend_url]
+
+
+def _live(iface: str, ports: Any, duration: float, count: int, write: str | None,
+          scrub: bool) -> tuple[str, dict[str, Any]]:
+    from celerydiag.capture import live
+
+    path = write or live.default_path()
+    server_ports = sorted(ports.servers())
+    click.echo(f"celerydiag: capturing on {iface} ({live.bpf_for(server_ports)}) for up to {duration:g} s; "
+               "Ctrl-C stops and analyses", err=True)
+    try:
+        result = live.capture(iface, server_ports, path, duration=duration, count=count, scrub=scrub)
+    except BaseException:
+        if not write and os.path.exists(path):
+            os.unlink(path)
+        raise
+    return path, {"live": {"iface": iface, "filter": live.bpf_for(server_ports), "packets": result.packets,
+                           "kernel_drops": result.kernel_drops, "interrupted": result.interrupted,
+                           "seconds": round(result.seconds, 3), "written": write}}
+
+
+def _copy(src: str, dst: str) -> None:
+    import shutil
+
+    shutil.copyfile(src, dst)
+
+
+def _progress(fmt: str, output: str | None) -> Any:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(count: int) -> None:
+        click.echo(f"\rcelerydiag: {count} packets read", err=True, nl=False)
+
+    return show
+
+
+def _emit(report: Any, fmt: str, output: str | None, fail_on: str, no_color: bool) -> ExitCode:
+    from celerydiag.capture.render import as_report, render_text
+    from celerydiag.findings import Severity
+
+    def write(stream: Any, color: bool) -> None:
+        if fmt == "json":
+            import json
+
+            json.dump(report.to_dict(), stream, indent=2, ensure_ascii=False, allow_nan=False)
+            stream.write("\n")
+        elif fmt == "text":
+            render_text(report, stream, color=color)
+        else:
+            from celerydiag.render import render
+
+            render(as_report(report), fmt, stream, fail_on=fail_on_severity(fail_on) or Severity.CRITICAL)
+
+    if sys.stderr.isatty():
+        click.echo("\r", err=True, nl=False)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as stream:
+                write(stream, False)
+        except OSError as exc:
+            raise DiagError(f"cannot write --output {output}: {exc.strerror}") from None
+    else:
+        write(sys.stdout, fmt == "text" and not no_color and sys.stdout.isatty())
+        sys.stdout.flush()
+    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in Severity}
+    trunc = "; file truncated, analysed what was readable" if report.file.get("truncated") else ""
+    click.echo(f"celerydiag: {len(report.connections)} connections, {counts[Severity.CRITICAL]} critical, "
+               f"{counts[Severity.WARNING]} warning, {counts[Severity.INFO]} info, {counts[Severity.OK]} ok{trunc}",
+               err=True)
+    threshold = fail_on_severity(fail_on)
+    if threshold is not None and report.worst() >= threshold and report.worst() > Severity.OK:
+        return ExitCode.FINDINGS
+    return ExitCode.OK
