@@ -328,6 +328,20 @@ def explain_claim(interval_s: float = CLAIM_INTERVAL_S, latency_s: float = 0.0) 
     }
 
 
+def proportion_band(p: float, n: int, z: float = 4.0) -> tuple[float, float]:
+    """Where the share of n independent trials with probability p falls, z standard errors wide:
+    how far a measured miss rate may stray from the model before the model is wrong."""
+    half = z * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+def fixed_mean_band(interval_s: float, latency_s: float, n: int, z: float = 4.0) -> tuple[float, float]:
+    """Where the mean of n measured delays falls under the closed form (sd of U(0, T) = T/√12)."""
+    half = z * interval_s / math.sqrt(12 * max(n, 1))
+    mean = fixed_mean_delay_s(interval_s, latency_s)
+    return mean - half, mean + half
+
+
 # ---- simulation --------------------------------------------------------------------------------
 
 
