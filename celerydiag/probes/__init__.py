@@ -31,6 +31,7 @@ log = logging.getLogger("celerydiag")
 # Cheap first; config first of all because it needs no network (and --static runs only it).
 PROBE_PATHS: tuple[str, ...] = (
     "celerydiag.probes.config:ConfigProbe",
+    "celerydiag.probes.broker:BrokerProbe",
     "celerydiag.probes.backend:BackendProbe",
     "celerydiag.probes.polling:PollingProbe",
     "celerydiag.probes.serialization:SerializationProbe",
