@@ -139,13 +139,33 @@ class Experiment:
         self.stop = stop
         self.on_write = on_write or (lambda: None)
         self.threads: list[threading.Thread] = []
+        self.created = False
 
     # -- the table ---------------------------------------------------------------------------------
     def create(self, engine: Any) -> None:
-        self.model.__table__.create(engine)
+        self.created = True  # before the CREATE: a CREATE cut short by Ctrl-C may still have happened
+        try:
+            self.model.__table__.create(engine)
+        except Exception:
+            self.created = False  # refused (read-only user): nothing to drop
+            raise
 
     def drop(self, engine: Any) -> None:
         """DROP TABLE IF EXISTS, bounded: a lock we cannot get in a few seconds is reported, not waited."""
+
+        from celerydiag.errors import DiagError
+        from celerydiag.reach import describe
+
+        if not self.created:
+            return
+        try:
+            self._drop(engine)
+        except Exception as exc:
+            name = self.model.__table__.fullname
+            raise DiagError(f"could not drop the scratch table {name}: {describe(exc)}",
+                            f"drop it by hand: DROP TABLE {name};") from None
+
+    def _drop(self, engine: Any) -> None:
         from sqlalchemy import text
 
         table = self.model.__table__
