@@ -36,7 +36,8 @@ def diagnose(
     ctx = ProbeContext(target=target, budget_ms=budget_ms, limits=limits,
                        progress=progress or NullProgress(), options=dict(options or {}))
     try:
-        if not static:
+        # Only probes that talk to the target need it reachable: `probe config` works offline.
+        if not static and not all(cls.static for cls in probes):
             check_broker(target, limits.timeout_s)
             check_backend(target, limits.timeout_s)
         results: list[ProbeResult] = []
