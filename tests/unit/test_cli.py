@@ -178,6 +178,15 @@ def test_exit_3_when_the_broker_port_is_closed(capsys):
     assert "Hunter2pw" not in err and out == ""
 
 
+def test_a_static_probe_alone_needs_no_reachable_target(capsys):
+    """`probe config` reads settings only: an unreachable broker is no reason to fail it."""
+    port = closed_port()
+    code, out, err = run(capsys, "probe", "config", "--broker", f"amqp://guest@127.0.0.1:{port}//",
+                         "--backend", f"redis://127.0.0.1:{port}/0", "--format", "json")
+    assert code in (ExitCode.OK, ExitCode.FINDINGS), err
+    assert [p["status"] for p in json.loads(out)["probes"]] == ["ran"]
+
+
 # ---- output and streams --------------------------------------------------------------------------
 
 def test_json_on_stdout_summary_on_stderr(run_cli, check_report):
