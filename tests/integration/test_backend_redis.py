@@ -1,0 +1,134 @@
+"""The backend probe against real Redis: the shared local one, and one of the test's own (for the
+eviction policy, which must not be changed on a server other tests use)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celerydiag.findings import Severity
+from celerydiag.probes import Limits, ProbeContext, run_probe
+from celerydiag.probes.backend import BackendProbe
+from celerydiag.target import Target, TargetSource
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+LIMITS = Limits(samples=200, max_seconds=6, timeout_s=3)
+
+
+def target_for(url: str, **conf: Any) -> Target:
+    from celery import Celery
+
+    app = Celery("celerydiag-test-redis", broker="memory://", backend=url, set_as_current=False)
+    app.conf.update(conf)
+    return Target("memory://", url, TargetSource.APP, app, "tests")
+
+
+def by_id(result: Any) -> dict[str, Any]:
+    assert result.status.value == "ran", result
+    return {f.id: f for f in result.findings}
+
+
+def test_healthy_redis_no_warning_prefix_honoured_key_removed(redis_url: str) -> None:
+    import redis
+
+    prefix = f"cdtest_{uuid.uuid4().hex[:8]}"
+    target = target_for(redis_url, result_backend_transport_options={"global_keyprefix": prefix})
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    watcher = client.pubsub()
+    watcher.psubscribe(f"{prefix}_celery-task-meta-*")  # PUBLISH goes to the key's own name
+    listener = client.pubsub()
+    listener.subscribe(f"{prefix}_celery-task-meta-someone-waits")  # a client in result.get()
+    scratch = f"celerydiag-{uuid.uuid4().hex[:8]}"
+    try:
+        result = run_probe(BackendProbe(), ProbeContext(target, limits=LIMITS, scratch=scratch))
+        published = []
+        for _ in range(50):
+            message = watcher.get_message(timeout=0.1)
+            if message and message["type"] == "pmessage":
+                published.append(message["channel"].decode())
+    finally:
+        watcher.close()
+        listener.close()
+    findings = by_id(result)
+    loud = [(f.id, f.title) for f in findings.values() if f.severity >= Severity.WARNING]
+    assert not loud, loud
+    write = findings["backend.write-latency"]
+    assert write.evidence["samples"] >= 100
+    assert 0 < write.evidence["write_ms"]["p50"] <= write.evidence["write_ms"]["p99"]
+    assert findings["backend.read-latency"].evidence["samples"] >= 100
+    assert published and set(published) == {f"{prefix}_celery-task-meta-{scratch}-backend-probe"}
+    subs = findings["backend.result-subscribers"].evidence
+    assert subs["channels_count"] >= 1 and subs["subscribers_count"] >= 1
+    assert subs["pattern_subscriptions_count"] >= 1
+    expires = findings["backend.result-expires"]
+    assert expires.severity == Severity.OK and 86000 < expires.evidence["written_key_ttl_s"] <= 86400
+    assert client.keys(f"{prefix}*") == [], "the probe left its key behind"
+    client.close()
+
+
+def test_result_keys_without_ttl_are_reported(redis_url: str) -> None:
+    import redis
+
+    prefix = f"cdtest_{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    stale = f"{prefix}_celery-task-meta-old-task"
+    client.set(stale, b"{}")  # what result_expires=None leaves behind
+    try:
+        target = target_for(redis_url, result_expires=None,
+                            result_backend_transport_options={"global_keyprefix": prefix})
+        findings = by_id(run_probe(BackendProbe(), ProbeContext(target, limits=LIMITS)))
+    finally:
+        client.delete(stale)
+    expires = findings["backend.result-expires"]
+    assert expires.severity == Severity.INFO
+    assert expires.evidence["result_expires_s"] is None and expires.evidence["written_key_ttl_s"] is None
+    assert expires.evidence["keys_without_ttl_count"] == 1
+    assert "result_expires = 86400" in expires.fix.config
+    assert client.keys(f"{prefix}*") == []
+    client.close()
+
+
+@pytest.fixture
+def evicting_redis() -> Iterator[str]:
+    """A redis-server of our own on a free loopback port, with an LRU policy and a tiny maxmemory."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (scripts/system-packages.sh installs it)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_evicting_policy_is_reported(evicting_redis: str) -> None:
+    findings = by_id(run_probe(BackendProbe(), ProbeContext(target_for(evicting_redis), limits=LIMITS)))
+    eviction = findings["backend.redis-eviction"]
+    assert eviction.severity >= Severity.INFO
+    assert "allkeys-lru" in eviction.title
+    assert eviction.evidence["maxmemory_bytes"] == 64 * 1024 * 1024
+    assert 0 < eviction.evidence["used_ratio"] < 1
+    assert "noeviction" in eviction.fix.summary
