@@ -1,0 +1,171 @@
+"""An unreachable target is one line, a hint and exit 3, within the timeout: never a traceback,
+never a password, never every probe failing the same way.
+
+Each case is a real failure against the real local services (or a port of our own): a closed
+port, a port that accepts and never answers, wrong credentials, a wrong vhost or database.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from celerydiag.errors import ExitCode
+
+TIMEOUT_S = 2.0
+SLACK_S = 6.0  # interpreter start, Celery import, one retry: well under the user's patience
+WRONG_PW = "WrongPw-123xyz"
+
+
+def with_userinfo(url: str, user: str, password: str | None) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{user}:{password}@{host}" if password is not None else f"{user}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def with_path(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that completes the TCP handshake (the kernel does, from the backlog) and then never
+    says a word: the half-dead server that hangs clients without timeouts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]
+
+
+def assert_unreachable(proc, *needles: str, secret: str = WRONG_PW) -> None:
+    assert proc.returncode == ExitCode.UNREACHABLE, (proc.returncode, proc.stdout[-500:], proc.stderr)
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith("celerydiag: error: ") and "unreachable" in lines[0], lines[0]
+    assert lines[1].startswith("  hint: "), lines[1]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert secret not in proc.stderr
+
+
+def doctor(run_cli, *args: str):
+    started = time.monotonic()
+    proc = run_cli("doctor", *args, "--timeout", str(TIMEOUT_S), "--format", "json", timeout=60)
+    elapsed = time.monotonic() - started
+    assert elapsed < TIMEOUT_S + SLACK_S, f"took {elapsed:.1f} s with --timeout {TIMEOUT_S}"
+    return proc
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scheme", ["amqp", "redis"])
+def test_broker_on_a_closed_port(run_cli, closed_port, scheme):
+    url = f"{scheme}://user:{WRONG_PW}@127.0.0.1:{closed_port}/" + ("/" if scheme == "amqp" else "0")
+    proc = doctor(run_cli, "--broker", url, "--backend", "redis://127.0.0.1:1/0")
+    assert_unreachable(proc, "broker", f"127.0.0.1:{closed_port}", "refused")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scheme", ["amqp", "redis"])
+def test_broker_that_accepts_and_never_answers(run_cli, silent_port, scheme):
+    url = f"{scheme}://user:{WRONG_PW}@127.0.0.1:{silent_port}/" + ("/" if scheme == "amqp" else "0")
+    proc = doctor(run_cli, "--broker", url, "--backend", "redis://127.0.0.1:1/0")
+    assert_unreachable(proc, "broker", f"127.0.0.1:{silent_port}")
+    assert "time" in proc.stderr.lower()  # says it timed out, not something misleading
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", [
+    "redis://:{pw}@127.0.0.1:{port}/0",
+    "db+postgresql+psycopg://postgres:{pw}@127.0.0.1:{port}/test",
+    "db+mysql+pymysql://root:{pw}@127.0.0.1:{port}/test",
+], ids=["redis", "postgres", "mariadb"])
+def test_backend_that_accepts_and_never_answers(run_cli, silent_port, backend):
+    proc = doctor(run_cli, "--broker", "memory://", "--backend", backend.format(pw=WRONG_PW, port=silent_port))
+    assert_unreachable(proc, "result backend", f"127.0.0.1:{silent_port}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", [
+    "redis://:{pw}@127.0.0.1:{port}/0",
+    "db+postgresql+psycopg://postgres:{pw}@127.0.0.1:{port}/test",
+    "db+mysql+pymysql://root:{pw}@127.0.0.1:{port}/test",
+], ids=["redis", "postgres", "mariadb"])
+def test_backend_on_a_closed_port(run_cli, closed_port, backend):
+    proc = doctor(run_cli, "--broker", "memory://", "--backend", backend.format(pw=WRONG_PW, port=closed_port))
+    assert_unreachable(proc, "result backend", f"127.0.0.1:{closed_port}")
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_rabbitmq_wrong_password(run_cli, amqp_url):
+    user = urlsplit(amqp_url).username or "guest"
+    proc = doctor(run_cli, "--broker", with_userinfo(amqp_url, user, WRONG_PW), "--backend", "redis://127.0.0.1:1/0")
+    assert_unreachable(proc, "broker", "ACCESS_REFUSED")
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_rabbitmq_wrong_vhost(run_cli, amqp_url, scratch):
+    proc = doctor(run_cli, "--broker", with_path(amqp_url, f"/{scratch}"), "--backend", "redis://127.0.0.1:1/0")
+    assert_unreachable(proc, "broker", "NOT_ALLOWED", scratch)
+
+
+@pytest.mark.integration
+@pytest.mark.redis
+def test_redis_wrong_password(run_cli, redis_url, scratch):
+    """The shared Redis has no requirepass (and we must not set one): an ACL user that does not
+    exist gets WRONGPASS, the same refusal a wrong password gets."""
+    proc = doctor(run_cli, "--broker", "memory://", "--backend", with_userinfo(redis_url, scratch, WRONG_PW))
+    assert_unreachable(proc, "result backend", "AuthenticationError")
+
+
+@pytest.mark.integration
+@pytest.mark.redis
+def test_redis_as_broker_wrong_password(run_cli, redis_url, scratch):
+    proc = doctor(run_cli, "--broker", with_userinfo(redis_url, scratch, WRONG_PW), "--backend", "redis://127.0.0.1:1/0")
+    assert_unreachable(proc, "broker")
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_postgres_wrong_database(run_cli, pg_url, scratch):
+    missing = scratch.replace("-", "_")
+    proc = doctor(run_cli, "--broker", "memory://", "--backend", "db+" + with_path(pg_url, f"/{missing}"))
+    assert_unreachable(proc, "result backend", f'database "{missing}" does not exist')
+
+
+@pytest.mark.integration
+@pytest.mark.mariadb
+def test_mariadb_wrong_password(run_cli, mysql_url):
+    user = urlsplit(mysql_url).username or "root"
+    proc = doctor(run_cli, "--broker", "memory://", "--backend", "db+" + with_userinfo(mysql_url, user, WRONG_PW))
+    assert_unreachable(proc, "result backend", "Access denied")
+
+
+@pytest.mark.integration
+def test_an_apps_unreachable_broker_is_exit_3_too(run_cli, closed_port, tmp_path):
+    (tmp_path / "unreach_app.py").write_text(
+        "from celery import Celery\n"
+        f"app = Celery('u', broker='amqp://u:{WRONG_PW}@127.0.0.1:{closed_port}//',"
+        " backend='redis://127.0.0.1:1/0', set_as_current=False)\n")
+    started = time.monotonic()
+    proc = run_cli("doctor", "--app", "unreach_app:app", "--timeout", str(TIMEOUT_S), cwd=tmp_path, timeout=60)
+    assert time.monotonic() - started < TIMEOUT_S + SLACK_S
+    assert_unreachable(proc, "broker", f"127.0.0.1:{closed_port}")
