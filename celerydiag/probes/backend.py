@@ -132,7 +132,7 @@ def redis_progress_fix() -> Fix:
 class DatabaseRun:
     """One run against a database backend; every object it creates is on ``ctx.cleanup``."""
 
-    STAGES = 5
+    STAGES = 4
 
     def __init__(self, ctx: ProbeContext) -> None:
         from celerydiag.backend_db import TableRef

@@ -1,0 +1,166 @@
+"""The backend probe's pure parts: its fix texts (valid, pasteable, correct per database), the
+error classification it counts lock timeouts and deadlocks with, and what it applies to.
+
+Driver exceptions are built the way the drivers themselves raise them (PyMySQL's
+``OperationalError(code, message)``, psycopg's errors by SQLSTATE), not mocked.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from celerydiag.backend_contention import classify, scratch_model, scratch_table_name
+from celerydiag.backend_db import ServerInfo, TableRef, wait_query
+from celerydiag.probes.backend import (
+    BackendProbe,
+    _is_permission,
+    _pg_seconds,
+    engine_fix,
+    fixed_engine_options,
+    render_options,
+)
+from celerydiag.target import Target, TargetSource
+
+CELERY_DEFAULT = {"pool_pre_ping": True, "pool_recycle": 3600}
+
+
+def target(backend: str, **conf: object) -> Target:
+    from celery import Celery
+
+    app = Celery("t", broker="memory://", backend=backend, set_as_current=False)
+    app.conf.update(conf)
+    return Target("memory://", backend, TargetSource.FLAGS, app)
+
+
+def assigned(config: str) -> dict[str, object]:
+    """Run a Fix.config as a user's celeryconfig would be run; return what it assigns."""
+    namespace: dict[str, object] = {}
+    exec(compile(config, "celeryconfig.py", "exec"), {}, namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql", "mariadb"])
+def test_engine_fix_is_pasteable_and_names_real_settings(dialect: str) -> None:
+    from celery.app.defaults import SETTING_KEYS
+
+    fix = engine_fix(dialect, target("db+sqlite:///x.db"))
+    assert fix is not None
+    names = assigned(fix.config)
+    assert set(names) == {"database_engine_options"} and set(names) <= SETTING_KEYS
+    options = names["database_engine_options"]
+    assert isinstance(options, dict)
+    assert {k: options[k] for k in CELERY_DEFAULT} == CELERY_DEFAULT  # Celery's defaults survive the paste
+    assert "autocommit" not in str(options).lower()
+
+
+def test_postgres_fix_is_a_lock_timeout_never_an_isolation_change() -> None:
+    options = fixed_engine_options("postgresql", dict(CELERY_DEFAULT))
+    assert "isolation_level" not in options
+    assert options["connect_args"] == {"options": "-c lock_timeout=2000"}
+    assert "READ COMMITTED" not in engine_fix("postgresql", target("db+sqlite:///x.db")).config
+
+
+def test_mysql_fix_is_read_committed_and_a_short_innodb_wait() -> None:
+    options = fixed_engine_options("mysql", {})
+    assert options == {"isolation_level": "READ COMMITTED",
+                       "connect_args": {"init_command": "SET SESSION innodb_lock_wait_timeout=5"}}
+
+
+def test_fix_merges_into_the_users_own_engine_options() -> None:
+    mine = {"pool_size": 20, "connect_args": {"sslmode": "require", "options": "-c search_path=app"}}
+    options = fixed_engine_options("postgresql", mine)
+    assert options["pool_size"] == 20
+    assert options["connect_args"] == {"sslmode": "require", "options": "-c search_path=app -c lock_timeout=2000"}
+    strict = {"connect_args": {"init_command": "SET SESSION sql_mode='STRICT_ALL_TABLES'"}}
+    mysql = fixed_engine_options("mysql", strict)
+    assert mysql["connect_args"]["init_command"] == (
+        "SET SESSION sql_mode='STRICT_ALL_TABLES', SESSION innodb_lock_wait_timeout=5")
+    assert mine == {"pool_size": 20, "connect_args": {"sslmode": "require", "options": "-c search_path=app"}}
+
+
+def test_no_fix_when_already_applied_and_none_for_sqlite() -> None:
+    done = fixed_engine_options("postgresql", dict(CELERY_DEFAULT))
+    assert engine_fix("postgresql", target("db+sqlite:///x.db", database_engine_options=done)) is None
+    assert engine_fix("sqlite", target("db+sqlite:///x.db")) is None
+
+
+def test_render_options_round_trips() -> None:
+    options = {"isolation_level": "READ COMMITTED", "connect_args": {"init_command": "SET SESSION x=1"}}
+    text = render_options(options)
+    ast.parse(text)
+    assert assigned(text)["database_engine_options"] == options
+
+
+def test_classify_driver_errors_as_the_drivers_raise_them() -> None:
+    import psycopg.errors
+    import pymysql.err
+
+    assert classify(pymysql.err.OperationalError(1205, "Lock wait timeout exceeded; try restarting transaction")) \
+        == "lock_timeout"
+    assert classify(pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")) == "deadlock"
+    assert classify(psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")) == "lock_timeout"
+    assert classify(psycopg.errors.DeadlockDetected("deadlock detected")) == "deadlock"
+    assert classify(psycopg.errors.QueryCanceled("canceling statement due to statement timeout")) == "timeout"
+    assert classify(pymysql.err.IntegrityError(1062, "Duplicate entry")) == "error"
+
+
+def test_permission_errors_are_recognised() -> None:
+    import psycopg.errors
+    import pymysql.err
+
+    assert _is_permission(psycopg.errors.InsufficientPrivilege("permission denied for schema public"))
+    assert _is_permission(pymysql.err.OperationalError(1227, "Access denied; you need the PROCESS privilege"))
+    assert _is_permission(pymysql.err.ProgrammingError(1142, "CREATE command denied to user"))
+    assert not _is_permission(pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"))
+
+
+@pytest.mark.parametrize("value,seconds", [("0", 0.0), ("2000", 2.0), ("2s", 2.0), ("1500ms", 1.5),
+                                           ("1min", 60.0), ("bogus", 0.0)])
+def test_pg_seconds(value: str, seconds: float) -> None:
+    assert _pg_seconds(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("backend,skipped", [("rpc://", True), ("disabled://", True),
+                                             ("redis://127.0.0.1:6379/0", False),
+                                             ("db+sqlite:///results.db", False)])
+def test_applies(backend: str, skipped: bool) -> None:
+    reason = BackendProbe().applies(target(backend))
+    assert bool(reason) is skipped
+    if skipped:
+        assert backend in reason
+
+
+def test_lock_view_per_server() -> None:
+    assert "pg_blocking_pids" in wait_query(ServerInfo("postgresql", "15.2"))
+    assert "waitstart" in wait_query(ServerInfo("postgresql", "15.2"))
+    assert "waitstart" not in wait_query(ServerInfo("postgresql", "13.9"))
+    assert "INNODB_LOCK_WAITS" in wait_query(ServerInfo("mariadb", "10.11.6-MariaDB"))
+    assert "data_lock_waits" in wait_query(ServerInfo("mysql", "8.0.36"))
+    assert "INNODB_LOCK_WAITS" in wait_query(ServerInfo("mysql", "5.7.44"))
+    assert wait_query(ServerInfo("sqlite", "3.40")) is None
+
+
+def test_scratch_model_copies_celery_table_without_its_sequence_or_global_names() -> None:
+    from celery.backends.database.models import Task
+
+    before = (Task.__table__.name, Task.__table__.schema)
+    name = scratch_table_name("celerydiag-1a2b3c4d")
+    assert name == "celerydiag_1a2b3c4d_bk_taskmeta"
+    model = scratch_model(name, None, extended=False)
+    table = model.__table__
+    assert table.name == name and table.c.id.default is None
+    assert [c.name for c in table.columns] == [c.name for c in Task.__table__.columns]
+    assert any(i.columns.keys() == ["date_done"] for i in table.indexes)
+    assert table.c.task_id.unique
+    model.configure(schema="x", name="y")  # what DatabaseBackend.__init__ calls: must change nothing
+    assert table.name == name and (Task.__table__.name, Task.__table__.schema) == before
+
+
+def test_table_ref_reads_celery_settings() -> None:
+    t = target("db+sqlite:///x.db", database_table_names={"task": "my_results"},
+               database_table_schemas={"task": "celery"})
+    ref = TableRef.from_conf(t.conf)
+    assert (ref.name, ref.schema, ref.qualified) == ("my_results", "celery", "celery.my_results")
+    assert TableRef.from_conf(target("db+sqlite:///x.db").conf).qualified == "celery_taskmeta"
