@@ -1,0 +1,107 @@
+"""The reader gives the same analysis whatever the envelope: pcap micro/nano, either byte order,
+pcapng, Ethernet / Linux cooked v1 and v2 / raw IP / BSD null, IPv4 or IPv6. Truncated files are
+analysed as far as readable; a file that is not a capture is bad input (exit 2, one line)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from celerydiag.capture import analyse
+from celerydiag.capture.reader import open_capture
+from celerydiag.errors import InputError
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+sys.path.insert(0, ROOT)
+from tests.support import pcapwrite  # noqa: E402
+
+FIXTURES = os.path.join(ROOT, "fixtures", "pcaps")
+ZERO_WINDOW = os.path.join(FIXTURES, "amqp_zero_window.pcap")
+MISSED = os.path.join(FIXTURES, "amqp_missed_heartbeat.pcap")
+
+
+def _frames(path: str) -> list[tuple[float, int, bytes]]:
+    _info, frames = open_capture(path)
+    return list(frames)
+
+
+def _essence(path: str) -> list[dict]:
+    """What must not depend on the envelope: every per-connection block except addresses."""
+    out = []
+    for c in analyse(path).to_dict()["connections"]:
+        c = dict(c)
+        c.pop("client"), c.pop("server")
+        out.append(c)
+    return out
+
+
+@pytest.mark.parametrize("source", [ZERO_WINDOW, MISSED], ids=["zero_window", "missed_heartbeat"])
+@pytest.mark.parametrize("kind", ["pcap-nano", "pcap-big-endian", "pcapng-ns", "pcapng-us", "sll", "sll2", "raw",
+                                  "null", "ipv6"])
+def test_same_analysis_in_every_envelope(tmp_path, source: str, kind: str) -> None:
+    frames = _frames(source)
+    out = str(tmp_path / f"x.{kind}")
+    if kind == "pcap-nano":
+        pcapwrite.write_pcap(out, frames, nano=True)
+    elif kind == "pcap-big-endian":
+        pcapwrite.write_pcap(out, frames, big=True)
+    elif kind.startswith("pcapng"):
+        pcapwrite.write_pcapng(out, frames, tsresol=9 if kind.endswith("ns") else 6)
+    elif kind == "ipv6":
+        pcapwrite.write_pcap(out, [(ts, 101, pcapwrite.to_ipv6(link, f)) for ts, link, f in frames], nano=True)
+    else:
+        new = {"sll": 113, "sll2": 276, "raw": 101, "null": 0}[kind]
+        pcapwrite.write_pcap(out, [(ts, new, pcapwrite.rewrap(link, f, new)) for ts, link, f in frames], nano=True)
+    assert _essence(out) == _essence(source)
+    doc = analyse(out).to_dict()
+    assert doc["file"]["format"] == ("pcapng" if kind.startswith("pcapng") else "pcap")
+    if kind == "ipv6":
+        assert doc["connections"][0]["client"].startswith("[::ffff:127.0.0.1]:")
+
+
+def test_truncated_file_is_analysed_as_far_as_readable(tmp_path) -> None:
+    data = open(ZERO_WINDOW, "rb").read()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) // 2 + 7])
+    doc = analyse(str(cut)).to_dict()
+    full = analyse(ZERO_WINDOW).to_dict()
+    assert doc["file"]["truncated"] is True
+    assert 0 < doc["file"]["packets"] < full["file"]["packets"]
+    assert doc["connections"][0]["tcp"]["zero_window"]["client"] > 0
+    assert full["file"]["truncated"] is False
+
+
+def test_not_a_capture_is_input_error(tmp_path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("this is not a capture\n")
+    with pytest.raises(InputError) as err:
+        analyse(str(bogus))
+    assert "not a pcap or pcapng" in str(err.value)
+
+
+def test_cli_not_a_capture_exit_2_one_line(tmp_path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello")
+    proc = subprocess.run([sys.executable, "-m", "celerydiag", "capture", "--read", str(bogus)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("celerydiag: error:") and "not a pcap or pcapng" in proc.stderr
+
+
+def test_cli_truncated_file_warns_and_still_reports(tmp_path) -> None:
+    data = open(MISSED, "rb").read()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:-10])
+    proc = subprocess.run([sys.executable, "-m", "celerydiag", "capture", "--read", str(cut), "--format", "json",
+                           "--fail-on", "never"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "truncated" in proc.stderr
+    import json
+
+    doc = json.loads(proc.stdout)
+    assert doc["file"]["truncated"] is True and doc["connections"]
