@@ -85,11 +85,9 @@ def scratch_backend(app: Any, url: str, model: Any, engine_options: dict[str, An
 
 def classify(exc: BaseException) -> str:
     """lock_timeout | deadlock | timeout (ours) | error, from the driver's code."""
-    orig = getattr(exc, "orig", None) or exc
-    code = getattr(orig, "sqlstate", None)
-    args = getattr(orig, "args", ())
-    number = args[0] if args and isinstance(args[0], int) else None
-    text = str(orig).lower()
+    from celerydiag.backend_db import driver_error
+
+    code, number, text = driver_error(exc)
     if code == "55P03" or number == 1205 or "lock wait timeout" in text or "lock timeout" in text:
         return "lock_timeout"
     if code in ("40P01", "40001") or number == 1213 or "deadlock" in text:

@@ -13,6 +13,7 @@ lasted (pg_activity/pt-stalk users keep asking for exactly that; reference peers
 
 from __future__ import annotations
 
+import datetime as _dt
 import threading
 import time
 from dataclasses import dataclass, field
@@ -217,32 +218,45 @@ PG_WAIT_START_14 = ("COALESCE((SELECT min(l.waitstart) FROM pg_locks l WHERE l.p
                     " w.query_start)")
 PG_WAIT_START_OLD = "w.query_start"
 
-MARIADB_WAITS = """
+# MySQL 5.7 and MariaDB name lock waits in information_schema, MySQL 8 in performance_schema;
+# the transactions and connections around them are read the same way on all three.
+_MYSQL_WAITS = """
 SELECT r.trx_mysql_thread_id, rp.USER, rp.HOST, LEFT(r.trx_query, :n),
        TIMESTAMPDIFF(MICROSECOND, r.trx_wait_started, NOW(6)) / 1e6,
        b.trx_mysql_thread_id, bp.USER, bp.HOST, LEFT(b.trx_query, :n), bp.COMMAND,
-       TIMESTAMPDIFF(MICROSECOND, b.trx_started, NOW(6)) / 1e6, l.lock_table
-FROM information_schema.INNODB_LOCK_WAITS w
-JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id
-JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id
-LEFT JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id
+       TIMESTAMPDIFF(MICROSECOND, b.trx_started, NOW(6)) / 1e6, {lock_table}
+FROM {waits} w
+JOIN information_schema.INNODB_TRX r ON r.trx_id = w.{requesting}
+JOIN information_schema.INNODB_TRX b ON b.trx_id = w.{blocking}
+LEFT JOIN {locks} l ON l.{lock_id} = w.{requested_lock}
 LEFT JOIN information_schema.PROCESSLIST rp ON rp.ID = r.trx_mysql_thread_id
 LEFT JOIN information_schema.PROCESSLIST bp ON bp.ID = b.trx_mysql_thread_id
 """
+MARIADB_WAITS = _MYSQL_WAITS.format(
+    lock_table="l.lock_table", waits="information_schema.INNODB_LOCK_WAITS", requesting="requesting_trx_id",
+    blocking="blocking_trx_id", locks="information_schema.INNODB_LOCKS", lock_id="lock_id",
+    requested_lock="requested_lock_id")
+MYSQL8_WAITS = _MYSQL_WAITS.format(
+    lock_table="CONCAT('`', l.OBJECT_SCHEMA, '`.`', l.OBJECT_NAME, '`')", waits="performance_schema.data_lock_waits",
+    requesting="REQUESTING_ENGINE_TRANSACTION_ID", blocking="BLOCKING_ENGINE_TRANSACTION_ID",
+    locks="performance_schema.data_locks", lock_id="ENGINE_LOCK_ID", requested_lock="REQUESTING_ENGINE_LOCK_ID")
 
-MYSQL8_WAITS = """
-SELECT r.trx_mysql_thread_id, rp.USER, rp.HOST, LEFT(r.trx_query, :n),
-       TIMESTAMPDIFF(MICROSECOND, r.trx_wait_started, NOW(6)) / 1e6,
-       b.trx_mysql_thread_id, bp.USER, bp.HOST, LEFT(b.trx_query, :n), bp.COMMAND,
-       TIMESTAMPDIFF(MICROSECOND, b.trx_started, NOW(6)) / 1e6,
-       CONCAT('`', dl.OBJECT_SCHEMA, '`.`', dl.OBJECT_NAME, '`')
-FROM performance_schema.data_lock_waits w
-JOIN information_schema.INNODB_TRX r ON r.trx_id = w.REQUESTING_ENGINE_TRANSACTION_ID
-JOIN information_schema.INNODB_TRX b ON b.trx_id = w.BLOCKING_ENGINE_TRANSACTION_ID
-LEFT JOIN performance_schema.data_locks dl ON dl.ENGINE_LOCK_ID = w.REQUESTING_ENGINE_LOCK_ID
-LEFT JOIN information_schema.PROCESSLIST rp ON rp.ID = r.trx_mysql_thread_id
-LEFT JOIN information_schema.PROCESSLIST bp ON bp.ID = b.trx_mysql_thread_id
-"""
+
+def driver_error(exc: BaseException) -> tuple[str | None, int | None, str]:
+    """(SQLSTATE as psycopg gives it, error number as PyMySQL gives it, lower-case text) of a driver
+    error, whether SQLAlchemy wrapped it or not."""
+    orig = getattr(exc, "orig", None) or exc
+    args = getattr(orig, "args", ())
+    number = args[0] if args and isinstance(args[0], int) else None
+    return getattr(orig, "sqlstate", None), number, str(orig).lower()
+
+
+def is_permission(exc: BaseException) -> bool:
+    """A missing privilege (PostgreSQL 42501; MySQL/MariaDB access-denied numbers) or a read-only server."""
+    code, number, text = driver_error(exc)
+    return (code == "42501" or number in (1044, 1142, 1227, 1143, 1045, 1370)
+            or "permission denied" in text or "access denied" in text or "read-only" in text
+            or "readonly" in text)
 
 
 def mysql8(info: ServerInfo) -> bool:
@@ -359,10 +373,8 @@ def scan_cost(conn: Any, table: TableRef, dialect: str, timeout_s: float) -> tup
     name = f"{quoted.quote(table.schema)}.{quoted.quote(table.name)}" if table.schema else quoted.quote(table.name)
     limit_ms = max(100, int(timeout_s * 1000))
     sql = f"SELECT count(*) FROM {name} WHERE date_done < :t"
-    cutoff = _dt_now() - 86400
-    import datetime as _dt
-
-    params = {"t": _dt.datetime.fromtimestamp(cutoff, _dt.timezone.utc).replace(tzinfo=None)}
+    # backend_cleanup's cutoff: now - result_expires (one day by default), naive UTC like Celery's column
+    params = {"t": _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None) - _dt.timedelta(days=1)}
     if dialect == "postgresql":
         conn.execute(text(f"SET statement_timeout = {limit_ms}"))
     elif dialect == "mariadb":
@@ -380,8 +392,5 @@ def scan_cost(conn: Any, table: TableRef, dialect: str, timeout_s: float) -> tup
         raise
     finally:
         if dialect == "postgresql":
-            conn.execute(text("SET statement_timeout = 0"))
+            conn.execute(text("RESET statement_timeout"))  # back to our connection-level bound
 
-
-def _dt_now() -> float:
-    return time.time()

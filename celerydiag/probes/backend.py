@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from celerydiag.backend_db import is_permission
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
 from celerydiag.probes import Probe, ProbeContext
@@ -198,7 +199,7 @@ class DatabaseRun:
         try:
             return fn()
         except Exception as exc:
-            if not _is_permission(exc):
+            if not is_permission(exc):
                 raise
             self.notes.append(self.target.redact(degrade_note(info, exc)))
             return None
@@ -339,7 +340,7 @@ class DatabaseRun:
         try:
             exp.create(engine)
         except Exception as exc:
-            if not _is_permission(exc):
+            if not is_permission(exc):
                 raise
             from celerydiag.reach import describe
 
@@ -452,17 +453,6 @@ class DatabaseRun:
                        f"{info.dialect} {info.version}: task table {t.table.qualified}"
                        f" ({rows})",
                        detail=self.target.redact(detail), evidence=evidence)
-
-
-def _is_permission(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None) or exc
-    code = getattr(orig, "sqlstate", None)
-    args = getattr(orig, "args", ())
-    number = args[0] if args and isinstance(args[0], int) else None
-    text = str(orig).lower()
-    return (code == "42501" or number in (1044, 1142, 1227, 1143, 1045, 1370)
-            or "permission denied" in text or "access denied" in text or "readonly" in text.replace("-", "")
-            or "read-only" in text)
 
 
 def _pg_seconds(value: str) -> float:

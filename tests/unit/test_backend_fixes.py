@@ -12,10 +12,9 @@ import ast
 import pytest
 
 from celerydiag.backend_contention import classify, scratch_model, scratch_table_name
-from celerydiag.backend_db import ServerInfo, TableRef, wait_query
+from celerydiag.backend_db import ServerInfo, TableRef, is_permission, wait_query
 from celerydiag.probes.backend import (
     BackendProbe,
-    _is_permission,
     _pg_seconds,
     engine_fix,
     fixed_engine_options,
@@ -110,10 +109,10 @@ def test_permission_errors_are_recognised() -> None:
     import psycopg.errors
     import pymysql.err
 
-    assert _is_permission(psycopg.errors.InsufficientPrivilege("permission denied for schema public"))
-    assert _is_permission(pymysql.err.OperationalError(1227, "Access denied; you need the PROCESS privilege"))
-    assert _is_permission(pymysql.err.ProgrammingError(1142, "CREATE command denied to user"))
-    assert not _is_permission(pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"))
+    assert is_permission(psycopg.errors.InsufficientPrivilege("permission denied for schema public"))
+    assert is_permission(pymysql.err.OperationalError(1227, "Access denied; you need the PROCESS privilege"))
+    assert is_permission(pymysql.err.ProgrammingError(1142, "CREATE command denied to user"))
+    assert not is_permission(pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"))
 
 
 @pytest.mark.parametrize("value,seconds", [("0", 0.0), ("2000", 2.0), ("2s", 2.0), ("1500ms", 1.5),
