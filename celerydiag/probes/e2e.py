@@ -31,7 +31,10 @@ from celerydiag.target import Target, redact_url
 
 PUSH_BACKENDS = ("redis", "rediss", "sentinel", "rpc")
 POLL_INTERVAL_S = 0.002  # a client polling as fast as it sensibly can: we want the backend's delay
-UPDATE_SPACING_S = 0.010  # time between two update_state calls in the probe task
+UPDATE_SPACING_S = 0.010  # least time between two update_state calls in the probe task
+MAX_SPACING_S = 0.2
+CALIBRATION_READS = 10
+MAX_WRITES_FACTOR = 3
 DISPATCH_SAMPLES = 30
 DISPATCH_SPACING_S = 0.02
 START_TIMEOUT_S = 15.0
@@ -92,6 +95,7 @@ class E2ERun:
         self.queue_name = f"celerydiag.probe.{ctx.scratch.split('-', 1)[-1]}"
         self.table_prefix = ctx.scratch.replace("-", "_")
         self.task_ids: list[str] = []
+        self.spacing_s = UPDATE_SPACING_S
         self.modes = ["push"] if self.target.backend_scheme == "rpc" else ["poll"]
         if self.target.backend_scheme in PUSH_BACKENDS and "push" not in self.modes:
             self.modes.append("push")
@@ -114,6 +118,7 @@ class E2ERun:
         hostname = f"{ctx.scratch}@{socket.gethostname()}"
         with running_worker(worker_app, hostname, self.queue_name, self.target):
             dispatch = self._dispatch_phase(client_app)
+            self.spacing_s = self._calibrate_spacing(client_app)
             for mode in self.modes:
                 self._progress_phase(client_app, mode, updates)
         yield from self._findings(dispatch)
@@ -171,11 +176,16 @@ class E2ERun:
             trace.started[self.request.id] = time.perf_counter()
 
         @app.task(name="celerydiag.e2e.progress", bind=True, shared=False)
-        def progress(self: Any, updates: int, spacing_s: float) -> dict[str, int]:
+        def progress(self: Any, mode: str, updates: int, spacing_s: float) -> dict[str, int]:
+            """Write until the client has seen `updates` states (a poller misses some), at most
+            MAX_WRITES_FACTOR times that many, and never past the deadline."""
             task_id = self.request.id
             trace.started[task_id] = begin = time.perf_counter()
+            seen = trace.seen.setdefault(mode, {})
             done = 0
-            for i in range(updates):
+            for i in range(updates * MAX_WRITES_FACTOR):
+                if len(seen) >= updates:
+                    break
                 slot = begin + i * spacing_s
                 delay = slot - time.perf_counter()
                 if delay > 0:
@@ -215,15 +225,32 @@ class E2ERun:
 
     # -- phase 2: progress updates ------------------------------------------------------------
 
+    def _calibrate_spacing(self, client: Any) -> float:
+        """Space updates so a poller can read each one: at least twice the client's read time.
+
+        Updates faster than a read would be overwritten before the poller sees them; that is
+        a polling effect (the polling probe models it), not a backend delay, and it would leave
+        too few samples for a P99.
+        """
+        if "poll" not in self.modes:
+            return UPDATE_SPACING_S
+        reads = []
+        for _ in range(CALIBRATION_READS):
+            t0 = time.perf_counter()
+            client.backend.get_task_meta(f"{self.ctx.scratch}-calibrate")
+            reads.append(time.perf_counter() - t0)
+        typical = sorted(reads)[int(len(reads) * 0.9) - 1]
+        return min(MAX_SPACING_S, max(UPDATE_SPACING_S, 2 * typical + POLL_INTERVAL_S))
+
     def _progress_phase(self, client: Any, mode: str, updates: int) -> None:
         task_id = f"{self.ctx.scratch}-progress-{mode}"
         self.task_ids.append(task_id)
         seen: dict[int, float] = {}
         self.trace.seen[mode] = seen
-        result = client.signature("celerydiag.e2e.progress", args=(updates, UPDATE_SPACING_S)) \
+        result = client.signature("celerydiag.e2e.progress", args=(mode, updates, self.spacing_s)) \
             .apply_async(task_id=task_id, queue=self.queue_name, routing_key=self.queue_name,
                          exchange=self.queue_name)
-        budget = updates * UPDATE_SPACING_S + self.ctx.limits.max_seconds
+        budget = max(self.trace.deadline - time.perf_counter(), 0.0) + self.ctx.limits.timeout_s
         if mode == "push":
             self._watch_push(result, seen, budget)
         else:
@@ -256,13 +283,18 @@ class E2ERun:
             if body.get("status") == "PROGRESS":
                 self._note(seen, body.get("result"), now)
 
-        result.get(on_message=on_message, propagate=False, timeout=budget, disable_sync_subtasks=False)
+        from celery.exceptions import TimeoutError as ResultTimeout
+
+        try:
+            result.get(on_message=on_message, propagate=False, timeout=budget, disable_sync_subtasks=False)
+        except ResultTimeout:
+            pass  # what arrived is in `seen`; the finding reports the rest as missed
 
     # -- findings -----------------------------------------------------------------------------
 
-    def _latencies(self, mode: str) -> tuple[list[float], int, int]:
-        """Per update seen: seen − returned, in ms. Also: updates never seen, updates seen before
-        update_state had returned (the write was visible before its reply reached the worker)."""
+    def _latencies(self, mode: str) -> tuple[list[float], int, int, int]:
+        """Per update seen: seen − returned, in ms. Also: updates written, updates never seen,
+        and updates seen before update_state had returned (visible before its reply arrived)."""
         task_id = f"{self.ctx.scratch}-progress-{mode}"
         seen = self.trace.seen.get(mode, {})
         written = [i for (t, i) in self.trace.returned if t == task_id]
@@ -275,7 +307,7 @@ class E2ERun:
             if delta < 0:
                 early += 1
             values.append(ms(max(delta, 0.0)))
-        return values, len(set(written) - set(seen)), early
+        return values, len(written), len(set(written) - set(seen)), early
 
     def _findings(self, dispatch: list[float]) -> Iterator[Finding]:
         ctx = self.ctx
@@ -292,19 +324,20 @@ class E2ERun:
                 evidence={**d.to_dict(), "lost_count": DISPATCH_SAMPLES - d.samples})
         observed_mode = "push" if "push" in self.modes else "poll"
         for mode in self.modes:
-            values, missed, early = self._latencies(mode)
+            values, written, missed, early = self._latencies(mode)
             s = summarize(values)
             if not s.samples:
                 yield Finding(f"e2e.visibility-{mode}", Cause.E2E, Severity.WARNING,
                               f"The {mode} client saw none of the task's state updates",
                               detail="The task ran but no PROGRESS state reached the client within "
                                      "the time bound; see the backend and broker probes.",
-                              evidence={"missed_count": missed, "updates_written_count": len(self.trace.write_s)})
+                              evidence={"missed_count": missed, "updates_written_count": written})
                 continue
             how = ("polling backend.get_task_meta() every "
                    f"{POLL_INTERVAL_S * 1000:.0f} ms (plus the read itself)" if mode == "poll"
                    else "AsyncResult.get(on_message=...) (the backend pushes)")
-            evidence: dict[str, Any] = {**s.to_dict(), "missed_count": missed,
+            evidence: dict[str, Any] = {**s.to_dict(), "updates_written_count": written, "missed_count": missed,
+                                        "update_spacing_ms": round(self.spacing_s * 1000, 3),
                                         "seen_before_return_count": early,
                                         "update_state_p50_ms": round(write.p50_ms, 3),
                                         "update_state_p99_ms": round(write.p99_ms, 3)}
@@ -340,7 +373,12 @@ class E2ERun:
             conn.ensure_connection(max_retries=1, timeout=self.ctx.limits.timeout_s)
             channel = conn.default_channel
             for queue in client.conf.task_queues:
-                _quietly(queue(channel).delete)
+                bound = queue(channel)
+                if conn.transport.driver_type != "amqp":
+                    # Virtual transports (Redis) unbind from the channel's own memory of the
+                    # bindings; a fresh channel has none until it declares the queue itself.
+                    _quietly(bound.declare)
+                _quietly(bound.delete)
                 _quietly(queue.exchange(channel).delete)
 
     def _drop_scratch(self, client: Any) -> None:

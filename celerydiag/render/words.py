@@ -8,10 +8,17 @@ from typing import Any
 from celerydiag.findings import Report
 
 
+EMBEDDED_NOTE = ("Measured celerydiag's embedded default (in-memory broker, SQLite results, in-process "
+                 "worker), not your deployment: pass --app or --broker/--backend to measure yours.")
+
+
 def headline(report: Report) -> str:
     t = report.target
-    return (f"Target: broker {t.get('broker', '?')}, backend {t.get('backend', '?')} "
+    line = (f"Target: broker {t.get('broker', '?')}, backend {t.get('backend', '?')} "
             f"(source: {t.get('source', '?')}). Budget {report.budget_ms:g} ms.")
+    if t.get("source") == "embedded":
+        line += f"\n{EMBEDDED_NOTE}"
+    return line
 
 
 def latency_line(report: Report) -> str | None:
