@@ -159,10 +159,15 @@ class SerializerSpec:
     note: str = ""
 
     def config_lines(self) -> str:
-        accepted = "['json']" if self.name == "json" else f"['json', '{self.name}']"
+        """Results only: workers (Redis decodes the old meta before each write) and clients both
+        decode with result_accept_content, so accept_content (task messages) need not widen."""
+        if self.name == "json":
+            return "result_serializer = 'json'\nresult_accept_content = ['json']\n"
         return (f"result_serializer = '{self.name}'\n"
-                f"accept_content = {accepted}  # workers: what task messages they accept\n"
-                f"result_accept_content = {accepted}  # clients: keep 'json' while old results expire\n")
+                f"result_accept_content = ['json', '{self.name}']  # workers and clients both decode results\n"
+                "# accept_content (task messages) need not change. Deploy to workers and clients together:\n"
+                "# Celery decodes a stored result with the configured result_serializer, so results stored\n"
+                "# before the switch cannot be read after it (until they expire).\n")
 
     def config(self) -> str:
         """Pasteable into a celeryconfig module, which every worker and client imports."""
@@ -216,6 +221,10 @@ def known_serializers() -> dict[str, SerializerSpec]:
 
     specs: dict[str, SerializerSpec] = {}
     for name, ctype in registry.name_to_type.items():
+        ours = CUSTOM.get(name)
+        if ours is not None and ours.content_type == ctype:  # registered by us (or the same way)
+            specs[name] = ours
+            continue
         specs[name] = BUILTIN.get(name) or SerializerSpec(
             name, ctype, pickle_family=any(p in ctype for p in PICKLE_FAMILY),
             note="registered in kombu by an installed package")
@@ -588,9 +597,12 @@ def unstable_cases(results: Iterable[CaseResult]) -> list[str]:
 
 
 def recommend(results: list[CaseResult], model: BackendModel,
-              bandwidth_bytes_per_s: float = DEFAULT_BANDWIDTH_BYTES_PER_S) -> tuple[list[str], list[str]]:
+              bandwidth_bytes_per_s: float = DEFAULT_BANDWIDTH_BYTES_PER_S,
+              current: str = "json") -> tuple[list[str], list[str]]:
     """A headline and one line per payload (what fails, what works, what is fastest and safe),
-    and the serializers those lines suggest, whose configuration the output then shows."""
+    and the serializers those lines suggest, whose configuration the output then shows. A payload
+    is heavy when the ``current`` serializer (the target's, else json) fails on it or it costs
+    5 ms or more per update with it."""
     specs = known_serializers()
     lines: list[str] = []
     heavy = []
@@ -608,7 +620,10 @@ def recommend(results: list[CaseResult], model: BackendModel,
         safe = next((r for r in ok if not specs[r.serializer].pickle_family), None)
         cost = model.cost(best.encode.median_ms, best.decode.median_ms, best.size_bytes or 0,
                           bandwidth_bytes_per_s)
-        if cost.total_ms >= 5 or failed:
+        mine = next((r for r in rows if r.serializer == current), best)
+        mine_ms = math.inf if mine.error else model.cost(mine.encode.median_ms, mine.decode.median_ms,
+                                                         mine.size_bytes or 0, bandwidth_bytes_per_s).total_ms
+        if mine_ms >= 5 or failed:
             heavy.append(payload)
         text = f"{payload}: fastest {best.serializer} ({best.total_ms:.3f} ms encode+decode, " \
                f"{human_size(best.size_bytes)}, {cost.total_ms:.1f} ms per update on {model.name})"
@@ -618,20 +633,23 @@ def recommend(results: list[CaseResult], model: BackendModel,
             suggested[safe.serializer] = None
         if failed:
             text += f"; cannot encode it: {', '.join(failed)}; works: {', '.join(r.serializer for r in ok)}"
+        if mine is not best and not mine.error:
+            text += f"; {current} (yours): {mine_ms:.1f} ms per update"
         lines.append(text)
     if heavy:
         head = (f"Keep update_state meta small: {', '.join(heavy)} cost milliseconds (or fail) on every "
                 f"update. Send a summary (counts, percent, an id of data kept in your own store); if the "
                 f"data must travel, pick the fastest serializer that encodes it (see below and SECURITY).")
     else:
-        head = "json is fine for these payloads: every update costs well under 5 ms; keep result_serializer = 'json'."
+        head = (f"{current} is fine for these payloads: every update costs under 5 ms with it; "
+                f"keep result_serializer = '{current}'.")
     if not heavy:
         suggested = {}
-    return [head, *lines], [n for n in suggested if n != "json"]
+    return [head, *lines], [n for n in suggested if n != current]
 
 
 def bench_document(results: list[CaseResult], model: BackendModel, bandwidth_bytes_per_s: float,
-                   payloads: Iterable[Payload], meta: dict[str, Any]) -> dict[str, Any]:
+                   payloads: Iterable[Payload], meta: dict[str, Any], current: str = "json") -> dict[str, Any]:
     """The JSON contract ``celerydiag.bench-serialize/1`` (results keyed by payload x serializer)."""
     specs = known_serializers()
     used = dict.fromkeys(r.serializer for r in results)
@@ -644,7 +662,7 @@ def bench_document(results: list[CaseResult], model: BackendModel, bandwidth_byt
         else:
             row["update_ms"] = None
         rows.append(row)
-    advice, suggested = recommend(results, model, bandwidth_bytes_per_s)
+    advice, suggested = recommend(results, model, bandwidth_bytes_per_s, current)
     doc: dict[str, Any] = {
         "schema": BENCH_SCHEMA,
         "meta": meta,

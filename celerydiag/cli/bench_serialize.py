@@ -115,7 +115,8 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
         progress.close()
     meta = dict(collect_meta(), target=target.to_dict() if target else None,
                 result_serializer=target.conf.result_serializer if target else None, quick=quick)
-    doc = ser.bench_document(results, model, bandwidth, payloads, meta)
+    current = str(target.conf.result_serializer) if target else "json"
+    doc = ser.bench_document(results, model, bandwidth, payloads, meta, current)
     if old is not None:
         doc["compare"] = ser.compare_documents(old, doc)
     _write(doc, fmt, output, no_color)

@@ -232,6 +232,9 @@ def _fix(size: int, serializer: str, alternatives: dict[str, float], impact: flo
     it beats the current one clearly (with the pickle caveat); else nothing to change."""
     specs = known_serializers()
     faster = sorted((ms, name) for name, ms in alternatives.items() if ms < 0.7 * impact)
+    safe = [(ms, name) for ms, name in faster if not specs[name].pickle_family]
+    if faster and safe and safe[0][0] <= 1.5 * faster[0][0]:
+        faster = safe  # never trade code execution on decode for a few percent
     config = ""
     if size >= LARGE_META_BYTES:
         config = FIX_SUMMARY

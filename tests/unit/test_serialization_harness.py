@@ -136,7 +136,7 @@ def test_every_serializer_config_is_pasteable_python_with_real_setting_names(nam
     spec = ser.known_serializers()[name]
     code = spec.config()
     names = _assigned_names(code)
-    assert names == {"result_serializer", "accept_content", "result_accept_content"}
+    assert names == {"result_serializer", "result_accept_content"}  # task messages untouched
     assert names <= SETTING_KEYS
     assert f"result_serializer = '{name}'" in code
     if name in ser.CUSTOM:
@@ -212,3 +212,19 @@ def test_parse_size(text: str, expected: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         ser.parse_size(text)
+
+
+def test_a_custom_serializer_keeps_its_registration_code_while_registered() -> None:
+    with ser.custom_serializers(["pickle5"]):
+        assert "register('pickle5'" in ser.known_serializers()["pickle5"].config()
+
+
+def test_the_probe_fix_prefers_a_safe_serializer_unless_pickle_is_far_faster() -> None:
+    from celerydiag.probes.serialization import _fix
+
+    close = _fix(500_000, "json", {"pickle5": 18.2, "msgpack": 19.2}, 90.0)
+    assert "'msgpack'" in close.config and "SECURITY" not in close.config
+    far = _fix(500_000, "json", {"pickle5": 5.0, "msgpack": 19.2}, 90.0)
+    assert "'pickle5'" in far.config and "SECURITY" in far.config and "register('pickle5'" in far.config
+    small = _fix(300, "json", {"msgpack": 0.01}, 0.02)
+    assert small is None  # nothing worth changing
