@@ -142,10 +142,19 @@ def redact_url(url: str | None) -> str:
     )
 
 
+MIN_LITERAL_SECRET = 4  # shorter passwords are masked inside URLs only (see redact)
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Scrub URL passwords and each known secret (also URL-quoted) out of any text."""
+    """Scrub URL passwords and each known secret (also URL-quoted) out of any text.
+
+    A password shorter than MIN_LITERAL_SECRET is masked in URLs but not as a bare substring:
+    replacing every "y" in a report would make it unreadable and reveal the password anyway.
+    """
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     for secret in secrets:
+        if len(secret) < MIN_LITERAL_SECRET:
+            continue
         for spelling in sorted({secret, quote(secret, safe=""), quote(secret)}, key=len, reverse=True):
             if spelling:
                 text = text.replace(spelling, MASK)

@@ -24,6 +24,19 @@ Examples:
 """
 
 
+def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a bad --poll-strategy as usage (exit 2) before any probe runs."""
+    if value is not None:
+        from celerydiag.errors import InputError
+        from celerydiag.polling import parse_strategy
+
+        try:
+            parse_strategy(value, 0.5, "--poll-strategy")
+        except InputError as exc:
+            raise click.BadParameter(exc.message) from None
+    return value
+
+
 def probe_options(fn: Any) -> Any:
     """Bounds and inputs every active probe reads (through ProbeContext.limits/options)."""
     opts = [
@@ -41,8 +54,9 @@ def probe_options(fn: Any) -> Any:
         click.option("--poll-interval", type=click.FloatRange(min=0.001, max=3600),
                      metavar="SECONDS",
                      help="How often your clients poll AsyncResult.state (polling probe)."),
-        click.option("--poll-strategy", metavar="NAME",
-                     help="How your clients poll: fixed, backoff, smart, push (polling probe)."),
+        click.option("--poll-strategy", metavar="NAME", callback=_check_strategy,
+                     help="How your clients poll: fixed, jitter, backoff, smart, push, with "
+                          "optional values as in `poll-model --help` (polling probe)."),
         click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
                      help="Analyse this capture of broker/backend traffic (network probe)."),
         click.option("--iface", metavar="IFACE",

@@ -29,4 +29,5 @@ def command(name: str | None, list_: bool, **kw: Any) -> ExitCode:
             click.echo(f"{cls.name:<14} {cls.summary()}")
         return ExitCode.OK if list_ else ExitCode.USAGE
     cls = get_probe(name)
-    return run_report(probes=[cls], static=False, **kw)
+    # A static probe (config, polling) needs no network, so it must not fail on reachability.
+    return run_report(probes=[cls], static=cls.static, **kw)

@@ -10,9 +10,11 @@ backend's retries and row locking).
 ``impact_ms`` policy, so static findings rank honestly next to measured ones:
 - a *cost* finding (an extra write, a bigger payload) carries what one state update pays;
   when that depends on the live system it is 0 and the detail names the probe that measures it;
-- a *hazard* finding (a timeout that lets one update stall) carries the stall the setting
-  allows for one affected update; how often it happens is unknowable statically, so it is
-  capped at ``warning``: only a live probe may call a hazard critical;
+- a *hazard* finding (a timeout that lets one update stall) carries ``impact_ms`` 0 and the
+  stall the setting allows in ``evidence.worst_case_stall_s``: how often it happens, and so what
+  it adds to the P99, is unknowable statically, and a worst case must not outrank a measured
+  delay. It is a warning when that stall would reach 20 % of the budget; only a live probe may
+  call a hazard critical;
 - security (pickle) and crash (a setting that makes every write raise) findings have a fixed
   severity and ``impact_ms`` 0: they are not latency.
 
@@ -143,11 +145,10 @@ def _hazard(facts: Facts, slug: str, stall_s: float | None, title: str, detail: 
             fix: Fix | None, **evidence: Any) -> Finding:
     """A stall the config allows for one update; capped at warning (frequency is unknown here)."""
     if stall_s is None:
-        severity, impact_ms = Severity.WARNING, 0.0
+        severity = Severity.WARNING
     else:
-        impact_ms = stall_s * 1000.0
-        severity = min(Severity.from_impact(impact_ms, facts.budget_ms), Severity.WARNING)
-    return Finding(f"config.{slug}", Cause.CONFIG, severity, title, detail, impact_ms,
+        severity = min(Severity.from_impact(stall_s * 1000.0, facts.budget_ms), Severity.WARNING)
+    return Finding(f"config.{slug}", Cause.CONFIG, severity, title, detail, 0.0,
                    dict(evidence, worst_case_stall_s=stall_s), fix)
 
 
