@@ -133,14 +133,18 @@ def _decide_protocol(t: Tracked, ports: Ports, from_a: bool, payload: bytes) -> 
     server_port = conn.b[1] if t.client_is_a else conn.a[1]
     from_client = from_a == t.client_is_a
     protocol = None
-    if server_port in ports.amqp or (from_client and payload[:4] == b"AMQP"):
+    if server_port in ports.amqp:
         protocol = "amqp"
-    elif server_port in ports.redis or (from_client and payload[:1] == b"*" and b"\r\n$" in payload[:64]):
+    elif server_port in ports.redis:
         protocol = "redis"
-    elif server_port in ports.other:
+    elif from_client and payload[:4] == b"AMQP":
+        protocol = "amqp"
+    elif from_client and payload[:1] == b"*" and b"\r\n$" in payload[:64]:
+        protocol = "redis"
+    elif server_port in ports.other or from_client:
         protocol = "tcp"
-    if protocol is None and not from_client:
-        return  # wait for the client's first bytes
+    if protocol is None:
+        return  # the server spoke first on a port we do not know: wait for the client's first bytes
     t.undecided = False
     client_a = bool(t.client_is_a)
     if protocol == "amqp":

@@ -171,7 +171,7 @@ def _zero_window(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
 
 
 def _retransmissions(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
-    kinds = ("retransmission", "fast_retransmission", "spurious_retransmission")
+    kinds = ("retransmission",)  # tshark's field: includes fast and spurious retransmissions
     retrans = sum(c.tcp[k][s] for c in conns for k in kinds for s in ("client", "server"))
     data = sum(c.tcp.get("data_segments", {}).get(s, 0) for c in conns for s in ("client", "server"))
     ratio = retrans / data if data else 0.0

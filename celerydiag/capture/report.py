@@ -125,7 +125,7 @@ def _summary(t: Tracked, t0: float, capture_end: float, events: list) -> Connect
         if flow.rst is not None:
             events.append((flow.rst, label, side, "RST"))
     for flow, side in ((cflow, "client"), (sflow, "server")):
-        n = sum(flow.counts[k] for k in ("retransmission", "fast_retransmission", "spurious_retransmission"))
+        n = flow.counts["retransmission"]  # includes fast and spurious, as tshark's field does
         if n:
             events.append((conn.first_ts, label, side, f"{n} retransmissions over the connection"))
     amqp = _amqp_block(t, cflow, sflow, end_ts if conn.end_ts is not None else capture_end, label, events)

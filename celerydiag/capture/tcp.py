@@ -42,7 +42,8 @@ A_SPURIOUS_RETRANSMISSION = 0x4000
 COUNTED = {
     "zero_window": A_ZERO_WINDOW,
     "window_full": A_WINDOW_FULL,
-    "retransmission": A_RETRANSMISSION,
+    # tshark sets the tcp.analysis.retransmission field on fast and spurious retransmissions too
+    "retransmission": A_RETRANSMISSION | A_FAST_RETRANSMISSION | A_SPURIOUS_RETRANSMISSION,
     "fast_retransmission": A_FAST_RETRANSMISSION,
     "spurious_retransmission": A_SPURIOUS_RETRANSMISSION,
     "out_of_order": A_OUT_OF_ORDER,
