@@ -37,12 +37,14 @@ def _engine(url: str):  # noqa: ANN202
     return create_engine(url, poolclass=NullPool, connect_args=connect_timeout_args(url, 5))
 
 
-def _has_table(url: str, name: str) -> bool:
+def _has_table(url: str, name: str, schema: str | None = None) -> bool:
     from sqlalchemy import inspect
 
     engine = _engine(url)
     try:
-        return inspect(engine).has_table(name)
+        if schema and not inspect(engine).has_schema(schema):
+            return False
+        return inspect(engine).has_table(name, schema=schema)
     finally:
         engine.dispose()
 
@@ -57,21 +59,34 @@ def database(request: pytest.FixtureRequest, scratch: str):  # noqa: ANN201
     names = {"task": f"{base}_task", "group": f"{base}_group"}
     target = resolve_target(broker="memory://", backend=f"db+{url}")
     target.conf.database_table_names = names
-    yield url, target, names
+    postgres = url.startswith("postgresql")
     engine = _engine(url)
-    try:
+    if postgres:
+        # Celery 5.7 names the date_done index ix_celery_taskmeta_date_done whatever the table
+        # name, and PostgreSQL index names are per schema: a scratch schema avoids the clash
+        # with any real celery_taskmeta in the same database (and takes the sequence with it).
         with engine.begin() as conn:
-            for table in names.values():
-                conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            conn.execute(text(f"CREATE SCHEMA {base}"))
+        target.conf.database_table_schemas = {"task": base, "group": base}
+    try:
+        yield url, target, names, (base if postgres else None)
     finally:
+        with engine.begin() as conn:
+            if postgres:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {base} CASCADE"))
+            else:
+                for table in names.values():
+                    conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
-    assert not any(_has_table(url, t) for t in names.values()), "scratch tables leaked"
+    schema = base if postgres else None
+    assert not any(_has_table(url, t, schema) for t in names.values()), "scratch tables leaked"
 
 
 def test_probe_reads_recent_results_from_the_task_table(database, scratch: str) -> None:  # noqa: ANN001
     from sqlalchemy import text
 
-    url, target, names = database
+    url, target, names, schema = database
+    table = f"{schema}.{names['task']}" if schema else names["task"]
     backend = target.app.backend  # Celery creates the scratch tables on first use
     ids = {f"{scratch}-{n}": n for n in (5, 300, 2_000)}  # MariaDB's BLOB holds 64 KiB at most
     for task_id, floats in ids.items():
@@ -79,8 +94,8 @@ def test_probe_reads_recent_results_from_the_task_table(database, scratch: str) 
     engine = _engine(url)
     try:
         with engine.connect() as conn:
-            largest = conn.execute(text(f"SELECT max(length(result)) FROM {names['task']}")).scalar()
-            rows_before = conn.execute(text(f"SELECT count(*) FROM {names['task']}")).scalar()
+            largest = conn.execute(text(f"SELECT max(length(result)) FROM {table}")).scalar()
+            rows_before = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
     finally:
         engine.dispose()
 
@@ -94,7 +109,7 @@ def test_probe_reads_recent_results_from_the_task_table(database, scratch: str) 
     assert ev["metas_count"] == 3 and rows_before == 3
     assert ev["max_bytes"] == largest > 15_000
     assert ev["measured_bytes"] == largest  # the result column holds result_serializer bytes (5.7)
-    assert names["task"] in finding.detail and f"{scratch}-2000" in finding.detail
+    assert table in finding.detail and f"{scratch}-2000" in finding.detail
     assert finding.impact_ms == pytest.approx(ev["update_ms"]) and finding.impact_ms > 0
 
     payload = read_task_meta(target, f"{scratch}-300", timeout_s=5, max_bytes=1 << 20)
@@ -103,11 +118,12 @@ def test_probe_reads_recent_results_from_the_task_table(database, scratch: str) 
 
 
 def test_probe_writes_nothing_not_even_a_missing_table(database) -> None:  # noqa: ANN001
-    url, target, names = database
+    url, target, names, schema = database
+    table = f"{schema}.{names['task']}" if schema else names["task"]
 
     result = run_probe(SerializationProbe(), ProbeContext(target=target, budget_ms=1000))
 
     (finding,) = result.findings
     assert finding.id == "serialization.standard-meta"
-    assert f"no task table {names['task']} yet" in finding.detail
-    assert not _has_table(url, names["task"])  # Celery's backend would have created it
+    assert f"no task table {table} yet" in finding.detail
+    assert not _has_table(url, names["task"], schema)  # Celery's backend would have created it
