@@ -22,14 +22,17 @@ PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
 BRPOP_WAIT_S = 1  # the consumer thread looks at its stop flag this often
 
 
-def client(target: Any, timeout_s: float) -> Any:
-    """A redis-py client for the broker URL, with the app's TLS settings and our timeouts."""
+def client(target: Any, timeout_s: float, name: str | None = None) -> Any:
+    """A redis-py client for the broker URL, with the app's TLS settings and our timeouts. The
+    name (CLIENT SETNAME) lets an operator, and our tests, see which connections are ours."""
     import redis
 
     extra: dict[str, Any] = {}
     ssl = target.conf.broker_use_ssl
     if target.broker_scheme == "rediss" and isinstance(ssl, dict):
         extra.update({k: v for k, v in ssl.items() if k.startswith("ssl_")})
+    if name:
+        extra["client_name"] = name
     return redis.Redis.from_url(target.broker_url, socket_timeout=timeout_s,
                                 socket_connect_timeout=timeout_s, **extra)
 

@@ -558,7 +558,7 @@ class RedisRun:
         self.key = f"{ctx.scratch}.broker"
 
     def _client(self) -> Any:
-        client = redis_m.client(self.target, self.timeout)
+        client = redis_m.client(self.target, self.timeout, name=self.ctx.scratch)
         self.ctx.cleanup.callback(_quietly, client.close)
         return client
 
@@ -572,7 +572,8 @@ class RedisRun:
             publisher.ping()
             connect = (time.perf_counter() - started) * 1000
             # registered before the key is first written: Ctrl-C at any point removes it
-            ctx.cleanup.callback(_quietly, lambda: redis_m.client(self.target, self.timeout).delete(self.key))
+            # (LIFO: runs before the clients are closed)
+            ctx.cleanup.callback(_quietly, lambda: publisher.delete(self.key))
             facts = redis_m.ServerFacts.read(publisher)
         except Exception as exc:
             raise TargetUnreachable(self.target.redact(
