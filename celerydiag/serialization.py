@@ -609,7 +609,11 @@ def recommend(results: list[CaseResult], model: BackendModel,
     suggested: dict[str, None] = {}
     for payload in dict.fromkeys(r.payload for r in results):
         rows = [r for r in results if r.payload == payload]
-        ok = sorted((r for r in rows if not r.error), key=lambda r: r.total_ms)
+        def per_update(r: CaseResult) -> float:
+            return model.cost(r.encode.median_ms, r.decode.median_ms, r.size_bytes or 0,
+                              bandwidth_bytes_per_s).total_ms
+
+        ok = sorted((r for r in rows if not r.error), key=per_update)
         failed = [r.serializer for r in rows if r.error]
         if not ok:
             reason = rows[0].error if rows else "no serializer selected"
@@ -618,28 +622,27 @@ def recommend(results: list[CaseResult], model: BackendModel,
             continue
         best = ok[0]
         safe = next((r for r in ok if not specs[r.serializer].pickle_family), None)
-        cost = model.cost(best.encode.median_ms, best.decode.median_ms, best.size_bytes or 0,
-                          bandwidth_bytes_per_s)
         mine = next((r for r in rows if r.serializer == current), best)
-        mine_ms = math.inf if mine.error else model.cost(mine.encode.median_ms, mine.decode.median_ms,
-                                                         mine.size_bytes or 0, bandwidth_bytes_per_s).total_ms
+        mine_ms = math.inf if mine.error else per_update(mine)
         if mine_ms >= 5 or failed:
             heavy.append(payload)
-        text = f"{payload}: fastest {best.serializer} ({best.total_ms:.3f} ms encode+decode, " \
-               f"{human_size(best.size_bytes)}, {cost.total_ms:.1f} ms per update on {model.name})"
+        text = f"{payload}: fastest {best.serializer} ({per_update(best):.1f} ms per update on {model.name}: " \
+               f"{best.total_ms:.3f} ms encode+decode, {human_size(best.size_bytes)})"
         suggested[best.serializer] = None
         if safe is not None and safe is not best:
-            text += f"; fastest without pickle: {safe.serializer} ({safe.total_ms:.3f} ms)"
+            text += f"; fastest without pickle: {safe.serializer} ({per_update(safe):.1f} ms per update)"
             suggested[safe.serializer] = None
         if failed:
             text += f"; cannot encode it: {', '.join(failed)}; works: {', '.join(r.serializer for r in ok)}"
         if mine is not best and not mine.error:
-            text += f"; {current} (yours): {mine_ms:.1f} ms per update"
+            text += f"; with {current} (the current setting): {mine_ms:.1f} ms per update"
         lines.append(text)
     if heavy:
+        risky = any(specs[n].pickle_family for n in suggested)
         head = (f"Keep update_state meta small: {', '.join(heavy)} cost milliseconds (or fail) on every "
                 f"update. Send a summary (counts, percent, an id of data kept in your own store); if the "
-                f"data must travel, pick the fastest serializer that encodes it (see below and SECURITY).")
+                f"data must travel, pick the fastest serializer that encodes it (configuration below"
+                f"{'; read the SECURITY note before any pickle' if risky else ''}).")
     else:
         head = (f"{current} is fine for these payloads: every update costs under 5 ms with it; "
                 f"keep result_serializer = '{current}'.")

@@ -110,3 +110,16 @@ def test_help_explains_every_option(run_cli) -> None:  # noqa: ANN001
     for option in ("--serializer", "--payload-kind", "--payload", "--trust-pickle", "--max-size",
                    "--from-backend", "--quick", "--compare", "--format", "--bandwidth-mbit"):
         assert option in proc.stdout
+
+
+def test_the_fixture_payload_is_heavy_under_json_and_gets_a_pasteable_serializer_config(run_cli) -> None:  # noqa: ANN001
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "payloads" / "progress-history.json"
+    proc = run_cli("bench-serialize", "--quick", "-p", str(fixture), "-s", "json", "-s", "msgpack",
+                   "--format", "json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = {r["serializer"]: r for r in doc["results"]}
+    assert rows["json"]["size_bytes"] > fixture.stat().st_size  # the meta envelope around the file
+    assert doc["recommendation"][0].startswith("Keep update_state meta small")
+    for name in doc["suggested"]:
+        compile(doc["serializers"][name]["config"], "<config>", "exec")
