@@ -61,6 +61,7 @@ def decode_blocked_reason(raw: Any, watch: BlockedWatch) -> None:
         blocked = spec.Connection.Blocked
         raw._METHODS = {**raw._METHODS, blocked: spec.method(blocked, "s")}
         raw._callbacks[blocked] = watch.on_blocked
+        raw.on_unblocked = watch.on_unblocked
     except Exception:  # pragma: no cover - depends on py-amqp internals
         pass
 

@@ -7,9 +7,10 @@ message to the client's reply queue, and publisher confirms make the worker wait
 Every finding says which of the two it is talking about.
 
 The fixes name only real settings in the right place (celery-facts C.1–C.4): ``confirm_publish``
-is a ``broker_transport_options`` key of the pyamqp transport; publish retries live in
-``task_publish_retry_policy``; ``max_retries``/``interval_*`` inside ``broker_transport_options``
-are *connection* retries that merely look like publish retries.
+is a ``broker_transport_options`` key of the pyamqp transport, and its cost is the one measured
+here. Static mistakes that need no broker (retry keys that are connection retries, confirm_publish
+on Redis, confirm_delivery) are the config probe's findings; repeating them here would print the
+same fix twice in `doctor`. Where both speak (heartbeat 0, rpc + confirms) the fixes are identical.
 """
 
 from __future__ import annotations
@@ -32,10 +33,8 @@ REDIS_SCHEMES = ("redis", "rediss")
 RTT_SAMPLES = 50
 HANDSHAKES = 3
 MAX_QUEUES = 50  # user queues read passively, at most
-CONNECTION_RETRY_KEYS = ("max_retries", "interval_start", "interval_step", "interval_max")
 
 DOCS_CONFIRM = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options"
-DOCS_RETRY = "https://docs.celeryq.dev/en/stable/userguide/calling.html#message-sending-retry"
 DOCS_HEARTBEAT = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-heartbeat"
 DOCS_ALARMS = "https://www.rabbitmq.com/docs/alarms"
 DOCS_BLOCKED = "https://www.rabbitmq.com/docs/connection-blocked"
@@ -50,30 +49,13 @@ broker_transport_options = {
     'confirm_publish': True,  # apply_async() waits for RabbitMQ's ack: no silent task loss
 }
 """
-FIX_PUBLISH_RETRY = """\
-# Publish retries (apply_async/send_task) are configured here, not in broker_transport_options:
-task_publish_retry = True
-task_publish_retry_policy = {{'max_retries': {max_retries}, 'interval_start': {interval_start},
-                             'interval_step': {interval_step}, 'interval_max': {interval_max}}}
-# broker_transport_options {{'max_retries', 'interval_*'}} only govern (re)connecting; drop them
-# unless that is what you meant.
-"""
 FIX_HEARTBEAT = """\
-broker_heartbeat = 60  # seconds; 0 disables heartbeats (a dead connection goes unnoticed)
+broker_heartbeat = 120  # Celery's default; RabbitMQ's 60 s proposal then wins the negotiation
 """
 FIX_RPC_TO_REDIS = """\
 # Move task states off the broker: the worker then writes them straight to Redis
-result_backend = 'redis://REDIS-HOST:6379/1'
+result_backend = 'redis://REDIS-HOST:6379/0'
 """
-
-
-def fix_publish_retry(options: dict[str, Any]) -> str:
-    policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1}
-    for key in CONNECTION_RETRY_KEYS:
-        value = options.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            policy[key] = value
-    return FIX_PUBLISH_RETRY.format(**{k: repr(v) for k, v in policy.items()})
 
 
 def app_queues(conf: Any) -> list[str]:
@@ -160,35 +142,10 @@ class BrokerProbe(Probe):
         return None
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        yield from self._static_checks(ctx)
         if ctx.target.broker_scheme in AMQP_SCHEMES:
             yield from AmqpRun(ctx).run()
         else:
             yield from RedisRun(ctx).run()
-
-    def _static_checks(self, ctx: ProbeContext) -> Iterator[Finding]:
-        """Settings that look like publish retries but are not (celery-facts C.3, C.4)."""
-        options = dict(ctx.target.conf.broker_transport_options or {})
-        found = [k for k in CONNECTION_RETRY_KEYS if k in options]
-        if found:
-            yield Finding(
-                "broker.retry-keys", Cause.BROKER, Severity.INFO,
-                f"broker_transport_options {found} are connection retries, not publish retries",
-                detail=("kombu reads max_retries/interval_* from broker_transport_options only when it "
-                        "(re)establishes the connection; publishing a task retries per "
-                        "task_publish_retry_policy (which also overwrites these keys on the producer "
-                        "connection at its first retried publish). Neither shortens state latency."),
-                evidence={"keys": found, "task_publish_retry": bool(ctx.target.conf.task_publish_retry)},
-                fix=Fix("configure publish retries in task_publish_retry_policy",
-                        fix_publish_retry(options), (DOCS_RETRY,)))
-        if ctx.target.broker_scheme in REDIS_SCHEMES and "confirm_publish" in options:
-            yield Finding(
-                "broker.confirm-publish", Cause.BROKER, Severity.INFO,
-                "confirm_publish is set but the Redis transport ignores it",
-                detail=("confirm_publish is a pyamqp (RabbitMQ) transport option. On Redis each LPUSH "
-                        "is already a request with a reply, so apply_async() never returns before "
-                        "Redis has the task."),
-                evidence={"confirm_publish": bool(options["confirm_publish"])})
 
 
 class AmqpRun:
