@@ -377,12 +377,16 @@ def _read_database(target: Target, engine: Any, model: BackendModel, limit: int 
                     stored.skipped.append(f"task {task_id}: {one_line(exc)}")
             conn.rollback()
     except Exception as exc:
-        text = describe(exc)
-        if any(s in text.lower() for s in ("does not exist", "doesn't exist", "no such table")):
+        if _missing_table(exc):
             stored.skipped.append(f"no task table {table.fullname} yet")
             return stored
-        raise TargetUnreachable(target.redact(f"cannot read {table.fullname}: {text}")) from None
+        raise TargetUnreachable(target.redact(f"cannot read {table.fullname}: {describe(exc)}")) from None
     return stored
+
+
+def _missing_table(exc: Exception) -> bool:
+    text = describe(exc).lower()
+    return any(s in text for s in ("does not exist", "doesn't exist", "no such table"))
 
 
 def decode_result_column(target: Target, raw: bytes, model: BackendModel) -> Any:
@@ -465,6 +469,10 @@ def _read_database_task(target: Target, task_id: str, timeout_s: float, max_byte
     except DiagError:
         raise
     except Exception as exc:
+        if _missing_table(exc):
+            raise InputError(f"no task table {table.fullname} in the result backend's database",
+                             "nothing stored there yet, or your app sets database_table_names/"
+                             "database_table_schemas: pass --app so they are read") from None
         raise TargetUnreachable(target.redact(f"cannot read {table.fullname}: {describe(exc)}")) from None
     finally:
         engine.dispose()

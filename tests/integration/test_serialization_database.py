@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from celerydiag.errors import InputError
 from celerydiag.probes import ProbeContext, run_probe
 from celerydiag.probes.serialization import SerializationProbe, read_task_meta
 from celerydiag.target import resolve_target
@@ -126,4 +127,6 @@ def test_probe_writes_nothing_not_even_a_missing_table(database) -> None:  # noq
     (finding,) = result.findings
     assert finding.id == "serialization.standard-meta"
     assert f"no task table {table} yet" in finding.detail
+    with pytest.raises(InputError, match="no task table"):
+        read_task_meta(target, "no-such-task", timeout_s=5, max_bytes=1 << 20)
     assert not _has_table(url, names["task"], schema)  # Celery's backend would have created it
