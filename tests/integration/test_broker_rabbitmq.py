@@ -245,3 +245,20 @@ def test_blocked_broker_is_reported_with_its_reason(amqp_url: str, scratch: str)
     assert blocked.evidence["confirm_wait_s"] >= 1.0
     assert "broker.publish-latency" not in found, "no latency series on a blocked broker"
     assert wait_missing(amqp_url, f"{scratch}.broker") == "missing"
+
+
+def test_cli_json_report(amqp_url: str, run_cli: Any, check_report: Any) -> None:
+    """The console script end to end: a valid report/1 document on stdout, the summary on stderr."""
+    import json
+
+    done = run_cli("probe", "broker", "--broker", amqp_url, "--backend", "rpc://", "--samples", "20",
+                   "--format", "json", "--fail-on", "never", timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    check_report(doc)
+    assert [p["name"] for p in doc["probes"]] == ["broker"] and doc["probes"][0]["status"] == "ran"
+    ids = {f["id"] for f in doc["findings"]}
+    assert {"broker.publish-latency", "broker.confirm-publish", "broker.blocked", "broker.heartbeat",
+            "broker.backlog"} <= ids
+    assert doc["latency"]["by_cause_ms"]["broker"] > 0
+    assert done.stderr.startswith("celerydiag: ") and "Traceback" not in done.stderr
