@@ -7,7 +7,6 @@ from typing import Any
 
 from celerydiag.findings import Report
 
-
 EMBEDDED_NOTE = ("Measured celerydiag's embedded default (in-memory broker, SQLite results, in-process "
                  "worker), not your deployment: pass --app or --broker/--backend to measure yours.")
 
@@ -22,15 +21,19 @@ def headline(report: Report) -> str:
 
 
 def latency_line(report: Report) -> str | None:
+    """Observed P99 next to the sum of the causes, and what the difference means."""
     lat = report.latency
     p99 = lat.get("observed_p99_ms")
-    explained = sum((lat.get("by_cause_ms") or {}).values())
     if p99 is None:
         return None
     p50 = lat.get("observed_p50_ms")
-    p50_text = f"P50 {p50:.1f} ms, " if p50 is not None else ""
-    return (f"Observed state visibility: {p50_text}P99 {p99:.1f} ms; "
-            f"causes found explain {explained:.1f} ms of it.")
+    explained = sum((lat.get("by_cause_ms") or {}).values())
+    line = (f"Observed state visibility (e2e, a client reading as fast as it can): P50 {p50:.1f} ms, "
+            f"P99 {p99:.1f} ms. Sum of the causes' impact: {explained:.1f} ms")
+    if explained > p99:
+        return line + (" (more than observed: it includes modelled costs the e2e client avoids, "
+                       "such as your clients' poll interval).")
+    return line + f" ({p99 - explained:.1f} ms of the observed P99 unexplained)."
 
 
 def probe_lines(report: Report) -> list[str]:
