@@ -28,7 +28,8 @@ def latency_line(report: Report) -> str | None:
         return None
     p50 = lat.get("observed_p50_ms")
     explained = sum((lat.get("by_cause_ms") or {}).values())
-    line = (f"Observed state visibility (e2e, a client reading as fast as it can): P50 {p50:.1f} ms, "
+    median = f"P50 {p50:.1f} ms, " if p50 is not None else ""
+    line = (f"Observed state visibility (e2e, a client reading as fast as it can): {median}"
             f"P99 {p99:.1f} ms. Sum of the causes' impact: {explained:.1f} ms")
     if explained > p99:
         return line + (" (more than observed: it includes modelled costs the e2e client avoids, "
