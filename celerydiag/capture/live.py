@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from celerydiag.errors import InputError
 
 SOL_PACKET, PACKET_STATISTICS = 263, 6
+PACKET_OUTGOING, ARPHRD_LOOPBACK = 4, 772
 E_PERMISSION = "live capture on {iface} needs root or CAP_NET_RAW ({error})"
 H_PERMISSION = ("run it as root (sudo celerydiag capture ...), or grant the interpreter the capability once: "
                 "sudo setcap cap_net_raw,cap_net_admin=eip $(readlink -f $(which python3)); or capture with "
@@ -43,12 +44,16 @@ def bpf_for(ports: Iterable[int]) -> str:
 def capture(iface: str, ports: Iterable[int], path: str, *, duration: float, count: int = 0,
             scrub: bool = True, progress=None) -> LiveResult:
     """Sniff ``iface`` for ``duration`` s (or ``count`` packets) into ``path`` (pcap)."""
-    from scapy.config import conf
+    import logging
+
+    import scapy.arch  # noqa: F401 - installs the platform's conf.L2listen
+    import scapy.layers.l2  # noqa: F401 - registers Ethernet and Linux cooked link types
     from scapy.utils import PcapWriter
 
+    logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # one-line errors are ours to print
     bpf = bpf_for(ports)
     try:
-        sock = conf.L2listen(iface=iface, filter=bpf)
+        sock = _listen_class()(iface=iface, filter=bpf)
     except PermissionError as exc:
         raise InputError(E_PERMISSION.format(iface=iface, error=exc.strerror or exc), H_PERMISSION) from None
     except OSError as exc:
@@ -74,7 +79,7 @@ def capture(iface: str, ports: Iterable[int], path: str, *, duration: float, cou
                 left = deadline - time.monotonic()
                 if left <= 0 or (count and packets >= count):
                     break
-                sniff(opened_socket=sock, prn=keep, store=False, timeout=min(left, 0.5),
+                sniff(opened_socket=sock, prn=keep, store=False, timeout=min(left, 0.5), chainCC=True,
                       count=(count - packets) if count else 0)
         except KeyboardInterrupt:
             interrupted = True
@@ -83,6 +88,32 @@ def capture(iface: str, ports: Iterable[int], path: str, *, duration: float, cou
         writer.close()
         sock.close()
     return LiveResult(path, packets, drops, interrupted, time.monotonic() - started)
+
+
+def _listen_class() -> type:
+    """scapy's listening socket, minus the outgoing copy of each loopback packet.
+
+    On ``lo`` the kernel hands a packet socket every packet twice (as outgoing and as incoming);
+    libpcap (so tcpdump and tshark) drops the outgoing copy on loopback devices, and so do we, or
+    every segment would look retransmitted.
+    """
+    from scapy.config import conf
+    from scapy.data import MTU
+
+    base = conf.L2listen
+
+    class LoopbackAwareListen(base):  # type: ignore[misc, valid-type]
+        def recv_raw(self, x: int = MTU):  # noqa: ANN202
+            pkt, sa_ll, ts = self._recv_raw(self.ins, x)
+            if sa_ll[2] == PACKET_OUTGOING and sa_ll[3] == ARPHRD_LOOPBACK:
+                return None, None, None
+            if ts is None:
+                from scapy.arch.linux import get_last_packet_timestamp
+
+                ts = get_last_packet_timestamp(self.ins)
+            return self.LL, pkt, ts
+
+    return LoopbackAwareListen if hasattr(base, "_recv_raw") else base
 
 
 def _drops(sock) -> int | None:  # noqa: ANN001
