@@ -43,12 +43,6 @@ DOCS_REDIS_EVICTION = "https://redis.io/docs/latest/develop/reference/eviction/"
 DOCS_RPC = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#rpc-result-backend-rabbitmq-qpid"
 
 # Fix templates (Celery's E_/W_ habit): valid Python assigning real settings, pasteable.
-FIX_CONFIRM_ON = """\
-broker_transport_options = {
-    # ...keep the keys you already have here...
-    'confirm_publish': True,  # apply_async() waits for RabbitMQ's ack: no silent task loss
-}
-"""
 FIX_HEARTBEAT = """\
 broker_heartbeat = 120  # Celery's default; RabbitMQ's 60 s proposal then wins the negotiation
 """
@@ -56,6 +50,16 @@ FIX_RPC_TO_REDIS = """\
 # Move task states off the broker: the worker then writes them straight to Redis
 result_backend = 'redis://REDIS-HOST:6379/0'
 """
+
+
+def fix_confirm_on(target: Target) -> str:
+    """``broker_transport_options`` with confirms on and the user's other keys kept: the config
+    probe's renderer (it keeps secrets out and drops keys that do nothing), so both print one text."""
+    from celerydiag.probes.config import assignments, recommended_transport_options
+
+    options = recommended_transport_options(target.conf, target)
+    options["confirm_publish"] = True
+    return assignments(broker_transport_options=options)
 
 
 def app_queues(conf: Any) -> list[str]:
@@ -501,7 +505,7 @@ def latency_findings(ctx: ProbeContext, series: dict[str, Summary], rtt: Summary
                     + (", and with rpc:// it adds to every update_state()." if rpc else
                        "; with this result backend it delays only apply_async() returning, no state.")),
             evidence=cost_evidence,
-            fix=Fix("enable publisher confirms (pyamqp transport option)", FIX_CONFIRM_ON,
+            fix=Fix("enable publisher confirms (pyamqp transport option)", fix_confirm_on(target),
                     (DOCS_CONFIRM, DOCS_CONFIRMS_RMQ)))
 
 

@@ -34,10 +34,15 @@ def test_every_fix_compiles_and_assigns_real_settings(name: str) -> None:
     assert set(assigned) <= SETTING_KEYS, set(assigned) - SETTING_KEYS
 
 
-def test_confirm_fix_is_a_transport_option_not_a_setting() -> None:
+def test_confirm_fix_keeps_the_users_transport_options_and_no_secret() -> None:
+    t = target(broker_transport_options={"visibility_timeout": 60, "password": "hunter2-x",
+                                         "confirm_delivery": True})
+    text = broker.fix_confirm_on(t)
     namespace: dict[str, object] = {}
-    exec(broker.FIX_CONFIRM_ON, namespace)  # noqa: S102 - our own constant
-    assert namespace["broker_transport_options"] == {"confirm_publish": True}
+    exec(text, namespace)  # noqa: S102 - we generated it
+    assert namespace["broker_transport_options"] == {"visibility_timeout": 60, "confirm_publish": True}
+    assert "hunter2-x" not in text and "confirm_delivery" not in text
+    assert set(namespace) - {"__builtins__"} <= SETTING_KEYS
 
 
 @pytest.mark.parametrize(("url", "skipped"), [
