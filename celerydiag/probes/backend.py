@@ -149,13 +149,15 @@ class DatabaseRun:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
+        # No statement_timeout here: pg_settings would then report ours instead of the server's.
         engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
-                               connect_args=self.bounded_args({}), **kw)
+                               connect_args=self.bounded_args({}, statements=False), **kw)
         self.ctx.cleanup.callback(engine.dispose)
         return engine
 
-    def bounded_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Driver timeouts (and, on PostgreSQL, a statement bound and our name) merged into connect_args."""
+    def bounded_args(self, args: dict[str, Any], statements: bool = True) -> dict[str, Any]:
+        """Driver timeouts (and, on PostgreSQL, our name and, for the writers, a statement bound) merged
+        into connect_args."""
         from celerydiag.reach import connect_timeout_args
 
         out = dict(connect_timeout_args(self.url, self.ctx.limits.timeout_s))
@@ -164,6 +166,8 @@ class DatabaseRun:
             from celerydiag.backend_contention import APPLICATION_NAME
 
             out.setdefault("application_name", APPLICATION_NAME)
+            if not statements:
+                return out
             bound = int(max(self.ctx.limits.max_seconds, self.ctx.limits.timeout_s) * 1000)
             out["options"] = f"{out.get('options', '')} -c statement_timeout={bound}".strip()
         return out
@@ -380,14 +384,14 @@ class DatabaseRun:
         if not s.samples:
             raise DiagError(f"every write to the scratch table failed: {distinct.first_error}",
                             "check the database user's INSERT/UPDATE rights and the server's log")
-        evidence = {"table": table, "phases": {k: p.to_evidence() for k, p in phases.items()}}
+        evidence = {"table": table, **distinct.to_evidence()}
         thin = "" if s.reliable else f" (only {s.samples} writes: P99 is the maximum below {MIN_SAMPLES_FOR_P99})"
         yield rated("backend.write-latency", Cause.BACKEND, s.p99_ms, self.ctx.budget_ms,
                     f"update_state write P99 {s.p99_ms:.1f} ms, P50 {s.p50_ms:.1f} ms"
                     f" ({distinct.writers} writer(s), own rows, {distinct.writes_per_s:.0f} writes/s){thin}",
                     detail="Celery's own DatabaseBackend.store_result on a scratch copy of the task table, pooled"
                            " connections as in a prefork child. Every update_state blocks the task this long.",
-                    evidence={**evidence, "write_ms": s.short()},
+                    evidence=evidence,
                     fix=redis_progress_fix() if s.p99_ms >= 0.2 * self.ctx.budget_ms else None)
         one = phases.get("one_row")
         if one is None:
@@ -410,7 +414,8 @@ class DatabaseRun:
         severity_finding = rated("backend.row-contention", Cause.BACKEND, impact, self.ctx.budget_ms,
                                  f"concurrent writes to one task row add {impact:.1f} ms at P99"
                                  f" ({failures} failed writes)", detail=detail,
-                                 evidence={**evidence, "lock_wait_ms": round(lock_wait, 2),
+                                 evidence={"table": table, "phases": {k: p.to_evidence() for k, p in phases.items()},
+                                           "lock_wait_ms": round(lock_wait, 2),
                                            "failed_writes_count": failures},
                                  fix=fix if (failures or impact >= 0.2 * self.ctx.budget_ms) else None)
         if failures and severity_finding.severity < Severity.WARNING:
