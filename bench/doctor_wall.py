@@ -77,8 +77,9 @@ def run_doctor(label: str, args: list[str]) -> Run:
     try:
         report = json.loads(proc.stdout)
     except ValueError:
-        last = (proc.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
-        return Run(label, wall, proc.returncode, None, f"exit {proc.returncode}: {last}")
+        lines = proc.stderr.strip().splitlines() or ["(nothing on stderr)"]
+        said = next((x for x in lines if x.startswith("celerydiag: error:")), lines[-1])
+        return Run(label, wall, proc.returncode, None, f"exit {proc.returncode}: {said}")
     run = Run(label, wall, proc.returncode, report)
     run.probes = {p["name"]: p for p in report.get("probes", [])}
     return run
