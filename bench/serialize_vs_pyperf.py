@@ -2,8 +2,8 @@
 
 Times the same kombu encodes (the calls Celery makes for update_state) with celerydiag's harness
 and with pyperf (``pyperf.Runner.bench_func``) in one run: 5 rounds, each one fresh process of our
-harness and then a few pyperf worker processes (appended to one pyperf file), so load from other
-programs hits both alike. Prints both medians, their ratio and our spread over the 5 runs, and
+harness then a few pyperf worker processes, case by case (pyperf's runs appended to one file), so
+load from other programs hits both alike. Prints both medians, their ratio and our spread over the 5 runs, and
 exits 1 when a median differs from pyperf's by more than 10 %. Needs the bench extra (pyperf).
 
 The cases avoid multi-megabyte outputs on purpose: their cost depends on the allocator's state
@@ -40,40 +40,37 @@ import pyperf
 from celerydiag.serialization import codec, standard_payload
 
 runner = pyperf.Runner()
-for kind, name in {cases!r}:
-    stored = standard_payload(kind).stored
-    encode, _ = codec(name)
-    runner.bench_func(kind + "/" + name, encode, stored)
+kind, name = {case!r}
+stored = standard_payload(kind).stored
+encode, _ = codec(name)
+runner.bench_func(kind + "/" + name, encode, stored)
 """
 
 
-def run_pyperf(out: str, processes: int) -> None:
-    """One pyperf invocation (its own calibration and worker processes), appended to ``out``."""
+def run_pyperf(out: str, case: tuple[str, str], processes: int) -> None:
+    """One pyperf invocation for one case (its own calibration and worker processes), appended
+    to ``out``."""
     script = out + ".worker.py"
     with open(script, "w", encoding="utf-8") as stream:
-        stream.write(WORKER.format(root=ROOT, cases=CASES))
+        stream.write(WORKER.format(root=ROOT, case=case))
     subprocess.run([sys.executable, script, "--quiet", "--append", out, "-p", str(processes)],
                    check=True, timeout=600, stdout=subprocess.DEVNULL)
 
 
-def run_ours() -> dict[str, float]:
-    """One repeated run of our harness in a fresh process, as pyperf's workers are: median ms per
-    call of each case (a long-lived process has another allocator state; see the docstring)."""
-    proc = subprocess.run([sys.executable, __file__, "--ours-worker"], check=True, timeout=600,
+def run_ours(case: tuple[str, str]) -> float:
+    """One run of our harness on one case in a fresh process, as pyperf's workers are (a
+    long-lived process has another allocator state; see the docstring): median ms per call."""
+    proc = subprocess.run([sys.executable, __file__, "--ours-worker", *case], check=True, timeout=600,
                           capture_output=True, text=True)
-    return json.loads(proc.stdout)
+    return float(proc.stdout)
 
 
-def ours_worker() -> int:
+def ours_worker(kind: str, name: str) -> int:
     from celerydiag.serialization import HarnessConfig, codec, measure, standard_payload
 
-    found: dict[str, float] = {}
-    for kind, name in CASES:
-        stored = standard_payload(kind).stored
-        encode, _ = codec(name)
-        found[f"{kind}/{name}"] = measure(lambda encode=encode, stored=stored: encode(stored),
-                                          HarnessConfig()).median_ms
-    print(json.dumps(found))
+    stored = standard_payload(kind).stored
+    encode, _ = codec(name)
+    print(measure(lambda: encode(stored), HarnessConfig()).median_ms)
     return 0
 
 
@@ -82,22 +79,22 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=3,
                         help="pyperf worker processes per round (x5 rounds; pyperf's default total is 20)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
-    parser.add_argument("--ours-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ours-worker", nargs=2, metavar=("KIND", "SERIALIZER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ours_worker:
-        return ours_worker()
+        return ours_worker(*args.ours_worker)
 
     import pyperf
 
-    # Interleaved rounds, so load from other programs on the machine hits both sides alike.
+    # Interleaved case by case, so load from other programs on the machine hits both sides alike.
     mine: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="celerydiag-bench-") as tmp:
         out = os.path.join(tmp, "pyperf.json")
         for round_ in range(REPEATS):
             print(f"round {round_ + 1}/{REPEATS}", file=sys.stderr)
-            for case, ms in run_ours().items():
-                mine.setdefault(case, []).append(ms)
-            run_pyperf(out, args.processes)
+            for case in CASES:
+                mine.setdefault("/".join(case), []).append(run_ours(case))
+                run_pyperf(out, case, args.processes)
         suite = pyperf.BenchmarkSuite.load(out)
         theirs = {bench.get_name(): bench.median() for bench in suite.get_benchmarks()}
     rows, failed = [], False
