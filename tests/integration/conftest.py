@@ -14,6 +14,8 @@ Fixtures (session scope; each connects once with a 2 s timeout and returns the U
   pg_url      SQLAlchemy URL of PostgreSQL; Celery's backend URL is "db+" + pg_url
   mysql_url   SQLAlchemy URL of MariaDB; Celery's backend URL is "db+" + mysql_url
   scratch     (function scope) a unique name prefix ``celerydiag-test-<8 hex>`` for what a test creates
+  closed_port (function scope) a loopback port nothing listens on: connections are refused
+  silent_port (function scope) a loopback port that accepts connections and never answers
 
 A service that is down makes every test using it FAIL with the command that starts it: a skip
 would turn a broken machine into a green run. ``pytest --no-services`` deselects integration
@@ -23,8 +25,9 @@ tests on purpose instead (see tests/conftest.py).
 from __future__ import annotations
 
 import os
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -117,3 +120,21 @@ def mysql_url() -> str:
 def scratch() -> str:
     """A prefix no other test (or user) uses: name every queue, key and table after it."""
     return f"celerydiag-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port that refuses connections (bound to learn a free number, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that completes the TCP handshake (the kernel does, from the backlog) and then never
+    says a word: the half-dead server that hangs clients without timeouts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]

@@ -7,9 +7,7 @@ port, a port that accepts and never answers, wrong credentials, a wrong vhost or
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -33,23 +31,6 @@ def with_userinfo(url: str, user: str, password: str | None) -> str:
 def with_path(url: str, path: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that completes the TCP handshake (the kernel does, from the backlog) and then never
-    says a word: the half-dead server that hangs clients without timeouts."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(16)
-        yield s.getsockname()[1]
 
 
 def assert_unreachable(proc, *needles: str, secret: str = WRONG_PW) -> None:
@@ -91,25 +72,16 @@ def test_broker_that_accepts_and_never_answers(run_cli, silent_port, scheme):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("port_kind", ["closed_port", "silent_port"])
 @pytest.mark.parametrize("backend", [
     "redis://:{pw}@127.0.0.1:{port}/0",
     "db+postgresql+psycopg://postgres:{pw}@127.0.0.1:{port}/test",
     "db+mysql+pymysql://root:{pw}@127.0.0.1:{port}/test",
 ], ids=["redis", "postgres", "mariadb"])
-def test_backend_that_accepts_and_never_answers(run_cli, silent_port, backend):
-    proc = doctor(run_cli, "--broker", "memory://", "--backend", backend.format(pw=WRONG_PW, port=silent_port))
-    assert_unreachable(proc, "result backend", f"127.0.0.1:{silent_port}")
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("backend", [
-    "redis://:{pw}@127.0.0.1:{port}/0",
-    "db+postgresql+psycopg://postgres:{pw}@127.0.0.1:{port}/test",
-    "db+mysql+pymysql://root:{pw}@127.0.0.1:{port}/test",
-], ids=["redis", "postgres", "mariadb"])
-def test_backend_on_a_closed_port(run_cli, closed_port, backend):
-    proc = doctor(run_cli, "--broker", "memory://", "--backend", backend.format(pw=WRONG_PW, port=closed_port))
-    assert_unreachable(proc, "result backend", f"127.0.0.1:{closed_port}")
+def test_backend_on_a_closed_or_silent_port(run_cli, request, port_kind, backend):
+    port = request.getfixturevalue(port_kind)
+    proc = doctor(run_cli, "--broker", "memory://", "--backend", backend.format(pw=WRONG_PW, port=port))
+    assert_unreachable(proc, "result backend", f"127.0.0.1:{port}")
 
 
 @pytest.mark.integration

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,13 +52,6 @@ def secret_backend(pg_url: str) -> str:
     parts = urlsplit(pg_url)
     user, port = parts.username or "postgres", parts.port or 5432
     return f"db+{parts.scheme}://{user}:{SECRET}@{parts.hostname}:{port}{parts.path}"
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_no_secret(proc, output: Path | None = None) -> None:
