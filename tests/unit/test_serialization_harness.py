@@ -228,3 +228,9 @@ def test_the_probe_fix_prefers_a_safe_serializer_unless_pickle_is_far_faster() -
     assert "'pickle5'" in far.config and "SECURITY" in far.config and "register('pickle5'" in far.config
     small = _fix(300, "json", {"msgpack": 0.01}, 0.02)
     assert small is None  # nothing worth changing
+    switch = _fix(300, "yaml", {"json": 0.05}, 2.0)  # small meta, slow serializer: switch only
+    assert "update_state" not in switch.config and "result_serializer = 'json'" in switch.config
+    from celery.app.defaults import SETTING_KEYS
+
+    for fix in (close, far, switch):
+        assert _assigned_names(fix.config) <= SETTING_KEYS
