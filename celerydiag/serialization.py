@@ -626,16 +626,16 @@ def recommend(results: list[CaseResult], model: BackendModel,
         mine_ms = math.inf if mine.error else per_update(mine)
         if mine_ms >= 5 or failed:
             heavy.append(payload)
-        text = f"{payload}: fastest {best.serializer} ({per_update(best):.1f} ms per update on {model.name}: " \
+        text = f"{payload}: fastest {best.serializer} ({per_update(best):.3g} ms per update on {model.name}: " \
                f"{best.total_ms:.3f} ms encode+decode, {human_size(best.size_bytes)})"
         suggested[best.serializer] = None
         if safe is not None and safe is not best:
-            text += f"; fastest without pickle: {safe.serializer} ({per_update(safe):.1f} ms per update)"
+            text += f"; fastest without pickle: {safe.serializer} ({per_update(safe):.3g} ms per update)"
             suggested[safe.serializer] = None
         if failed:
             text += f"; cannot encode it: {', '.join(failed)}; works: {', '.join(r.serializer for r in ok)}"
         if mine is not best and not mine.error:
-            text += f"; with {current} (the current setting): {mine_ms:.1f} ms per update"
+            text += f"; with {current} (the current setting): {mine_ms:.3g} ms per update"
         lines.append(text)
     if heavy:
         risky = any(specs[n].pickle_family for n in suggested)
