@@ -241,7 +241,7 @@ def _fix(size: int, serializer: str, alternatives: dict[str, float], impact: flo
         summary = f"send a summary in update_state meta, not the data ({human_size(size)} per update)"
         if faster:
             ms, name = faster[0]
-            config += f"\n# If the data must travel with the state, {name} measured fastest on it ({ms:.1f} ms):\n"
+            config += f"\n# If the data must travel with the state: {name} measured {ms:.1f} ms per update on it.\n"
             config += _serializer_config(specs[name])
             summary += f"; if it must travel, {name} costs {ms:.1f} ms instead of {impact:.1f} ms"
         return Fix(summary, config, DOCS)
