@@ -4,12 +4,7 @@ Why Celery's own ``DatabaseBackend.store_result`` and not hand-written SQL: the 
 between versions (5.7 reads the row, re-reads it ``FOR UPDATE``, then updates; 5.4 did a plain
 SELECT + UPDATE), and we measure what the installed Celery does, not a guess of it.
 
-Why not ``database_table_names``: Celery's ``DatabaseBackend.__init__`` renames the *module-level*
-model classes (``Task.configure``), i.e. it would point every other backend in this process (the
-user's own app under ``--app``) at our table. Instead the backend here gets model classes of its
-own, mapped to a copy of Celery's table (same columns, indexes and unique key, our name, its own
-id generator so dropping it can never drop the user's ``task_id_sequence``), and table creation is
-ours: Celery's ``prepare_models`` would ``create_all`` (and ``ALTER``) the user's tables.
+Why a scratch copy of Celery's table and not ``database_table_names``: see ``scratch_db``.
 
 What it creates: one table ``celerydiag_<id>_bk_taskmeta``; its DROP is registered on the probe's
 cleanup stack before the CREATE, and the writers are stopped before the DROP runs, Ctrl-C included.
@@ -22,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag import scratch_db
 from celerydiag.measure import Summary, ms, summarize
 
 MAX_WRITERS = 16
@@ -33,53 +29,11 @@ def scratch_table_name(scratch: str) -> str:
     return f"{scratch.replace('-', '_')}_bk_taskmeta"
 
 
-def scratch_model(table_name: str, schema: str | None, extended: bool) -> Any:
-    """A mapped class for a copy of Celery's task table under our name (see the module doc)."""
-    import sqlalchemy as sa
-    from celery.backends.database.models import Task, TaskExtended
-    from sqlalchemy.orm import declarative_base
-
-    source = TaskExtended if extended else Task
-    # Celery 5.7 builds one shared Table with the extended columns in it (so its own tables have
-    # them all); plain ``Task`` maps only some of them. Copy the table whole, map what Celery maps.
-    mapped = [c.key for c in sa.inspect(source).columns]
-    base = declarative_base()
-    columns = []
-    for column in source.__table__.columns:
-        copy = column._copy()
-        if column.name == "id":
-            copy.default = None  # a SERIAL/AUTO_INCREMENT of our own, not task_id_sequence
-        columns.append(copy)
-    table = sa.Table(table_name, base.metadata, *columns, schema=schema, sqlite_autoincrement=True)
-    namespace = {"__table__": table, "__mapper_args__": {"include_properties": mapped},
-                 "__init__": Task.__init__, "to_dict": source.to_dict,
-                 "configure": classmethod(lambda cls, schema=None, name=None: None)}
-    return type("CelerydiagScratchTask", (base,), namespace)
-
-
-class _NoGroups:
-    """Stands in for the group model: the experiment stores no groups, and ``configure`` must not
-    rename Celery's shared TaskSet class."""
-
-    @classmethod
-    def configure(cls, schema: str | None = None, name: str | None = None) -> None:
-        return None
-
-
 def scratch_backend(app: Any, url: str, model: Any, engine_options: dict[str, Any], forked: bool) -> Any:
-    """Celery's DatabaseBackend on our table; ``forked`` picks pooled (prefork child) or NullPool
-    (everything else: web processes, solo/threads/gevent workers; reference A.2)."""
-    from celery.backends.database import DatabaseBackend
-
-    # At setup Celery would create_all its *shared* metadata: the user's celery_taskmeta, not ours.
-    app.conf.database_create_tables_at_setup = False
-    cls = type("CelerydiagScratchBackend", (DatabaseBackend,),
-               {"task_cls": model, "taskset_cls": _NoGroups, "extended_result": False})
-    backend = cls(app=app, url=url, engine_options=engine_options)
-    backend.task_cls = model
-    backend.session_manager.prepared = True  # never create_all/ALTER Celery's shared metadata
-    backend.session_manager.forked = forked
-    backend.always_retry = False  # count every lock timeout / deadlock instead of retrying it away
+    """Celery's backend on our table, counting every lock timeout / deadlock instead of retrying
+    it away."""
+    backend = scratch_db.scratch_backend(app, url, model, engine_options, forked)
+    backend.always_retry = False
     return backend
 
 

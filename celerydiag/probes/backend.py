@@ -327,7 +327,8 @@ class DatabaseRun:
     def experiment(self, engine: Any, info: Any) -> Iterator[Finding]:
         from celery import Celery
 
-        from celerydiag.backend_contention import Experiment, scratch_model, scratch_table_name
+        from celerydiag.backend_contention import Experiment, scratch_table_name
+        from celerydiag.scratch_db import scratch_model
 
         ctx = self.ctx
         conf = self.target.conf

@@ -9,8 +9,9 @@ second Celery app, as a web process would be) watches the way users do: polling
 update is exact, with no clock skew to correct.
 
 What it creates, and removes at the end (also on Ctrl-C): the queue ``celerydiag.probe.<id>``
-(and its exchange), result keys of its own task ids, and on the database backend two scratch
-tables ``celerydiag_<id>_taskmeta``/``_tasksetmeta`` (never the user's ``celery_taskmeta``).
+(and its exchange), result keys of its own task ids, and on the database backend a scratch copy
+of Celery's task table ``celerydiag_<id>_e2e_taskmeta`` (never the user's ``celery_taskmeta``,
+nor Celery's shared sequence or model classes: see ``scratch_db``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ COPIED_PREFIXES = ("broker_", "result_", "redis_", "database_", "accept_content"
                    "task_compression", "task_track_started", "task_default_delivery_mode",
                    "security_", "mongodb_", "cache_")
 NOT_COPIED = {"broker_url", "result_backend", "broker_connection_retry_on_startup",
-              "broker_connection_max_retries", "database_table_names", "result_expires"}
+              "broker_connection_max_retries", "database_table_names", "database_table_schemas",
+              "database_url", "database_create_tables_at_setup", "result_expires"}
 
 
 @dataclass
@@ -96,6 +98,7 @@ class E2ERun:
         self.table_prefix = ctx.scratch.replace("-", "_")
         self.task_ids: list[str] = []
         self.spacing_s = UPDATE_SPACING_S
+        self.model: Any = None  # database backend: the scratch table's model
         self.modes = ["push"] if self.target.backend_scheme == "rpc" else ["poll"]
         if self.target.backend_scheme in PUSH_BACKENDS and "push" not in self.modes:
             self.modes.append("push")
@@ -111,7 +114,6 @@ class E2ERun:
         # An ExitStack unwinds last-in first-out: remove what we made, then close the apps.
         ctx.cleanup.callback(worker_app.close)
         ctx.cleanup.callback(client_app.close)
-        ctx.cleanup.callback(self._drop_scratch, client_app)
         ctx.cleanup.callback(self._forget_results, client_app)
         ctx.cleanup.callback(self._delete_queue, client_app)
         self._register_tasks(worker_app)
@@ -158,13 +160,38 @@ class E2ERun:
                 broker_connection_max_retries=1,
                 broker_connection_timeout=self.ctx.limits.timeout_s,
                 result_expires=600,  # our keys vanish by themselves even if cleanup cannot run
-                database_table_names={"task": f"{self.table_prefix}_taskmeta",
-                                      "group": f"{self.table_prefix}_tasksetmeta"},
             )
             if self.target.broker_scheme == "memory":
                 app.conf.broker_transport_options = {"polling_interval": 0.01}
             apps.append(app)
+        if self.target.backend_scheme == "db":
+            self._use_scratch_table(*apps)
         return apps[0], apps[1]
+
+    def _use_scratch_table(self, worker: Any, client: Any) -> None:
+        """Database backend: Celery's own backend on a scratch copy of its task table (never the
+        user's, see scratch_db). The worker pools connections as a prefork child does; the client
+        opens one per read, as a web process does (reference A.2)."""
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        from celerydiag.reach import connect_timeout_args
+        from celerydiag.scratch_db import scratch_backend_class, scratch_model
+
+        url = self.target.backend_url.split("+", 1)[1]
+        conf = self.target.conf
+        self.model = scratch_model(f"{self.table_prefix}_e2e_taskmeta",
+                                   (conf.database_table_schemas or {}).get("task"),
+                                   bool(conf.result_extended))
+        for app, forked in ((worker, True), (client, False)):
+            app.backend_cls = scratch_backend_class(self.model, forked)
+            app.conf.database_url = url
+            app.conf.database_create_tables_at_setup = False
+        engine = create_engine(url, poolclass=NullPool,
+                               connect_args=connect_timeout_args(url, self.ctx.limits.timeout_s))
+        self.ctx.cleanup.callback(engine.dispose)
+        self.ctx.cleanup.callback(self.model.__table__.drop, engine, checkfirst=True)  # before create
+        self.model.__table__.create(engine, checkfirst=True)
 
     def _register_tasks(self, app: Any) -> None:
         trace = self.trace
@@ -381,30 +408,6 @@ class E2ERun:
                 _quietly(bound.delete)
                 _quietly(queue.exchange(channel).delete)
 
-    def _drop_scratch(self, client: Any) -> None:
-        """Drop our scratch tables and give the shared model classes back their own names."""
-        from celery.backends.database.models import Task, TaskExtended, TaskSet
-
-        try:
-            if self.target.backend_scheme == "db":
-                backend = client.backend
-                engine = backend.session_manager.get_engine(backend.url, **backend.engine_options)
-                for model in (backend.task_cls, backend.taskset_cls):
-                    _quietly(model.__table__.drop, engine, checkfirst=True)
-                _quietly(engine.dispose)
-        finally:
-            for model in (Task, TaskExtended, TaskSet):
-                model.configure(schema=None, name=None)
-            if self.target.app is not None and self.target.backend_scheme == "db":
-                # the user's own backend (if any) re-applies its names, as it did at creation
-                conf = self.target.conf
-                Task.configure(schema=(conf.database_table_schemas or {}).get("task"),
-                               name=(conf.database_table_names or {}).get("task"))
-                TaskExtended.configure(schema=(conf.database_table_schemas or {}).get("task"),
-                                       name=(conf.database_table_names or {}).get("task"))
-                TaskSet.configure(schema=(conf.database_table_schemas or {}).get("group"),
-                                  name=(conf.database_table_names or {}).get("group"))
-
 
 @contextmanager
 def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Iterator[Any]:
@@ -417,7 +420,6 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Itera
     from celery.worker import state
 
     app.finalize()
-    _mark_forked(app)
     worker = TestWorkController(
         app=app, concurrency=1, pool="solo", loglevel="ERROR", logfile=None, hostname=hostname,
         ready_callback=None, without_heartbeat=True, without_mingle=True, without_gossip=True,
@@ -456,18 +458,6 @@ def _copied_settings(target: Target) -> dict[str, Any]:
         if key.startswith(COPIED_PREFIXES):
             out[key] = conf.get(key)
     return out
-
-
-def _mark_forked(app: Any) -> None:
-    """Make the worker's database backend pool connections the way a prefork child does.
-
-    Our worker is a thread, not a forked child, so Celery would open a new connection for every
-    update_state (NullPool); a real prefork worker would not, and we would overstate its cost.
-    """
-    backend = app.backend
-    manager = getattr(backend, "session_manager", None)
-    if manager is not None:
-        manager.forked = True
 
 
 def _where(target: Target) -> str:

@@ -140,3 +140,46 @@ def test_doctor_on_embedded_default_measures_and_says_so(tmp_path) -> None:
     text = subprocess.run([sys.executable, "-m", "celerydiag", "report", str(out)],
                           capture_output=True, text=True, timeout=60)
     assert "embedded" in text.stdout and "Observed state visibility" in text.stdout
+
+
+def test_a_real_celery_table_survives_an_e2e_run(amqp_url: str, pg_url: str, scratch: str) -> None:
+    """PostgreSQL holding a real celery_taskmeta (made by Celery: table, task_id_sequence, the
+    date_done index): the e2e run must leave all of it as it was and still writable by Celery."""
+    from celery import Celery
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.pool import NullPool
+
+    admin = create_engine(pg_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    database = scratch.replace("-", "_")
+    user_url = pg_url.rsplit("/", 1)[0] + "/" + database
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    try:
+        user_app = Celery("user", broker="memory://", backend="db+" + user_url, set_as_current=False)
+        user_app.backend.store_result("user-task-1", {"progress": 1}, "PROGRESS")
+        engine = create_engine(user_url, poolclass=NullPool)
+        try:
+            def schema_objects() -> tuple[set[str], set[str], set[str]]:
+                with engine.connect() as conn:
+                    sequences = {r[0] for r in conn.execute(text(
+                        "SELECT sequence_name FROM information_schema.sequences"))}
+                inspector = inspect(engine)
+                return (set(inspector.get_table_names()), sequences,
+                        {i["name"] for i in inspector.get_indexes("celery_taskmeta")})
+
+            before = schema_objects()
+            assert "celery_taskmeta" in before[0] and "task_id_sequence" in before[1]
+            _assert_measured(_run(amqp_url, "db+" + user_url, scratch), ("poll",))
+            assert schema_objects() == before
+            user_app.backend.store_result("user-task-2", {"progress": 2}, "PROGRESS")  # sequence still works
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT task_id FROM celery_taskmeta ORDER BY id")).fetchall()
+            assert [r[0] for r in rows] == ["user-task-1", "user-task-2"]
+        finally:
+            engine.dispose()
+            user_app.close()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+    _assert_models_restored()

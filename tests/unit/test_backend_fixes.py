@@ -11,7 +11,7 @@ import ast
 
 import pytest
 
-from celerydiag.backend_contention import classify, scratch_model, scratch_table_name
+from celerydiag.backend_contention import classify, scratch_table_name
 from celerydiag.backend_db import ServerInfo, TableRef, is_permission, wait_query
 from celerydiag.probes.backend import (
     BackendProbe,
@@ -20,6 +20,7 @@ from celerydiag.probes.backend import (
     fixed_engine_options,
     render_options,
 )
+from celerydiag.scratch_db import scratch_model
 from celerydiag.target import Target, TargetSource
 
 CELERY_DEFAULT = {"pool_pre_ping": True, "pool_recycle": 3600}
