@@ -108,7 +108,7 @@ class AmqpParser:
         n = len(data)
         if data[:4] == PROTOCOL_HEADER:
             return 0
-        for pos in range(min(n, 4096)):
+        for pos in range(min(n, 64)):  # frames usually start a segment: look near its start only
             if data[pos] in (1, 2, 3, 8) and pos + 7 <= n:
                 _t, channel, size = _HDR(data, pos)
                 end = pos + 7 + size

@@ -14,7 +14,7 @@ import struct
 
 _U16 = struct.Struct("!H").unpack_from
 _TCP = struct.Struct("!HHIIBBH").unpack_from  # sport dport seq ack off flags window
-_IP4_ADDRS = struct.Struct("!4s4s").unpack_from
+_IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, flags/frag, proto, src, dst
 
 ETHERTYPE_IP4, ETHERTYPE_IP6 = 0x0800, 0x86DD
 _V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH: skip to the next header
@@ -47,17 +47,20 @@ def tcp_segment(link: int, frame: bytes) -> tuple | None:
     the segment's data (may be shorter than ``seglen`` when the snaplen cut it); ``wscale`` is the
     window-scale option of a SYN, else -1.
     """
-    off = ip_offset(link, frame)
-    if off < 0 or len(frame) < off + 20:
+    if link == 1 and frame[12:14] == b"\x08\x00":  # the common case first: Ethernet + IPv4
+        off = 14
+    else:
+        off = ip_offset(link, frame)
+        if off < 0:
+            return None
+    if len(frame) < off + 20:
         return None
     version = frame[off] >> 4
     if version == 4:
-        ihl = (frame[off] & 0x0F) * 4
-        if frame[off + 9] != 6 or _U16(frame, off + 6)[0] & 0x1FFF:
+        vihl, total, frag, proto, src, dst = _IP4(frame, off)
+        if proto != 6 or frag & 0x1FFF:
             return None
-        total = _U16(frame, off + 2)[0]
-        src, dst = _IP4_ADDRS(frame, off + 12)
-        tcp = off + ihl
+        tcp = off + (vihl & 0x0F) * 4
         ip_end = off + total if total else len(frame)
     elif version == 6:
         if len(frame) < off + 40:

@@ -108,17 +108,27 @@ def _pcap(stream: BinaryIO, head: bytes, info: CaptureInfo, path: str) -> Iterat
             if not buf.need(16):
                 info.truncated = buf.pos != len(buf.data)
                 break
-            sec, frac, incl, _orig = rec(buf.data, buf.pos)
-            if incl > 0x4000000:  # 64 MiB: a corrupt length, not a frame
+            data, pos, size = buf.data, buf.pos, len(buf.data)
+            # fast path: walk the records already in memory without method calls
+            while pos + 16 <= size:
+                sec, frac, incl, _orig = rec(data, pos)
+                end = pos + 16 + incl
+                if end > size or incl > 0x4000000:
+                    break
+                count += 1
+                yield sec + frac * resolution, link, data[pos + 16:end]
+                pos = end
+            buf.pos = pos
+            if pos + 16 <= size and rec(data, pos)[2] > 0x4000000:  # a corrupt length, not a frame
                 info.truncated = True
                 break
+            if not buf.need(16):
+                info.truncated = buf.pos != len(buf.data)
+                break
+            incl = rec(buf.data, buf.pos)[2]
             if not buf.need(16 + incl):
                 info.truncated = True
                 break
-            start = buf.pos + 16
-            buf.pos = start + incl
-            count += 1
-            yield sec + frac * resolution, link, buf.data[start:start + incl]
         info.packets = count
 
 

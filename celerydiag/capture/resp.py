@@ -154,7 +154,7 @@ class RespParser:
 
     def resync(self, data: Any) -> int:
         marks = b"*" if self.client else b"+-:$*>_%~"
-        for pos in range(min(len(data), 4096)):
+        for pos in range(min(len(data), 256)):
             if data[pos] in marks and (pos == 0 or data[pos - 1] == 0x0A):
                 return pos
         return -1

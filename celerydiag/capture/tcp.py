@@ -208,42 +208,41 @@ class Connection:
             fwd.last_data = ts
 
         nextseq_f = fwd.nextseq
-        # base sequence bookkeeping (only "is it set" matters for the analysis)
-        fwd.base_set = True
         rev_window = rev.window
+        no_sfr = not flags & (SYN | FIN | RST)
         # ZERO WINDOW PROBE
         if seglen == 1 and seq == nextseq_f and rev_window == 0:
             ta |= A_ZERO_WINDOW_PROBE
         else:
-            no_sfr = not flags & (SYN | FIN | RST)
             if window == 0 and no_sfr:
                 ta |= A_ZERO_WINDOW
-            if nextseq_f and _gt(seq, nextseq_f) and not flags & RST:
+            if nextseq_f and 0 < ((seq - nextseq_f) & M32) < HALF and not flags & RST:
                 ta |= A_LOST_PACKET
             if seglen <= 1 and seq == ((nextseq_f - 1) & M32) and no_sfr:
                 ta |= A_KEEP_ALIVE
-            if seglen == 0 and window and window != fwd.window and seq == nextseq_f \
-                    and ack == fwd.lastack and no_sfr:
-                ta |= A_WINDOW_UPDATE
-            if seglen > 0 and rev.win_scale != -1 and no_sfr:
+            if seglen == 0:
+                if no_sfr and seq == nextseq_f and ack == fwd.lastack:
+                    if window and window != fwd.window:
+                        ta |= A_WINDOW_UPDATE
+                    elif window == fwd.window:
+                        if window and rev.lastsegmentflags & A_KEEP_ALIVE:
+                            ta |= A_KEEP_ALIVE_ACK
+                        elif window == 0 and rev.lastsegmentflags & A_ZERO_WINDOW_PROBE:
+                            ta |= A_ZERO_WINDOW_PROBE_ACK
+                        elif window:
+                            fwd.dupacknum = 1 if fwd.dupacknum == -1 else fwd.dupacknum + 1
+                            ta |= A_DUPLICATE_ACK
+            elif rev.win_scale != -1 and no_sfr:
                 shift = 0 if rev.win_scale == -2 else rev.win_scale
                 if (seq + seglen) & M32 == (rev.lastack + (rev.window << shift)) & M32:
                     ta |= A_WINDOW_FULL
-            dup_shape = seglen == 0 and seq == nextseq_f and ack == fwd.lastack and no_sfr \
-                and window == fwd.window
-            if dup_shape and window and rev.lastsegmentflags & A_KEEP_ALIVE:
-                ta |= A_KEEP_ALIVE_ACK
-            elif dup_shape and window == 0 and rev.lastsegmentflags & A_ZERO_WINDOW_PROBE:
-                ta |= A_ZERO_WINDOW_PROBE_ACK
-            elif dup_shape and window:
-                fwd.dupacknum = 1 if fwd.dupacknum == -1 else fwd.dupacknum + 1
-                ta |= A_DUPLICATE_ACK
         # finished_fwd
         if ack != fwd.lastack:
             fwd.dupacknum = 0
         # ACKED LOST PACKET
-        if rev.maxseqtobeacked and flags & ACK and _gt(ack, rev.maxseqtobeacked):
-            if rev.maxseqtobeacked > rev.nextseq:
+        rmax = rev.maxseqtobeacked
+        if rmax and flags & ACK and 0 < ((ack - rmax) & M32) < HALF:
+            if rmax > rev.nextseq:
                 rev.maxseqtobeacked = rev.nextseq
                 ta |= A_ACK_LOST_PACKET
             else:
@@ -251,8 +250,9 @@ class Connection:
                     ta |= A_ACK_LOST_PACKET
                 rev.dupacknum = -1
         # RETRANSMISSION / FAST / SPURIOUS / OUT-OF-ORDER
-        if (seglen > 0 or flags & (SYN | FIN)) and not ta & A_KEEP_ALIVE:
-            not_advanced = bool(nextseq_f) and _lt(seq, nextseq_f)
+        syn_fin = flags & (SYN | FIN)
+        if (seglen > 0 or syn_fin) and not ta & A_KEEP_ALIVE:
+            not_advanced = bool(nextseq_f) and ((seq - nextseq_f) & M32) >= HALF
             if seglen > 1 and ((nextseq_f - 1) & M32) == seq:
                 not_advanced = False
             if seglen > 0 and rev.lastack and _le((seq + seglen) & M32, rev.lastack):
@@ -260,21 +260,22 @@ class Connection:
             elif not_advanced and rev.dupacknum >= 2 and rev.lastack == seq and ts - rev.lastacktime < 0.020:
                 ta |= A_FAST_RETRANSMISSION
             elif not_advanced and ts - fwd.nextseqtime < (self.first_rtt or 0.003) and \
-                    nextseq_f != (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & M32:
+                    nextseq_f != (seq + seglen + (1 if syn_fin else 0)) & M32:
                 ta |= A_OUT_OF_ORDER
             elif not_advanced:
                 ta |= A_RETRANSMISSION
         nextseq = (seq + seglen) & M32
-        if seglen or flags & (SYN | FIN):
-            if flags & (SYN | FIN):
+        if seglen or syn_fin:
+            if syn_fin:
                 nextseq = (nextseq + 1) & M32
             if len(fwd.segments) < MAX_UNACKED:
                 fwd.segments.append([seq, nextseq, ts])
-        if (_gt(nextseq, fwd.nextseq) or not fwd.nextseq) and not ta & A_ZERO_WINDOW_PROBE:
-            fwd.nextseq = nextseq
-            fwd.nextseqtime = ts
-        if (seq == fwd.maxseqtobeacked or not fwd.maxseqtobeacked) and not ta & A_ZERO_WINDOW_PROBE:
-            fwd.maxseqtobeacked = fwd.nextseq
+        if not ta & A_ZERO_WINDOW_PROBE:
+            if not fwd.nextseq or 0 < ((nextseq - fwd.nextseq) & M32) < HALF:
+                fwd.nextseq = nextseq
+                fwd.nextseqtime = ts
+            if seq == fwd.maxseqtobeacked or not fwd.maxseqtobeacked:
+                fwd.maxseqtobeacked = fwd.nextseq
         fwd.window = window
         fwd.lastack = ack
         fwd.lastacktime = ts
@@ -282,17 +283,20 @@ class Connection:
         # remove what this ACKs from the other direction's unacked list; exact match = ACK RTT
         segs = rev.segments
         if segs:
+            changed = False
             keep = []
             for ual in segs:
-                if ack == ual[1]:
+                d_next = (ual[1] - ack) & M32  # > 0 and < HALF: the segment ends after the ACK
+                if d_next == 0:
                     rev.rtt.add(ts - ual[2])
-                    continue
-                if _gt(ack, ual[0]) and _le(ack, ual[1]):
-                    ual[0] = ack
+                    changed = True
+                elif 0 < d_next < HALF:
+                    if 0 < ((ack - ual[0]) & M32) < HALF:
+                        ual[0] = ack  # partly acknowledged
                     keep.append(ual)
-                elif _gt(ual[1], ack):
-                    keep.append(ual)
-            if len(keep) != len(segs):
+                else:
+                    changed = True
+            if changed:
                 rev.segments = keep
         if flags & SYN:  # options are dissected after the analysis, as in Wireshark
             fwd.win_scale = wscale
@@ -305,7 +309,8 @@ class Connection:
             for name, bit in COUNTED.items():
                 if ta & bit:
                     counts[name] += 1
-        self._episodes(from_a, ts, window, flags, ta)
+        if ta & A_ZERO_WINDOW or fwd.zw_episode is not None:
+            self._episodes(from_a, ts, window, flags, ta)
         return ta
 
     def _episodes(self, from_a: bool, ts: float, window: int, flags: int, ta: int) -> None:
