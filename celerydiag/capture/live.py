@@ -184,16 +184,12 @@ def scrub_file(src: str, dst: str) -> int:
 
 
 def interface_names() -> list[str]:
-    try:
-        return sorted(name for _i, name in socket_if_nameindex())
-    except OSError:
-        return []
-
-
-def socket_if_nameindex() -> list[tuple[int, str]]:
     import socket
 
-    return socket.if_nameindex()
+    try:
+        return sorted(name for _i, name in socket.if_nameindex())
+    except OSError:
+        return []
 
 
 def default_path() -> str:

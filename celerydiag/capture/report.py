@@ -107,6 +107,7 @@ def _summary(t: Tracked, t0: float, capture_end: float, events: list) -> Connect
         "handshake": round(conn.first_rtt * 1000.0, 3) if conn.first_rtt else None,
     }
     tcp["ack_rtt_ms"] = {"client": cflow.rtt.summary_ms(), "server": sflow.rtt.summary_ms()}
+    tcp["max_data_gap_s"] = {"client": round(cflow.max_gap, 6), "server": round(sflow.max_gap, 6)}
     tcp["data_segments"] = {"client": cflow.data_segments, "server": sflow.data_segments}
     tcp["payload_bytes"] = {"client": cflow.payload_bytes, "server": sflow.payload_bytes}
     end_ts = conn.end_ts if conn.end_ts is not None else capture_end

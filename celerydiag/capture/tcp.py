@@ -104,15 +104,14 @@ class Episode:
 class Flow:
     """One direction of a connection (Wireshark's ``tcp_flow_t`` with its analyze_seq_info)."""
 
-    __slots__ = ("win_scale", "window", "base_set", "nextseq", "nextseqtime", "lastack", "lastacktime",
+    __slots__ = ("win_scale", "window", "nextseq", "nextseqtime", "lastack", "lastacktime",
                  "dupacknum", "maxseqtobeacked", "lastsegmentflags", "segments", "counts", "packets",
-                 "payload_bytes", "data_segments", "fin", "rst", "last_data", "max_gap", "rtt", "syn_time",
+                 "payload_bytes", "data_segments", "fin", "rst", "last_data", "max_gap", "rtt",
                  "zw_episode")
 
     def __init__(self) -> None:
         self.win_scale = -1
         self.window = M32
-        self.base_set = False
         self.nextseq = 0
         self.nextseqtime = 0.0
         self.lastack = 0
@@ -131,17 +130,7 @@ class Flow:
         self.last_data: float | None = None
         self.max_gap = 0.0
         self.rtt = Reservoir()
-        self.syn_time: float | None = None
         self.zw_episode: Episode | None = None
-
-
-def _gt(a: int, b: int) -> bool:
-    d = (a - b) & M32
-    return 0 < d < HALF
-
-
-def _lt(a: int, b: int) -> bool:
-    return ((a - b) & M32) >= HALF
 
 
 def _le(a: int, b: int) -> bool:
@@ -167,12 +156,6 @@ class Connection:
     episodes: list[Episode] = field(default_factory=list)
     app: Any = None  # protocol parser (amqp/resp) attached once the protocol is known
     end_ts: float | None = None  # first FIN or RST
-
-    def flows(self, from_a: bool) -> tuple[Flow, Flow]:
-        return (self.fwd_a, self.fwd_b) if from_a else (self.fwd_b, self.fwd_a)
-
-    def side_name(self, from_a: bool, client_is_a: bool) -> str:
-        return "client" if from_a == client_is_a else "server"
 
     def segment(self, from_a: bool, ts: float, seq: int, ack: int, flags: int, window: int,
                 seglen: int, wscale: int) -> int:
