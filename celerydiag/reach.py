@@ -7,6 +7,8 @@ port that accepts and never answers, wrong credentials, a wrong vhost or databas
 
 from __future__ import annotations
 
+from typing import Any
+
 from celerydiag.errors import (
     E_BACKEND_UNREACHABLE,
     E_BROKER_UNREACHABLE,
@@ -56,15 +58,20 @@ def check_backend(target: Target, timeout_s: float) -> None:
 
 
 def _ping_redis(target: Target, timeout_s: float) -> None:
-    backend = target.app.backend
-    params = dict(backend.connparams)
-    params.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    client = backend.redis.StrictRedis(
-        connection_pool=backend.redis.ConnectionPool(**params))
+    client = redis_backend_client(target, timeout_s)
     try:
         client.ping()
     finally:
         client.close()
+
+
+def redis_backend_client(target: Target, timeout_s: float) -> Any:
+    """A client on the Redis result backend's own connection parameters (URL, TLS, prefixing),
+    with our timeouts instead of Celery's 120 s socket timeout."""
+    backend = target.app.backend
+    params = dict(backend.connparams)
+    params.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return backend.redis.StrictRedis(connection_pool=backend.redis.ConnectionPool(**params))
 
 
 def _ping_database(sqlalchemy_url: str, timeout_s: float) -> None:

@@ -35,7 +35,7 @@ class NullProgress:
 class RichProgress:
     """One transient bar per probe on stderr, cleared when the report prints."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "probe ") -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -53,15 +53,16 @@ class RichProgress:
         self._progress.start()
         self._task: Any = None
         self._name = ""
+        self._prefix = prefix  # "probe " in doctor; commands that are not probes pass ""
 
     def start(self, name: str, total: float | None = None) -> None:
         self.done()
         self._name = name
-        self._task = self._progress.add_task(f"probe {name}", total=total)
+        self._task = self._progress.add_task(f"{self._prefix}{name}", total=total)
 
     def step(self, advance: float = 1, description: str | None = None) -> None:
         if self._task is not None:
-            desc = f"probe {self._name}: {description}" if description else None
+            desc = f"{self._prefix}{self._name}: {description}" if description else None
             self._progress.update(self._task, advance=advance,
                                   **({"description": desc} if desc else {}))
 
@@ -75,7 +76,8 @@ class RichProgress:
         self._progress.stop()
 
 
-def make_progress(enabled: bool) -> Progress:
+def make_progress(enabled: bool, prefix: str = "probe ") -> Progress:
+    """A bar on stderr when it is a terminal and the caller wants one (not with --format json)."""
     if enabled and sys.stderr.isatty():
-        return RichProgress()
+        return RichProgress(prefix)
     return NullProgress()

@@ -108,6 +108,20 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """-f text|json / -o / --no-color for commands whose output is not a doctor report
+    (poll-model, bench-serialize); ``what`` says what text shows, e.g. "table + chart"."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--no-color", is_flag=True, envvar="NO_COLOR",
+                          help="Plain text even on a terminal.")(fn)
+        fn = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+                          help="Write the output to this file instead of stdout.")(fn)
+        fn = click.option("-f", "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                          show_default=True, help=f"text for people ({what}), json for scripts.")(fn)
+        return fn
+    return decorate
+
+
 def fail_on_severity(value: str) -> Severity | None:
     return None if value == "never" else Severity.parse(value)
 

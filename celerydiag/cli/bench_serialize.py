@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import click
 
-from celerydiag.cli import remember_secrets, target_options
+from celerydiag.cli import document_options, remember_secrets, target_options
 from celerydiag.errors import ExitCode, InputError
 
 EPILOG = """\b
@@ -69,11 +69,7 @@ class SizeType(click.ParamType):
               help="A JSON file from an earlier run (--format json -o FILE): show before/after.")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0, show_default=True,
               help="Seconds to wait for the result backend (--from-backend).")
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="text for people, json for scripts and --compare.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write the result to this file instead of stdout.")
-@click.option("--no-color", is_flag=True, envvar="NO_COLOR", help="Plain text even on a terminal.")
+@document_options("table + recommendation; json also feeds --compare")
 def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files: tuple[str, ...],
             trust_pickle: bool, max_size: int, task_ids: tuple[str, ...], app: str | None,
             broker: str | None, backend: str | None, quick: bool, bandwidth_mbit: float,
@@ -106,7 +102,7 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
         payloads = [ser.standard_payload(k) for k in (kinds or ser.STANDARD_KINDS)] + payloads
     model = ser.backend_model(target.backend_scheme if target else "redis")
     bandwidth = bandwidth_mbit * 1e6 / 8
-    progress = make_progress(enabled=fmt == "text" or output is not None)
+    progress = make_progress(enabled=fmt == "text" or output is not None, prefix="")
     progress.start("bench-serialize", total=len(payloads) * len(names))
     try:
         results = ser.run_bench(payloads, names, ser.HarnessConfig.quick() if quick else ser.HarnessConfig(),

@@ -87,7 +87,7 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
     remember_secrets([*passwords_of(broker), *passwords_of(backend)])
     target = resolve_target(app=app, broker=broker, backend=backend)
     remember_secrets(target.secrets())
-    progress = make_progress(enabled=fmt != "json" and output is None or fmt == "text")
+    progress = make_progress(enabled=fmt != "json")  # design.md: off for json and off a terminal
     try:
         report = diagnose(
             target, probes, budget_ms=budget_ms, static=static, progress=progress,

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 import click
 
+from celerydiag.cli import document_options
 from celerydiag.errors import DiagError, ExitCode, InputError
 
 EPILOG = """\b
@@ -101,11 +102,7 @@ def _durations(what: str) -> Any:
                    "--interval 5s).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png",
               help="Also write a PNG of the delay CDF per strategy.")
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="text for people (table + chart), json for scripts.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write the output to this file instead of stdout.")
-@click.option("--no-color", is_flag=True, envvar="NO_COLOR", help="Plain text even on a terminal.")
+@document_options("table + chart")
 def command(interval: float, strategies: tuple[str, ...], threshold: float, durations: Any, states: int,
             queue_wait: Any, read_latency: float, clients: int, target_delay: float,
             request_budget: float | None, tasks: int, seed: int, explain_claim: bool,

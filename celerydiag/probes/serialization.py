@@ -19,7 +19,7 @@ from typing import Any
 from celerydiag.errors import DiagError, InputError, TargetUnreachable
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
 from celerydiag.probes import Probe, ProbeContext
-from celerydiag.reach import connect_timeout_args, describe
+from celerydiag.reach import connect_timeout_args, describe, redis_backend_client
 from celerydiag.serialization import (
     DEFAULT_BANDWIDTH_BYTES_PER_S,
     MB,
@@ -266,7 +266,7 @@ def read_stored_metas(ctx: ProbeContext, model: BackendModel) -> StoredMetas | N
     """The target's recent stored metas, read-only and bounded; None for backends we cannot read."""
     target, timeout = ctx.target, ctx.limits.timeout_s
     if model.name == "redis":
-        client = redis_client(target, timeout)
+        client = redis_backend_client(target, timeout)
         ctx.cleanup.callback(client.close)
         return _read_redis(target, client)
     if model.name == "db":
@@ -274,15 +274,6 @@ def read_stored_metas(ctx: ProbeContext, model: BackendModel) -> StoredMetas | N
         ctx.cleanup.callback(engine.dispose)
         return _read_database(target, engine, model)
     return None
-
-
-def redis_client(target: Target, timeout_s: float) -> Any:
-    """A client on the backend's own connection parameters, with our timeouts instead of
-    Celery's 120 s socket timeout."""
-    backend = target.app.backend
-    params = dict(backend.connparams)
-    params.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return backend.redis.StrictRedis(connection_pool=backend.redis.ConnectionPool(**params))
 
 
 def _read_redis(target: Target, client: Any) -> StoredMetas:
@@ -426,7 +417,7 @@ def read_task_meta(target: Target, task_id: str, timeout_s: float, max_bytes: in
         return _read_database_task(target, task_id, timeout_s, max_bytes, model)
     backend = target.app.backend
     if model.name == "redis":
-        client = redis_client(target, timeout_s)
+        client = redis_backend_client(target, timeout_s)
         try:
             size = client.strlen(backend.get_key_for_task(task_id))
         except Exception as exc:
