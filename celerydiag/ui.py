@@ -39,6 +39,7 @@ class RichProgress:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
+            MofNCompleteColumn,
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
@@ -47,7 +48,7 @@ class RichProgress:
 
         self._progress = _Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(),  # copes with an unknown total ("3/?")
             console=Console(stderr=True), transient=True,
         )
         self._progress.start()
