@@ -286,7 +286,8 @@ class E2ERun:
     def _note(self, seen: dict[int, float], meta: Any, now: float) -> None:
         if isinstance(meta, dict) and isinstance(meta.get("i"), int) and meta["i"] not in seen:
             seen[meta["i"]] = now
-            self.ctx.progress.step(1, "updates")
+            if len(seen) <= self.ctx.limits.updates:  # one write may land after the target
+                self.ctx.progress.step(1, "updates")
 
     def _watch_poll(self, client: Any, task_id: str, seen: dict[int, float], budget: float) -> None:
         """Poll the way a careful client does: one read per poll, state and meta from the same
