@@ -166,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the command and map every outcome to an exit code and one line."""
     args = list(sys.argv[1:] if argv is None else argv)
     show_tb = "--traceback" in args or os.environ.get("CELERYDIAG_TRACEBACK") == "1"
+    # Our error lines say "rerun with --traceback": accept it after the command name too, where a
+    # user appends it, not only as a group option before it.
+    args = [a for a in args if a != "--traceback"]
     previous = signal.signal(signal.SIGTERM, _on_sigterm)  # clean up on kill too
     _secrets.clear()
     try:
