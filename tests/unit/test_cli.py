@@ -86,6 +86,16 @@ def test_every_option_of_every_command_is_in_help_with_text(capsys, name):
             assert opt in out, f"{name} --help does not show {opt}"
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_traceback_flag_is_accepted_before_or_after_the_command(capsys, where):
+    """Error lines say 'rerun with --traceback'; users append it to the command they ran."""
+    args = ["doctor", "--static", "--app", "tapp_clean:app", "--format", "json"]
+    args = ["--traceback", *args] if where == "before" else [*args, "--traceback"]
+    code, out, err = run(capsys, *args)
+    assert code == ExitCode.OK, err
+    json.loads(out)
+
+
 def test_version(capsys):
     code, out, _ = run(capsys, "--version")
     assert code == 0
