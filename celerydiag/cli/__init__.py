@@ -140,8 +140,13 @@ def emit(report: Report, fmt: str, output: str | None, fail_on: str, no_color: b
             raise DiagError(f"cannot write --output {output}: {exc.strerror}") from None
     else:
         color = fmt == "text" and not no_color and sys.stdout.isatty()
-        render(report, fmt, sys.stdout, fail_on=junit_threshold, color=color)
-        sys.stdout.flush()
+        try:
+            render(report, fmt, sys.stdout, fail_on=junit_threshold, color=color)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # `| head` went away: not our error. Left to click it becomes exit 1 (= findings)
+            # with no summary; the summary and the real exit code still belong on stderr.
+            _silence_stdout()
     counts = {s: sum(1 for f in report.findings if f.severity == s) for s in Severity}
     failed = [p.name for p in report.probes if str(p.status) == "failed"]
     summary = (f"celerydiag: {counts[Severity.CRITICAL]} critical, {counts[Severity.WARNING]} "
