@@ -209,6 +209,20 @@ def test_json_on_stdout_summary_on_stderr(run_cli, check_report):
     assert "celerydiag:" not in proc.stdout
 
 
+def test_a_reader_that_goes_away_is_not_a_finding(cli_argv):
+    """`celerydiag doctor | head -1`: the closed pipe must not turn into exit 1 (findings) or a
+    traceback; the summary still reaches stderr and the exit code still means what it says."""
+    proc = subprocess.Popen([*cli_argv, "doctor", "--static", "--app", "tapp_clean:app", "--format", "markdown"],
+                            cwd=APPS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the report is written
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == ExitCode.OK, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-1].startswith("celerydiag: ")
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "markdown", "junit"])
 def test_output_file_gets_the_report_and_stdout_stays_empty(capsys, tmp_path, fmt):
     target = tmp_path / f"report.{fmt}"
