@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
-from celerydiag import __version__
+from celerydiag import __version__, interrupt
 from celerydiag.errors import DiagError, ExitCode
 from celerydiag.findings import Report, Severity
 from celerydiag.target import redact
@@ -163,10 +162,6 @@ def _error_line(message: str) -> str:
     return redact(message, _secrets)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the command and map every outcome to an exit code and one line."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -174,10 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our error lines say "rerun with --traceback": accept it after the command name too, where a
     # user appends it, not only as a group option before it.
     args = [a for a in args if a != "--traceback"]
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # clean up on kill too
     _secrets.clear()
     try:
-        result = cli.main(args=args, prog_name="celerydiag", standalone_mode=False)
+        with interrupt.handled():  # Ctrl-C and kill both clean up, even inside a driver call
+            result = cli.main(args=args, prog_name="celerydiag", standalone_mode=False)
         return int(result) if isinstance(result, int) else ExitCode.OK
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -204,8 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first)} "
                    "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
         return ExitCode.INTERNAL
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _silence_stdout() -> None:

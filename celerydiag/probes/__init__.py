@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from celerydiag import interrupt
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, ProbeResult, ProbeStatus
 from celerydiag.target import Target
@@ -127,6 +128,7 @@ def _on_internal_error(probe: Probe, exc: Exception) -> None:
 
 
 def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
+    interrupt.check()
     reason = probe.applies(ctx.target)
     if reason:
         return ProbeResult.skipped(probe.name, reason)
@@ -138,9 +140,13 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
         with ctx.cleanup:
             findings.extend(probe.run(ctx))
     except DiagError as exc:
+        if interrupt.requested.is_set():
+            raise KeyboardInterrupt from exc
         return ProbeResult.failed(probe.name, ctx.target.redact(str(exc)),
                                   time.perf_counter() - started)
     except Exception as exc:
+        if interrupt.requested.is_set():  # a library turned Ctrl-C into its own error
+            raise KeyboardInterrupt from exc
         _on_internal_error(probe, exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         return ProbeResult.failed(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ MAX_WRITES_FACTOR = 3
 DISPATCH_SAMPLES = 30
 DISPATCH_SPACING_S = 0.02
 START_TIMEOUT_S = 15.0
+WORKER_STOP_S = 5.0
 
 # Settings copied from the target so our worker and client talk to its services exactly as its
 # own processes do (transport options, serializers, backend tuning), and nothing else (no routes,
@@ -119,10 +121,15 @@ class E2ERun:
         self._register_tasks(worker_app)
         hostname = f"{ctx.scratch}@{socket.gethostname()}"
         with running_worker(worker_app, hostname, self.queue_name, self.target):
-            dispatch = self._dispatch_phase(client_app)
-            self.spacing_s = self._calibrate_spacing(client_app)
-            for mode in self.modes:
-                self._progress_phase(client_app, mode, updates)
+            try:
+                dispatch = self._dispatch_phase(client_app)
+                self.spacing_s = self._calibrate_spacing(client_app)
+                for mode in self.modes:
+                    self._progress_phase(client_app, mode, updates)
+            finally:
+                # On Ctrl-C too: the probe task stops at its next update, so the worker can stop
+                # at once instead of after its join timeout, and before our cleanup runs.
+                self.trace.deadline = 0.0
         yield from self._findings(dispatch)
 
     def _apps(self) -> tuple[Any, Any]:
@@ -421,6 +428,9 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Itera
     from celery.worker import state
 
     app.finalize()
+    # Celery warns, with a traceback on stderr, when our probe task's own result write fails
+    # (e.g. SQLite still locked by a read that Ctrl-C interrupted); the user sees one line only.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="celery.app.trace")
     worker = TestWorkController(
         app=app, concurrency=1, pool="solo", loglevel="ERROR", logfile=None, hostname=hostname,
         ready_callback=None, without_heartbeat=True, without_mingle=True, without_gossip=True,
@@ -445,7 +455,7 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Itera
         hub = getattr(worker, "hub", None)
         if hub is not None:  # AMQP: wake the event loop, or it sleeps until its next timer (~10 s)
             hub.call_soon(lambda: None)
-        thread.join(10.0)
+        thread.join(WORKER_STOP_S)  # a daemon thread: one stuck in a driver call cannot hold us
         state.should_terminate = None
         log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)
 

@@ -1,0 +1,66 @@
+"""Ctrl-C wins even when a library turns it into its own exception (sqlite3 raises
+OperationalError('interrupted')): the guard must re-raise KeyboardInterrupt, not record a failed
+probe and carry on to exit 0."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+
+from celerydiag import interrupt
+from celerydiag.errors import DiagError
+from celerydiag.findings import Cause, Finding, ProbeStatus
+from celerydiag.probes import Probe, ProbeContext, run_probe
+from celerydiag.target import resolve_target
+
+
+class SwallowingProbe(Probe):
+    """Raises what a driver raises when Ctrl-C arrives mid-call."""
+
+    name = "swallowing"
+    cause = Cause.BACKEND
+    error: Exception = sqlite3.OperationalError("interrupted")
+
+    interrupt_mid_run = False
+
+    def run(self, ctx: ProbeContext) -> Iterator[Finding]:
+        ctx.cleanup.callback(ctx.options.setdefault("cleaned", []).append, True)
+        if self.interrupt_mid_run:
+            interrupt.requested.set()  # what the SIGINT handler does, before the driver swallows it
+        raise self.error
+        yield  # pragma: no cover
+
+
+@pytest.fixture
+def ctx() -> Iterator[ProbeContext]:
+    target = resolve_target(broker="memory://", backend="disabled://")
+    yield ProbeContext(target=target)
+    interrupt.requested.clear()
+
+
+@pytest.mark.parametrize("error", [sqlite3.OperationalError("interrupted"), DiagError("timed out")])
+def test_an_interrupted_probe_stops_the_run_after_cleaning_up(ctx: ProbeContext, error: Exception) -> None:
+    probe = SwallowingProbe()
+    probe.error, probe.interrupt_mid_run = error, True
+    with pytest.raises(KeyboardInterrupt):
+        run_probe(probe, ctx)
+    assert ctx.options["cleaned"] == [True]
+
+
+def test_without_an_interrupt_the_same_error_is_a_failed_probe(ctx: ProbeContext, monkeypatch) -> None:
+    import celerydiag.probes as probes
+
+    monkeypatch.setattr(probes, "_on_internal_error", lambda probe, exc: None)  # the user's setting
+    probe = SwallowingProbe()
+    probe.error = sqlite3.OperationalError("disk I/O error")
+    result = run_probe(probe, ctx)
+    assert result.status == ProbeStatus.FAILED and "disk I/O error" in result.reason
+
+
+def test_no_probe_starts_after_an_interrupt(ctx: ProbeContext) -> None:
+    interrupt.requested.set()
+    with pytest.raises(KeyboardInterrupt):
+        run_probe(SwallowingProbe(), ctx)
+    assert "cleaned" not in ctx.options
