@@ -78,9 +78,10 @@ def test_measures_publish_confirm_roundtrip_and_cleans_up(amqp_url: str, scratch
                 "confirm_transient_ms", "confirm_persistent_ms", "publish_transient_ms", "publish_persistent_ms"):
         assert set(ev[key]) == SUMMARY_KEYS, key
         assert 0 <= ev[key]["p50"] <= ev[key]["p95"] <= ev[key]["p99"] <= ev[key]["max"], (key, ev[key])
-    # a confirmed publish waits for the broker's ack, a plain one only for the socket write
-    assert ev["confirm_ms"]["p50"] > ev["publish_ms"]["p50"]
-    assert ev["confirm_ms"]["p50"] >= ev["amqp_rtt_ms"]["p50"]
+    # That a confirmed publish costs a round trip more than a plain one is checked where the
+    # difference is large enough to see on a busy machine: the relay test adds a known delay.
+    # On loopback both are ~0.3 ms and their medians swap under load (a timing assertion here
+    # failed a CI-like run with 0.310 vs 0.319 ms).
     # redis results: the broker is on the dispatch path only, and the report says so
     assert ev["state_path"] == "dispatch-only"
     assert "PENDING→STARTED" in main.title and "redis://" in main.title
