@@ -30,7 +30,9 @@ def merge_reports(reports: Sequence[Report], budget_ms: float | None = None) -> 
     else:
         target = {key: "; ".join(sorted({r.target.get(key, "") for r in reports}))
                   for key in ("broker", "backend")}
-        target["source"] = "merged"
+        sources = {r.target.get("source", "") for r in reports}
+        # design.md's sources are app|flags|env|embedded; "merged" only when the hosts disagree
+        target["source"] = sources.pop() if len(sources) == 1 else "merged"
     ranked = rank(findings)
     latency = latency_block([], ranked)
     observed = [r.latency for r in reports if r.latency.get("observed_p99_ms") is not None]
