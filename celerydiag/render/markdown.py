@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from celerydiag.findings import Report, Severity
-from celerydiag.render.words import evidence_lines, headline, probe_lines
+from celerydiag.render.words import evidence_lines, has_hosts, headline, host_of, probe_lines
 
 
 def _cell(text: str) -> str:
@@ -16,9 +16,14 @@ def render(report: Report, stream: TextIO, **_: Any) -> None:
     w = stream.write
     w("# celerydiag report\n\n")
     w(f"{headline(report)}\n\n")
-    w("| severity | id | impact ms | title |\n|---|---|---:|---|\n")
-    for f in report.findings:
-        w(f"| {f.severity} | `{f.id}` | {f.impact_ms:.1f} | {_cell(f.title)} |\n")
+    if has_hosts(report):  # a merged report: say where each finding was measured
+        w("| severity | id | host | impact ms | title |\n|---|---|---|---:|---|\n")
+        for f in report.findings:
+            w(f"| {f.severity} | `{f.id}` | {_cell(host_of(f) or '')} | {f.impact_ms:.1f} | {_cell(f.title)} |\n")
+    else:
+        w("| severity | id | impact ms | title |\n|---|---|---:|---|\n")
+        for f in report.findings:
+            w(f"| {f.severity} | `{f.id}` | {f.impact_ms:.1f} | {_cell(f.title)} |\n")
     w("\n")
     for f in report.findings:
         if f.severity == Severity.OK:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from celerydiag.findings import Report, Severity
-from celerydiag.render.words import evidence_lines, headline, latency_line, probe_lines
+from celerydiag.render.words import evidence_lines, has_hosts, headline, host_of, latency_line, probe_lines
 
 STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",
          Severity.OK: "green"}
@@ -30,10 +30,14 @@ def render(report: Report, stream: TextIO, *, color: bool = False, **_: Any) -> 
     table.add_column("severity")
     table.add_column("impact ms", justify="right")
     table.add_column("cause")
+    hosts = has_hosts(report)
+    if hosts:
+        table.add_column("host")
     table.add_column("finding")
     for f in report.findings:
+        host = [escape(host_of(f) or "")] if hosts else []
         table.add_row(f"[{STYLE[f.severity]}]{f.severity}[/]", f"{f.impact_ms:.1f}",
-                      str(f.cause), f"{escape(f.title)}\n[dim]{f.id}[/]")
+                      str(f.cause), *host, f"{escape(f.title)}\n[dim]{f.id}[/]")
     if report.findings:
         console.print(table)
     else:

@@ -60,3 +60,13 @@ def _num(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
     return str(value)
+
+
+def host_of(finding: Any) -> str | None:
+    """The host a merged report's finding came from (`report A.json B.json` tags each one)."""
+    host = finding.evidence.get("host") if isinstance(finding.evidence, Mapping) else None
+    return str(host) if host is not None else None
+
+
+def has_hosts(report: Report) -> bool:
+    return any(host_of(f) for f in report.findings)

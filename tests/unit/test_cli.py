@@ -327,3 +327,22 @@ def test_sigint_during_doctor_exits_130_after_cleanup(tmp_path, cli_argv):
     assert err.strip().splitlines()[-1].startswith("celerydiag: interrupted")
     assert list(tmp_path.glob("celerydiag-embedded-*")) == []
     assert elapsed < 15, f"took {elapsed:.1f} s to stop after Ctrl-C"
+
+
+def test_merged_markdown_and_text_say_which_host_each_finding_came_from(capsys):
+    a, b = REPORTS / "full-v1.json", REPORTS / "host-b-v1.json"
+    _, md, _ = run(capsys, "report", str(a), str(b), "--format", "markdown")
+    assert "| severity | id | host | impact ms | title |" in md
+    assert "| `config.pickle-accepted` | web-1 |" in md and "| `config.pickle-accepted` | worker-2 |" in md
+    _, text, _ = run(capsys, "report", str(a), str(b), "--format", "text")
+    assert "host" in text and "worker-2" in text
+    _, single, _ = run(capsys, "report", str(a), "--format", "markdown")
+    assert "| severity | id | impact ms | title |" in single  # one report: no host column
+
+
+def test_merged_reports_of_one_kind_of_target_keep_its_source(capsys):
+    a, b = REPORTS / "full-v1.json", REPORTS / "host-b-v1.json"
+    _, out, _ = run(capsys, "report", str(a), str(b), "--format", "json")
+    sources = {json.loads(p.read_text())["target"]["source"] for p in (a, b)}
+    merged = json.loads(out)["target"]["source"]
+    assert merged == (sources.pop() if len(sources) == 1 else "merged")
