@@ -3,9 +3,8 @@ timeout, no traceback, no password. Runs the real console script in a subprocess
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,28 +16,14 @@ TIMEOUT_S = 2.0
 ALLOWED_S = TIMEOUT_S * 3 + 5  # reach check + interpreter/celery import on a busy 2-core machine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts TCP connections (the kernel completes the handshake) and never says a word."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(8)
-        yield s.getsockname()[1]
-
-
-CASES: dict[str, Callable[[int], str]] = {
-    "closed port": lambda silent: f"amqp://guest:{PASSWORD}@127.0.0.1:{free_port()}//",
-    "port that never answers": lambda silent: f"amqp://guest:{PASSWORD}@127.0.0.1:{silent}//",
-    "wrong vhost": lambda silent: f"amqp://guest:{PASSWORD}@127.0.0.1:5672/celerydiag-no-such-vhost",
-    "wrong credentials": lambda silent: f"amqp://guest:{PASSWORD}@127.0.0.1:5672//",
-    "amqps without certificates": lambda silent: f"amqps://guest:{PASSWORD}@127.0.0.1:5672//",
-    "redis closed port": lambda silent: f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0",
+# Each case builds its URL from the shared fixtures' ports: (closed, silent) -> URL.
+CASES: dict[str, Callable[[int, int], str]] = {
+    "closed port": lambda closed, silent: f"amqp://guest:{PASSWORD}@127.0.0.1:{closed}//",
+    "port that never answers": lambda closed, silent: f"amqp://guest:{PASSWORD}@127.0.0.1:{silent}//",
+    "wrong vhost": lambda closed, silent: f"amqp://guest:{PASSWORD}@127.0.0.1:5672/celerydiag-no-such-vhost",
+    "wrong credentials": lambda closed, silent: f"amqp://guest:{PASSWORD}@127.0.0.1:5672//",
+    "amqps without certificates": lambda closed, silent: f"amqps://guest:{PASSWORD}@127.0.0.1:5672//",
+    "redis closed port": lambda closed, silent: f"redis://:{PASSWORD}@127.0.0.1:{closed}/0",
 }
 EXPECT = {
     "closed port": "refused",
@@ -51,9 +36,9 @@ EXPECT = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_target_is_one_line_exit_3(case: str, silent_port: int, amqp_url: str,
+def test_bad_target_is_one_line_exit_3(case: str, closed_port: int, silent_port: int, amqp_url: str,
                                        run_cli: Callable[..., Any]) -> None:
-    url = CASES[case](silent_port)
+    url = CASES[case](closed_port, silent_port)
     started = time.monotonic()
     done = run_cli("probe", "broker", "--broker", url, "--timeout", str(TIMEOUT_S), "--format", "json",
                    timeout=60)
