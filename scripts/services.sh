@@ -22,4 +22,12 @@ start 5432 PostgreSQL pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgre
 start 3306 MariaDB start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
 start 6379 Redis redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 start 5672 RabbitMQ rabbitmq-server -detached
+# RabbitMQ's management API on 15672 (--rabbitmq-api; tests/integration/test_broker_api.py): enable the
+# installed plugin on the running node. --online starts it in place (no broker restart, open connections
+# stay); it is idempotent and persists in enabled_plugins.
+if up 5672 && ! up 15672 && rabbitmq-plugins list -m rabbitmq_management 2>/dev/null | grep -qx rabbitmq_management; then
+  echo "services: enabling rabbitmq_management" >&2
+  rabbitmq-plugins --quiet enable --online rabbitmq_management >/dev/null 2>&1 || true
+  wait_for 15672 "RabbitMQ management API"
+fi
 exit 0
