@@ -12,7 +12,8 @@ from typing import Any, TextIO
 
 import click
 
-from celerydiag.cli import document_options
+from celerydiag import watch
+from celerydiag.cli import document_options, remember_secrets, target_options
 from celerydiag.errors import DiagError, ExitCode, InputError
 
 EPILOG = """\b
@@ -21,6 +22,7 @@ Examples:
   celerydiag poll-model --interval 2s --strategy fixed --strategy smart --strategy push --clients 500
   celerydiag poll-model --durations observed.txt --target-delay 1s --request-budget 200 --plot cdf.png
   celerydiag poll-model --format json | jq '.strategies[] | {name, p99: .delay_ms.p99}'
+  celerydiag poll-model --from-backend 6f1c0b3e-... --backend redis://127.0.0.1:6379/0 --interval 1s
 
 \b
 Strategies (several --strategy allowed; default: all five at --interval):
@@ -36,8 +38,16 @@ The model: the task waits --queue-wait (PENDING), then goes through --states PRO
 each lasting a --durations draw, then SUCCESS. Delay = time from a state write to the first poll
 after it (+ --read-latency). A PROGRESS state no poll falls into is missed. Fixed intervals use
 the closed form (delay uniform in 0..T); the others a seeded Monte-Carlo with 95% intervals.
---from-backend (durations measured on your backend) is not available yet: export observed
-durations to a file, one per line in seconds, and pass it to --durations.
+
+\b
+--from-backend TASK_ID watches one of your tasks on your result backend (--app, --backend or
+CELERY_RESULT_BACKEND), read-only: a read every --watch-interval (Redis: Celery's get_task_meta,
+one GET; database: one SELECT on a read-only session), until the task is SUCCESS/FAILURE/REVOKED
+or --watch-seconds pass. Start it before or while the task runs. Each state that began and ended
+while watched gives one duration (exact to about one --watch-interval); they replace --durations,
+their count replaces --states and the measured read time replaces --read-latency, unless you
+pass those. With no complete state (the task stayed PENDING: unknown id, expired result, still
+queued) it says so and models --durations instead; the exit code is still 0. Writes nothing.
 """
 
 
@@ -62,6 +72,22 @@ def _durations(what: str) -> Any:
         from celerydiag.polling import parse_durations
 
         return parse_durations(value, what)
+
+    return convert
+
+
+WATCH_BOUNDS = (watch.MIN_WATCH_S, watch.MAX_WATCH_S)
+INTERVAL_BOUNDS = (watch.MIN_INTERVAL_S, watch.MAX_INTERVAL_S)
+
+
+def _bounded(what: str, bounds: tuple[float, float]) -> Any:
+    def convert(ctx: click.Context, param: click.Parameter, value: str) -> float:
+        from celerydiag.polling import fmt_s, parse_seconds
+
+        seconds = parse_seconds(value, what)
+        if not bounds[0] <= seconds <= bounds[1]:
+            raise InputError(f"{what}: expected {fmt_s(bounds[0])} to {fmt_s(bounds[1])}, got {value!r}")
+        return seconds
 
     return convert
 
@@ -102,19 +128,48 @@ def _durations(what: str) -> Any:
                    "--interval 5s).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png",
               help="Also write a PNG of the delay CDF per strategy.")
+@click.option("--from-backend", "task_id", metavar="TASK_ID",
+              help="Measure --durations, --states and --read-latency by watching this task on your "
+                   "result backend (read-only; see below).")
+@click.option("--watch-seconds", default="60s", show_default=True, metavar="DURATION",
+              callback=_bounded("--watch-seconds", WATCH_BOUNDS),
+              help="With --from-backend: stop watching after this long if the task is not finished "
+                   "(100ms-1h).")
+@click.option("--watch-interval", default="20ms", show_default=True, metavar="DURATION",
+              callback=_bounded("--watch-interval", INTERVAL_BOUNDS),
+              help="With --from-backend: one backend read per this interval (5ms-5s; 20ms = 50 reads/s).")
+@target_options
 @document_options("table + chart")
 def command(interval: float, strategies: tuple[str, ...], threshold: float, durations: Any, states: int,
             queue_wait: Any, read_latency: float, clients: int, target_delay: float,
             request_budget: float | None, tasks: int, seed: int, explain_claim: bool,
-            plot_path: str | None, fmt: str, output: str | None, no_color: bool) -> ExitCode:
+            plot_path: str | None, task_id: str | None, watch_seconds: float, watch_interval: float,
+            app: str | None, broker: str | None, backend: str | None,
+            fmt: str, output: str | None, no_color: bool) -> ExitCode:
     """Model what polling AsyncResult costs: delay, missed PROGRESS states, backend load.
 
     Prints per strategy the detection delay (mean, P50, P95, P99), P(delay > --threshold), the
     chance a PROGRESS state is never seen, reads per task and req/s for --clients, a chart of the
     delay CDF, and the cheapest strategy that meets --target-delay within --request-budget.
-    Needs no service.
+    Needs no service, except with --from-backend TASK_ID, which measures the state durations on
+    your result backend first. Exit codes: 0 done, 2 bad input, 3 backend unreachable, 130
+    interrupted.
     """
     from celerydiag import polling
+
+    observed = None
+    if task_id:
+        observed = _watch(task_id, app, broker, backend, watch_seconds, watch_interval, fmt)
+        if observed.durations_s:
+            given = click.get_current_context().get_parameter_source
+            durations = _observed_durations(observed)
+            if given("states") == click.core.ParameterSource.DEFAULT:
+                states = max(1, observed.progress_states)
+            if given("read_latency") == click.core.ParameterSource.DEFAULT:
+                read_latency = observed.read.p50_ms / 1000
+    elif app or broker or backend:
+        raise InputError("--app/--broker/--backend only choose where --from-backend TASK_ID reads",
+                         "add --from-backend TASK_ID, or drop them (the model alone needs no service)")
 
     chosen = [polling.parse_strategy(s, interval) for s in (strategies or polling.KINDS)]
     scenario = polling.Scenario(durations=durations, states=states, queue_wait=queue_wait,
@@ -126,6 +181,8 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
     if plot_path:
         _write_plot(plot_path, results)
     doc = polling.document(results, scenario, clients, recommendation, claim)
+    if observed is not None:
+        doc["observed"] = dict(observed.to_dict(), used=bool(observed.durations_s))
     if output:
         try:
             with open(output, "w", encoding="utf-8") as stream:
@@ -135,6 +192,46 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
     else:
         _render(doc, results, fmt, sys.stdout, color=fmt == "text" and not no_color and sys.stdout.isatty())
     return ExitCode.OK
+
+
+def _watch(task_id: str, app: str | None, broker: str | None, backend: str | None, limit_s: float,
+           interval_s: float, fmt: str) -> Any:
+    """Watch the task read-only with a bar on stderr; the engine is celerydiag.watch."""
+    import os
+    from contextlib import ExitStack
+
+    from celerydiag.reach import check_backend, describe
+    from celerydiag.target import password_of, redact_url, resolve_target
+    from celerydiag.ui import make_progress
+
+    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
+    if not (app or backend or os.environ.get("CELERY_RESULT_BACKEND")):
+        raise InputError("--from-backend needs the result backend the task writes to",
+                         "pass --backend redis://host:6379/0 (or db+postgresql://…), or --app proj.celery:app")
+    target = resolve_target(app=app, broker=broker, backend=backend)
+    remember_secrets(target.secrets())
+    with ExitStack() as cleanup:
+        reader = watch.open_reader(target, task_id, cleanup)  # bad input (rpc://, disabled) before I/O
+        check_backend(target, watch.READ_TIMEOUT_S)
+        progress = make_progress(enabled=fmt == "text", prefix="")
+        cleanup.callback(progress.close)
+        progress.start(f"watching task {task_id}", total=round(limit_s, 1))
+        done = [0.0]
+
+        def tick(elapsed: float, status: str, changes: int) -> None:
+            progress.step(max(0.0, min(elapsed, limit_s) - done[0]), f"{status}, {changes} change(s)")
+            done[0] = max(done[0], min(elapsed, limit_s))
+
+        return watch.watch(reader, task_id, redact_url(target.backend_url), interval_s=interval_s,
+                           limit_s=limit_s, on_read=tick, describe_error=lambda e: target.redact(describe(e)))
+
+
+def _observed_durations(observed: Any) -> Any:
+    from celerydiag.polling import Durations
+
+    values = tuple(observed.durations_s)
+    return Durations("file", sum(values) / len(values), values,
+                     label=f"measured on task {observed.task_id} ({len(values)} values)")
 
 
 def _run(strategies: list[Any], scenario: Any) -> list[Any]:
@@ -199,6 +296,8 @@ def _render(doc: dict[str, Any], results: list[Any], fmt: str, stream: TextIO, c
     console = Console(file=stream, force_terminal=color, no_color=not color, width=120, highlight=False,
                       soft_wrap=True)
     inputs = doc["inputs"]
+    if doc.get("observed"):
+        _render_observed(console, doc["observed"], inputs)
     console.print(f"Polling model: {inputs['states_count']} PROGRESS states per task, each {inputs['durations']}"
                   f", queue wait {inputs['queue_wait']}, read latency {_ms(inputs['read_latency_ms'])}, "
                   f"{inputs['clients_count']} clients")
@@ -227,6 +326,34 @@ def _render(doc: dict[str, Any], results: list[Any], fmt: str, stream: TextIO, c
     if doc["claim"]:
         console.print(f"\nThe '97.3 %' claim: {doc['claim']['text']}")
     console.print(f"\nRecommendation (P99 <= target delay): {doc['recommendation']['text']}")
+
+
+def _render_observed(console: Any, observed: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """What the watch saw: each state and how long it lasted, the read cost, what the model uses."""
+    read = observed["read_ms"] or {}
+    console.print(f"Watched task {observed['task_id']} on {observed['backend']} for {observed['elapsed_s']:.3g}s, "
+                  f"a read every {_ms(observed['interval_ms'])}: {observed['reads_count']} reads, "
+                  f"{observed['transitions_count']} state change(s), final state {observed['final_status']}")
+    if read:
+        console.print(f"Read cost per poll: p50 {_ms(read['p50_ms'])}, p95 {_ms(read['p95_ms'])}, "
+                      f"max {_ms(read['max_ms'])}")
+    for state in observed["states"]:
+        if state["duration_s"] is not None:
+            lasted = _ms(state["duration_s"] * 1000)
+        elif state["start_s"] is None and observed["transitions_count"]:
+            lasted = f"already current when the watch began, until {_ms(state['end_s'] * 1000)}"
+        elif state["status"] in ("SUCCESS", "FAILURE", "REVOKED"):
+            lasted = "final"
+        else:
+            lasted = "still current when the watch ended"
+        console.print(f"  {state['status']:<12} {lasted}")
+    if observed["used"]:
+        durations = observed["durations_s"]
+        console.print(f"Model input: {len(durations)} measured durations (mean {_ms(inputs['mean_duration_s'] * 1000)}"
+                      f"), {inputs['states_count']} states per task, read latency {_ms(inputs['read_latency_ms'])} "
+                      "(options you passed win)\n")
+    else:
+        console.print(f"Note: {observed['note']}; modelling --durations {inputs['durations']} instead.\n")
 
 
 def _pct(value: float) -> str:
