@@ -349,10 +349,17 @@ class AmqpRun:
         elif api is not None:
             yield Finding("broker.management-api", Cause.BROKER, Severity.OK,
                           f"RabbitMQ management API read: {api.connections} connections, "
-                          f"{api.blocked_connections} blocked, {len(api.alarms)} alarms",
+                          f"{api.blocked_connections} blocked, {api.flow_connections} in flow control, "
+                          f"{len(api.alarms)} alarms",
+                          detail=("Alarms are read live (health check); connection states and queue "
+                                  "counters are the broker's statistics, up to collect_statistics_interval "
+                                  "(5 s by default) old. A connection in 'flow' is a publisher RabbitMQ "
+                                  "throttles because a queue cannot keep up: its publishes take longer."),
                           evidence={"connections_count": api.connections,
                                     "blocked_connections_count": api.blocked_connections,
-                                    "alarms": list(api.alarms)})
+                                    "flow_connections_count": api.flow_connections,
+                                    "alarms": list(api.alarms),
+                                    "queues": {name: _api_queue(q) for name, q in api.queues.items()}})
 
     def _api(self) -> Any:
         url = self.ctx.options.get("rabbitmq_api")
@@ -366,6 +373,13 @@ class AmqpRun:
         except broker_api.ApiError as exc:
             self.api_error = self.target.redact(str(exc))
             return None
+
+
+def _api_queue(q: Any) -> dict[str, Any]:
+    """One queue as the API saw it; keys without statistics yet are left out."""
+    facts = {"messages_count": q.messages, "consumers_count": q.consumers,
+             "publish_rate_per_s": q.publish_per_s, "deliver_rate_per_s": q.deliver_per_s}
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 def _vhost(url: str) -> str:
