@@ -156,7 +156,8 @@ def _emit(report: Any, fmt: str, output: str | None, fail_on: str, no_color: boo
         sys.stdout.flush()
     counts = {s: sum(1 for f in report.findings if f.severity == s) for s in Severity}
     trunc = "; file truncated, analysed what was readable" if report.file.get("truncated") else ""
-    click.echo(f"celerydiag: {len(report.connections)} connections, {counts[Severity.CRITICAL]} critical, "
+    n = len(report.connections)
+    click.echo(f"celerydiag: {n} connection{'' if n == 1 else 's'}, {counts[Severity.CRITICAL]} critical, "
                f"{counts[Severity.WARNING]} warning, {counts[Severity.INFO]} info, {counts[Severity.OK]} ok{trunc}",
                err=True)
     threshold = fail_on_severity(fail_on)

@@ -348,7 +348,8 @@ class AmqpRun:
                           evidence={"error": error})
         elif api is not None:
             yield Finding("broker.management-api", Cause.BROKER, Severity.OK,
-                          f"RabbitMQ management API read: {api.connections} connections, "
+                          f"RabbitMQ management API read: {api.connections} connection"
+                          f"{'' if api.connections == 1 else 's'}, "
                           f"{api.blocked_connections} blocked, {api.flow_connections} in flow control, "
                           f"{len(api.alarms)} alarms",
                           detail=("Alarms are read live (health check); connection states and queue "
