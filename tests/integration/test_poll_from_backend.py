@@ -138,3 +138,54 @@ def test_unreachable_backend_is_exit_3_without_the_password(run_cli: Any, closed
     assert proc.returncode == 3, proc.stderr
     assert "unreachable" in proc.stderr and "s3cret-pw" not in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.mariadb
+def test_database_backend_is_watched_read_only_under_repeatable_read(redis_url: str, mysql_url: str,
+                                                                      scratch: str) -> None:
+    """MariaDB's REPEATABLE READ would freeze a long-lived reader's view at its first read; each
+    read is its own transaction, so the watcher still sees every state. Tables are our own
+    (database_table_names), created by Celery when the backend is set up (before the task is
+    sent) and dropped at the end."""
+    from contextlib import ExitStack
+
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+    from sqlalchemy import create_engine, text
+
+    from celerydiag import watch
+    from celerydiag.target import Target, TargetSource
+
+    table = scratch.replace("-", "_")
+    app = Celery(scratch, broker=redis_url.rsplit("/", 1)[0] + "/14", backend=f"db+{mysql_url}",
+                 set_as_current=False)
+    app.conf.update(task_default_queue=f"{scratch}-q", worker_enable_remote_control=False,
+                    broker_connection_retry_on_startup=False, database_create_tables_at_setup=True,
+                    database_table_names={"task": f"{table}_task", "group": f"{table}_group"})
+
+    @app.task(bind=True, name=f"{scratch}.hold")
+    def hold(self: Any) -> str:
+        time.sleep(QUEUED_S)
+        for i, d in enumerate(HOLD_S):
+            self.update_state(state="PROGRESS", meta={"step": i})
+            time.sleep(d)
+        return "done"
+
+    target = Target(redis_url, f"db+{mysql_url}", TargetSource.APP, app=app, app_name="test")
+    engine = create_engine(mysql_url)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, queues=[f"{scratch}-q"],
+                          loglevel="WARNING", shutdown_timeout=10):
+            hold.apply_async(task_id=f"{scratch}-task")  # PENDING for QUEUED_S: the watch starts in it
+            with ExitStack() as cleanup:
+                reader = watch.open_reader(target, f"{scratch}-task", cleanup)
+                result = watch.watch(reader, f"{scratch}-task", "db", limit_s=20)
+    finally:
+        with engine.begin() as conn:
+            for suffix in ("task", "group"):
+                conn.execute(text(f"DROP TABLE IF EXISTS `{table}_{suffix}`"))
+        engine.dispose()
+        app.close()
+    assert result.finished, result.to_dict()
+    assert [s.status for s in result.states] == ["PENDING", "PROGRESS", "PROGRESS", "PROGRESS", "SUCCESS"]
+    assert result.durations_s == pytest.approx(list(HOLD_S), abs=BAND_S)
