@@ -219,7 +219,7 @@ def _watch(task_id: str, app: str | None, broker: str | None, backend: str | Non
         done = [0.0]
 
         def tick(elapsed: float, status: str, changes: int) -> None:
-            progress.step(max(0.0, min(elapsed, limit_s) - done[0]), f"{status}, {changes} change(s)")
+            progress.step(max(0.0, min(elapsed, limit_s) - done[0]), f"{status}, {changes} change(s); seconds")
             done[0] = max(done[0], min(elapsed, limit_s))
 
         return watch.watch(reader, task_id, redact_url(target.backend_url), interval_s=interval_s,
