@@ -186,8 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             click.echo(f"  hint: {_error_line(exc.hint)}", err=True)
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
-        click.echo("celerydiag: interrupted; scratch queues, keys and tables were removed",
-                   err=True)
+        click.echo("celerydiag: interrupted; whatever the run had created (queues, keys, scratch tables) "
+                   "was removed first", err=True)
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()
