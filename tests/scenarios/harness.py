@@ -248,7 +248,8 @@ def record(name: str, injected: str, before: dict[str, Any], after: dict[str, An
     doc = {"scenario": name, "injected": injected, "top_cause": top_cause(before),
            "top_finding": brief(top_finding(before)),
            "warnings_count": len(at_or_above_warning(before)),
-           "head": [brief(f) for f in before["findings"][:6]]}
+           "head": [brief(f) for f in before["findings"][:6]],
+           "probes_s": {p["name"]: p["elapsed_s"] for p in before["probes"]}}
     if after is not None:
         doc["after_fix"] = {"top_cause": top_cause(after), "top_finding": brief(top_finding(after)),
                             "checked": brief(finding(after, checked_id)) if checked_id else None,
