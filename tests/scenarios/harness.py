@@ -194,6 +194,33 @@ def delete_queue(amqp: str, name: str) -> None:
         pass
 
 
+@contextmanager
+def tcpdump(path: Path, port: int, max_seconds: float = 120.0) -> Iterator[Path]:
+    """Capture loopback traffic on one TCP port only (the scenario's own relay) into ``path``; stopped
+    with SIGINT on exit (and by tcpdump's own -G/-W bound should the test die), the file left for
+    --pcap. Never any traffic but the port named."""
+    argv = ["tcpdump", "-i", "lo", "-w", str(path), "-U", "-s", "0", "-n",
+            "-G", str(int(max_seconds)), "-W", "1", f"tcp port {port}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: proc.poll() is not None or (path.exists() and path.stat().st_size >= 24), 10,
+                 "tcpdump to open its file")
+        why = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else ""
+        assert proc.poll() is None, f"tcpdump exited: {why}"
+        time.sleep(0.5)  # the filter is attached before the file is opened; a little slack for the kernel
+        yield path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
 def doctor(config: UserConfig, *args: str, timeout_s: float = DOCTOR_TIMEOUT_S) -> dict[str, Any]:
     """``celerydiag doctor --app … --format json`` in a subprocess, as a user runs it; the parsed report."""
     argv = [*CLI, "doctor", "--app", APP, "--format", "json", *DOCTOR_BOUNDS, *args]
