@@ -4,7 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install services system-packages test test-unit test-integration lint demo bench clean
+.PHONY: install services system-packages test test-unit test-integration test-scenarios lint demo bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -23,13 +23,16 @@ services:
 	@bash scripts/services.sh
 
 test: install system-packages services
-	$(PY) -m pytest tests/unit tests/integration
+	$(PY) -m pytest tests/unit tests/integration tests/scenarios -m "not scenario_slow"
 
 test-unit: install
 	$(PY) -m pytest tests/unit
 
 test-integration: install system-packages services
 	$(PY) -m pytest tests/integration
+
+test-scenarios: install system-packages services
+	$(PY) -m pytest tests/scenarios
 
 lint: install
 	$(VENV)/bin/ruff check celerydiag tests bench fixtures

@@ -29,7 +29,7 @@ from tests.scenarios.harness import (
 )
 from tests.support.relay import Relay
 
-pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.redis]
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.scenario_slow]
 
 DELAY_S = 0.100  # each way: +200 ms per request/reply on the broker path
 
