@@ -7,6 +7,7 @@ each scenario writes its outcome there, then prints:
 
 - the confusion matrix: injected cause (rows) x top-ranked cause (columns), where the top-ranked cause
   is the cause of the first ranked finding that is not ``ok`` and not ``e2e`` (tests/scenarios/harness.py);
+  on the baseline row (nothing injected) only a finding at warning or above counts, else "none";
 - the false-positive count: findings at warning or above on the healthy baseline;
 - per scenario, the top finding before and the checked finding after the printed fix was applied.
 
@@ -58,6 +59,8 @@ def matrix(results: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     table = {row: dict.fromkeys(COLUMNS, 0) for row in ROWS}
     for r in results:
         column = r["top_cause"] if r["top_cause"] in COLUMNS else "none"
+        if r["injected"] == "none" and not r["warnings_count"]:
+            column = "none"  # the baseline's row counts false positives: only warning or above is one
         table.setdefault(r["injected"], dict.fromkeys(COLUMNS, 0))[column] += 1
     return table
 
