@@ -164,14 +164,18 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, AmqpConnectionError))
 
 
-def rtt_series(declare_passive: Callable[[], Any], count: int) -> list[float]:
+def rtt_series(declare_passive: Callable[[], Any], count: int, within_s: float = float("inf")) -> list[float]:
     """AMQP-level round trips: a passive declare of our own queue is one request and one reply
-    with no broker work to speak of, so it is the network + protocol baseline."""
-    out = []
+    with no broker work to speak of, so it is the network + protocol baseline. At most ``count``
+    of them, and no more than fit in ``within_s`` (a 200 ms path would take 10 s for 50)."""
+    out: list[float] = []
+    stop = time.perf_counter() + within_s
     for _ in range(count):
         started = time.perf_counter()
         declare_passive()
         out.append(ms(time.perf_counter() - started))
+        if time.perf_counter() >= stop:
+            break
     return out
 
 

@@ -31,6 +31,7 @@ from celerydiag.target import Target, redact_url
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 REDIS_SCHEMES = ("redis", "rediss")
 RTT_SAMPLES = 50
+RTT_SHARE = 0.1  # of --max-seconds, for the round-trip baseline
 HANDSHAKES = 3
 MAX_QUEUES = 50  # user queues read passively, at most
 
@@ -302,7 +303,8 @@ class AmqpRun:
         ctx = self.ctx
         samples = ctx.limits.samples
         step = lambda: ctx.progress.step(1)  # noqa: E731
-        rtt = summarize(amqp_m.rtt_series(lambda: channel.queue_declare(self.queue, passive=True), RTT_SAMPLES))
+        rtt = summarize(amqp_m.rtt_series(lambda: channel.queue_declare(self.queue, passive=True), RTT_SAMPLES,
+                                          within_s=RTT_SHARE * ctx.limits.max_seconds))
         left = max(1.0, ctx.limits.max_seconds - (time.monotonic() - self.started))
         share = left / 5
         series: dict[str, Summary] = {}
