@@ -251,7 +251,8 @@ def _claim_interval(strategies: list[Any], interval: float, asked: bool) -> floa
     from celerydiag.polling import CLAIM_INTERVAL_S
 
     fixed_like = [s.interval_s for s in strategies if s.kind in ("fixed", "jitter")]
-    if any(abs(t - CLAIM_INTERVAL_S) < 1e-9 for t in [interval, *fixed_like]):
+    # Only when a fixed-interval strategy really polls every 5 s (its T defaults to --interval).
+    if any(abs(t - CLAIM_INTERVAL_S) < 1e-9 for t in fixed_like):
         return CLAIM_INTERVAL_S
     return (fixed_like[0] if fixed_like else interval) if asked else None
 

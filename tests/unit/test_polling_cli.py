@@ -209,3 +209,17 @@ def test_doctor_static_ranks_polling(run_cli, tmp_path: Path, check_report) -> N
 
 def test_fixed_durations_helper_label() -> None:
     assert polling.fixed_durations(0.3).label == "fixed:300ms"
+
+
+def test_the_97_percent_claim_is_explained_only_for_a_5s_fixed_poll():
+    import contextlib
+    import io
+
+    from celerydiag.cli import main
+
+    for args, expected in ((["-s", "fixed:1s"], False), (["--interval", "5s", "-s", "fixed"], True),
+                           (["-s", "push"], False)):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            main(["poll-model", "--format", "json", *args])
+        assert (json.loads(out.getvalue())["claim"] is not None) is expected, args
