@@ -44,6 +44,8 @@ PROBE_SECONDS = 4.0  # the whole probe, reading included: doctor must stay quick
 MAX_KEYS = 500  # stored metas whose size we look at
 SCAN_CALLS = 20  # SCAN round trips at most
 MAX_READ_BYTES = 16 * MB  # the largest single value we GET/SELECT and decode
+PICKED = 2  # stored metas decoded and measured: the largest and a typical one
+MAX_DECODE_ATTEMPTS = 8
 LARGE_META_BYTES = 64 * 1024  # above this a progress meta is carrying data, not progress
 ALTERNATIVES = ("json", "msgpack", "orjson", "pickle5", "pickle")
 DOCS = ("https://docs.celeryq.dev/en/stable/userguide/calling.html#serializers",
@@ -300,6 +302,8 @@ def _read_redis(target: Target, client: Any) -> StoredMetas:
     sized = [(k, n) for k, n in zip(keys, lengths) if isinstance(n, int) and n > 0]
     stored.sizes = [n for _, n in sized]
     for key, size in _pick(sized):
+        if len(stored.samples) >= PICKED:
+            break
         task_id = key[len(prefix):].decode(errors="replace")
         try:
             raw = client.get(key)
@@ -312,12 +316,15 @@ def _read_redis(target: Target, client: Any) -> StoredMetas:
 
 
 def _pick(sized: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
-    """The largest value we may read, and the median one (what a typical update carries)."""
+    """Values to try, best first: the largest we may read, the median (what a typical update
+    carries), then the rest from large to small, at most MAX_DECODE_ATTEMPTS. Readers stop at
+    PICKED decoded samples; the later candidates stand in for metas that do not decode (written
+    before a result_serializer change, or in a format the user's clients refuse)."""
     readable = sorted((p for p in sized if p[1] <= MAX_READ_BYTES), key=lambda p: p[1])
     if not readable:
         return []
-    picks = [readable[-1], readable[len(readable) // 2]]
-    return list(dict.fromkeys(picks))
+    order = [readable[-1], readable[len(readable) // 2], *reversed(readable[:-1])]
+    return list(dict.fromkeys(order))[:MAX_DECODE_ATTEMPTS]
 
 
 def readonly_engine(target: Target, timeout_s: float) -> Any:
@@ -361,6 +368,8 @@ def _read_database(target: Target, engine: Any, model: BackendModel, limit: int 
             sized = [((row[0], row[1]), int(row[2])) for row in rows if row[2]]
             stored.sizes = [n for _, n in sized]
             for (row_id, task_id), size in _pick(sized):
+                if len(stored.samples) >= PICKED:
+                    break
                 raw = conn.execute(select(table.c.result).where(table.c.id == row_id)).scalar()
                 try:
                     stored.samples.append((task_id, size, decode_result_column(target, bytes(raw), model)))

@@ -110,3 +110,30 @@ def test_bench_from_backend_times_the_real_stored_meta(run_cli, redis_url: str, 
     finally:
         backend.forget(task_id)
     assert not backend.client.exists(backend.get_key_for_task(task_id))
+
+
+def test_an_undecodable_largest_meta_gives_way_to_the_next_ones(target, scratch: str) -> None:  # noqa: ANN001
+    """After a result_serializer change the old metas no longer decode with the new one: the
+    probe must measure the metas it can read, not fall back to standard payloads."""
+    from celery import Celery
+
+    backend = target.app.backend
+    old_writer = Celery("old", broker="memory://", backend=target.backend_url, set_as_current=False)
+    old_writer.conf.result_backend_transport_options = {"global_keyprefix": scratch}
+    old_writer.conf.result_serializer = "msgpack"
+    old_writer.conf.accept_content = ["msgpack"]
+    for name, n in (("old", 20_000), ("older", 15_000)):  # the largest and the median: msgpack
+        old_writer.backend.store_result(f"{scratch}-{name}", _meta(n), "PROGRESS")
+    for n in (10, 5_000):
+        backend.store_result(f"{scratch}-{n}", _meta(n), "PROGRESS")  # json, readable
+
+    result = run_probe(SerializationProbe(), ProbeContext(target=target, budget_ms=1000))
+
+    (finding,) = result.findings
+    assert finding.id == "serialization.stored-meta", finding
+    assert finding.evidence["metas_count"] == 4
+    assert finding.evidence["measured_bytes"] == backend.client.strlen(backend.get_key_for_task(f"{scratch}-5000"))
+    assert f"{scratch}-5000" in finding.detail and f"{scratch}-old" in finding.detail  # measured / not used
+    for task_id in (f"{scratch}-old", f"{scratch}-older", f"{scratch}-10", f"{scratch}-5000"):
+        backend.forget(task_id)
+    old_writer.close()
