@@ -72,9 +72,9 @@ class E2EProbe(Probe):
     Starts a Celery worker (in-process, pool solo) on a queue of its own, runs a probe task that
     calls update_state `--updates` times (default 250), and measures how long each new state
     takes to reach a polling client and, where the backend pushes, an on_message client; also
-    dispatch latency (apply_async to task start) from 30 tasks sent on a fixed schedule. Load:
-    one task queue, ~100 writes/s and one client's reads for a few seconds. Cleans up its queue,
-    result keys and scratch tables.
+    dispatch latency (apply_async to task start) from up to 30 tasks sent one at a time, 20 ms
+    apart. Load: one task queue, at most ~100 writes/s and one client's reads, within
+    --max-seconds. Cleans up its queue, result keys and scratch tables.
     """
 
     name = "e2e"
