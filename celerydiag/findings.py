@@ -13,15 +13,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
 
 REPORT_SCHEMA = "celerydiag.report/1"
 FINDING_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
-EVIDENCE_UNITS = ("_ms", "_s", "_bytes", "_count", "_ratio")
-# Evidence keys that are labels or counts by nature rather than measurements with a unit.
-EVIDENCE_PLAIN = ("samples", "p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")
 WARNING_SHARE = 0.2  # design.md: warning at >= 20 % of the budget
 
 
@@ -218,8 +215,6 @@ class Report:
             version=data.get("version", ""),
         )
 
-    def with_findings(self, findings: Iterable[Finding]) -> Report:
-        return replace(self, findings=rank(findings))
 
 
 def latency_block(results: Iterable[ProbeResult], findings: Iterable[Finding]) -> dict[str, Any]:

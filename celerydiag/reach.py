@@ -47,7 +47,7 @@ def check_backend(target: Target, timeout_s: float) -> None:
         if scheme in ("redis", "rediss", "sentinel"):
             _ping_redis(target, timeout_s)
         elif scheme == "db":
-            _ping_database(target.backend_url.split("+", 1)[1], timeout_s)
+            ping_database(target.backend_url.split("+", 1)[1], timeout_s)
     except TargetUnreachable:
         raise
     except Exception as exc:
@@ -74,7 +74,8 @@ def redis_backend_client(target: Target, timeout_s: float) -> Any:
     return backend.redis.StrictRedis(connection_pool=backend.redis.ConnectionPool(**params))
 
 
-def _ping_database(sqlalchemy_url: str, timeout_s: float) -> None:
+def ping_database(sqlalchemy_url: str, timeout_s: float) -> None:
+    """One SELECT 1 on a fresh connection with driver-level timeouts; raises what the driver raises."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 

@@ -1,7 +1,7 @@
 """The Probe interface, the context a probe may touch, the ordered registry, and the guard.
 
 A probe knows nothing of the terminal. It gets a :class:`ProbeContext` and yields Findings. The
-guard (:func:`run_probes`) times it, turns expected trouble (``DiagError``) and our own bugs into a
+guard (:func:`run_probe`) times it, turns expected trouble (``DiagError``) and our own bugs into a
 ``failed`` result with one line, and always unwinds the probe's cleanup stack, Ctrl-C included, so
 scratch queues, keys and tables never outlive a run.
 
@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -160,9 +160,6 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
     return ProbeResult(probe.name, ProbeStatus.RAN, "", time.perf_counter() - started,
                        tuple(findings), dict(ctx.latency))
 
-
-def run_probes(probes: Iterable[Probe], ctx: ProbeContext) -> tuple[ProbeResult, ...]:
-    return tuple(run_probe(p, ctx) for p in probes)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:

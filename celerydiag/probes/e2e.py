@@ -101,7 +101,6 @@ class E2ERun:
         self.table_prefix = ctx.scratch.replace("-", "_")
         self.task_ids: list[str] = []
         self.spacing_s = UPDATE_SPACING_S
-        self.model: Any = None  # database backend: the scratch table's model
         self.modes = ["push"] if self.target.backend_scheme == "rpc" else ["poll"]
         if self.target.backend_scheme in PUSH_BACKENDS and "push" not in self.modes:
             self.modes.append("push")
@@ -188,18 +187,18 @@ class E2ERun:
 
         url = self.target.backend_url.split("+", 1)[1]
         conf = self.target.conf
-        self.model = scratch_model(f"{self.table_prefix}_e2e_taskmeta",
+        model = scratch_model(f"{self.table_prefix}_e2e_taskmeta",
                                    (conf.database_table_schemas or {}).get("task"),
                                    bool(conf.result_extended))
         for app, forked in ((worker, True), (client, False)):
-            app.backend_cls = scratch_backend_class(self.model, forked)
+            app.backend_cls = scratch_backend_class(model, forked)
             app.conf.database_url = url
             app.conf.database_create_tables_at_setup = False
         engine = create_engine(url, poolclass=NullPool,
                                connect_args=connect_timeout_args(url, self.ctx.limits.timeout_s))
         self.ctx.cleanup.callback(engine.dispose)
-        self.ctx.cleanup.callback(self.model.__table__.drop, engine, checkfirst=True)  # before create
-        self.model.__table__.create(engine, checkfirst=True)
+        self.ctx.cleanup.callback(model.__table__.drop, engine, checkfirst=True)  # before create
+        model.__table__.create(engine, checkfirst=True)
 
     def _register_tasks(self, app: Any) -> None:
         trace = self.trace

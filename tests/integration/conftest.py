@@ -82,18 +82,9 @@ def _redis(url: str) -> None:
 
 
 def _sql(url: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
+    from celerydiag.reach import ping_database
 
-    from celerydiag.reach import connect_timeout_args
-
-    engine = create_engine(url, poolclass=NullPool,
-                           connect_args=connect_timeout_args(url, CONNECT_TIMEOUT_S))
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    finally:
-        engine.dispose()
+    ping_database(url, CONNECT_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
