@@ -121,6 +121,22 @@ def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
     return decorate
 
 
+def named_target(app: str | None, broker: str | None, backend: str | None) -> Any:
+    """The target the user named (--app, --broker/--backend, or CELERY_BROKER_URL /
+    CELERY_RESULT_BACKEND) with its passwords remembered for redaction, or None when nothing is
+    named. For commands that only read a target (capture, bench-serialize, poll-model): the
+    embedded default would be a temp dir for nothing."""
+    from celerydiag.target import passwords_of, resolve_target
+
+    remember_secrets([*passwords_of(broker), *passwords_of(backend)])
+    if not (app or broker or backend or os.environ.get("CELERY_BROKER_URL")
+            or os.environ.get("CELERY_RESULT_BACKEND")):
+        return None
+    target = resolve_target(app=app, broker=broker, backend=backend)
+    remember_secrets(target.secrets())
+    return target
+
+
 def fail_on_severity(value: str) -> Severity | None:
     return None if value == "never" else Severity.parse(value)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, TextIO
 
 import click
 
-from celerydiag.cli import document_options, remember_secrets, target_options
+from celerydiag.cli import document_options, named_target, target_options
 from celerydiag.errors import ExitCode, InputError
 
 EPILOG = """\b
@@ -86,10 +85,8 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
     """
     from celerydiag import serialization as ser
     from celerydiag.doctor import collect_meta
-    from celerydiag.target import password_of
     from celerydiag.ui import make_progress
 
-    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
     old = ser.read_document(compare_path) if compare_path else None
     target = _target(app, broker, backend, need=bool(task_ids))
     names = _serializers(serializers)
@@ -120,18 +117,11 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
 
 
 def _target(app: str | None, broker: str | None, backend: str | None, need: bool) -> Any:
-    """Only resolve a target when the user named one (or needs one): the embedded default would
-    only make a temp dir for nothing."""
-    from celerydiag.target import resolve_target
-
-    env = os.environ
-    if not (app or broker or backend or env.get("CELERY_RESULT_BACKEND") or env.get("CELERY_BROKER_URL")):
-        if need:
-            raise InputError("--from-backend needs the result backend to read from",
-                             "pass --backend redis://host:6379/0 (or --app proj.celery:app)")
-        return None
-    target = resolve_target(app=app, broker=broker, backend=backend)
-    remember_secrets(target.secrets())
+    """The target the user named, if any; --from-backend needs one."""
+    target = named_target(app, broker, backend)
+    if target is None and need:
+        raise InputError("--from-backend needs the result backend to read from",
+                         "pass --backend redis://host:6379/0 (or --app proj.celery:app)")
     return target
 
 

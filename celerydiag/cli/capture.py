@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import fail_on_severity, output_options, remember_secrets, target_options
+from celerydiag.cli import fail_on_severity, named_target, output_options, target_options
 from celerydiag.errors import DiagError, ExitCode, InputError
 
 EPILOG = """\b
@@ -81,14 +81,9 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
 
 
 def _target_urls(app: str | None, broker: str | None, backend: str | None) -> list[str]:
-    if not (app or broker or backend):
-        return []
-    from celerydiag.target import password_of, resolve_target
-
-    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
-    target = resolve_target(app=app, broker=broker, backend=backend)
-    remember_secrets(target.secrets())
-    return [target.broker_url, target.backend_url]
+    """The named target's URLs, whose ports join the capture filter (none named: default ports)."""
+    target = named_target(app, broker, backend)
+    return [target.broker_url, target.backend_url] if target else []
 
 
 def _live(iface: str, ports: Any, duration: float, count: int, write: str | None,

@@ -8,8 +8,8 @@ import click
 
 from celerydiag.cli import (
     emit,
+    named_target,
     output_options,
-    remember_secrets,
     target_options,
 )
 from celerydiag.errors import ExitCode
@@ -81,12 +81,10 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
     """Shared by doctor and probe: resolve, diagnose, render."""
     from celerydiag.doctor import diagnose
     from celerydiag.probes import Limits
-    from celerydiag.target import passwords_of, resolve_target
+    from celerydiag.target import resolve_target
     from celerydiag.ui import make_progress
 
-    remember_secrets([*passwords_of(broker), *passwords_of(backend)])
-    target = resolve_target(app=app, broker=broker, backend=backend)
-    remember_secrets(target.secrets())
+    target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
     progress = make_progress(enabled=fmt != "json")  # design.md: off for json and off a terminal
     try:
         report = diagnose(

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import click
 
 from celerydiag import watch
-from celerydiag.cli import document_options, remember_secrets, target_options
+from celerydiag.cli import document_options, named_target, target_options
 from celerydiag.errors import DiagError, ExitCode, InputError
 
 EPILOG = """\b
@@ -201,15 +201,13 @@ def _watch(task_id: str, app: str | None, broker: str | None, backend: str | Non
     from contextlib import ExitStack
 
     from celerydiag.reach import check_backend, describe
-    from celerydiag.target import password_of, redact_url, resolve_target
+    from celerydiag.target import redact_url
     from celerydiag.ui import make_progress
 
-    remember_secrets([p for p in (password_of(broker), password_of(backend)) if p])
     if not (app or backend or os.environ.get("CELERY_RESULT_BACKEND")):
         raise InputError("--from-backend needs the result backend the task writes to",
                          "pass --backend redis://host:6379/0 (or db+postgresql://…), or --app proj.celery:app")
-    target = resolve_target(app=app, broker=broker, backend=backend)
-    remember_secrets(target.secrets())
+    target = named_target(app, broker, backend)
     with ExitStack() as cleanup:
         reader = watch.open_reader(target, task_id, cleanup)  # bad input (rpc://, disabled) before I/O
         check_backend(target, watch.READ_TIMEOUT_S)
