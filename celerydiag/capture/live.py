@@ -56,8 +56,8 @@ def capture(iface: str, ports: Iterable[int], path: str, *, duration: float, cou
         sock = _listen_class()(iface=iface, filter=bpf)
     except PermissionError as exc:
         raise InputError(E_PERMISSION.format(iface=iface, error=exc.strerror or exc), H_PERMISSION) from None
-    except OSError as exc:
-        raise InputError(E_IFACE.format(iface=iface, error=exc.strerror or exc),
+    except (OSError, ValueError) as exc:  # scapy 2.8: ValueError "Interface 'any' not found"
+        raise InputError(E_IFACE.format(iface=iface, error=getattr(exc, "strerror", None) or exc),
                          H_IFACE.format(names=", ".join(interface_names()))) from None
     writer = PcapWriter(path, sync=False)
     packets = 0

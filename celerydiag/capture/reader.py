@@ -32,6 +32,7 @@ CHUNK = 1 << 22  # 4 MiB reads: few syscalls, bounded memory
 LINK_NAMES = {0: "null", 1: "ethernet", 12: "raw", 14: "raw", 101: "raw", 108: "loop", 113: "linux-sll",
               228: "ipv4", 229: "ipv6", 276: "linux-sll2"}
 
+E_PCAPNG_IFACE = "malformed pcapng: a packet names interface {iface}, which no Interface Description Block defined"
 E_NOT_CAPTURE = "{path} is not a pcap or pcapng capture (first bytes {head})"
 H_NOT_CAPTURE = "write one with `tcpdump -i any -w FILE.pcap port 5672 or port 6379` or `celerydiag capture --write`"
 
@@ -160,8 +161,12 @@ def _pcapng(stream: BinaryIO, head: bytes, info: CaptureInfo) -> Iterator[tuple[
                 break
             data, pos = buf.data, buf.pos
             buf.pos = pos + blen
+            if btype in (2, 3, 6) and not links:  # a packet before any interface block
+                raise InputError(E_PCAPNG_IFACE.format(iface=0))
             if btype == 6:  # enhanced packet block
                 iface, hi, lo, caplen, _orig = epb(data, pos + 8)
+                if iface >= len(links):
+                    raise InputError(E_PCAPNG_IFACE.format(iface=iface))
                 start = pos + 28
                 count += 1
                 yield ((hi << 32) | lo) * scales[iface], links[iface], data[start:start + caplen]
@@ -172,6 +177,8 @@ def _pcapng(stream: BinaryIO, head: bytes, info: CaptureInfo) -> Iterator[tuple[
                 yield 0.0, links[0], data[pos + 12:pos + 12 + caplen]
             elif btype == 2:  # obsolete packet block
                 iface, _drops, hi, lo, caplen, _orig = struct.unpack_from(endian + "HHIIII", data, pos + 8)
+                if iface >= len(links):
+                    raise InputError(E_PCAPNG_IFACE.format(iface=iface))
                 count += 1
                 yield ((hi << 32) | lo) * scales[iface], links[iface], data[pos + 28:pos + 28 + caplen]
             elif btype == 1:  # interface description

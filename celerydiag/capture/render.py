@@ -24,9 +24,11 @@ def _pair(d: dict[str, Any]) -> str:
 def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    # markup off: addresses ("[fd00::2]:40000") and broker close texts are data, never style tags
     console = Console(file=stream, force_terminal=color, no_color=not color, width=140, highlight=False,
-                      soft_wrap=False)
+                      soft_wrap=False, markup=False)
     f = report.file
     extra = " (truncated: analysed what was readable)" if f.get("truncated") else ""
     console.print(f"Capture {f.get('path', '')}: {f['packets']} packets, {f['format']}, link {f['link_type']}, "
@@ -67,8 +69,8 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
         console.print(tl)
     for finding in rank(report.findings):
         style = STYLE[finding.severity]
-        console.print(f"[{style}]{finding.severity}[/] {finding.impact_ms:.1f} ms  {finding.title}  "
-                      f"[dim]{finding.id}[/]")
+        console.print(Text.assemble((str(finding.severity), style),
+                                    f" {finding.impact_ms:.1f} ms  {finding.title}  ", (finding.id, "dim")))
         if finding.severity == Severity.OK:
             continue
         for line in [finding.detail, *evidence_lines(finding.evidence)]:

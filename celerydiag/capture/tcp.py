@@ -64,7 +64,9 @@ class Reservoir:
         self.values: list[float] = []
         self.count = 0
         self.max = 0.0
-        self._rng = random.Random(5)
+        # Made only once the reservoir overflows: a Mersenne Twister is ~2.5 KB, and a capture
+        # of per-operation database connections holds tens of thousands of small reservoirs.
+        self._rng: random.Random | None = None
 
     def add(self, value: float) -> None:
         self.count += 1
@@ -73,6 +75,8 @@ class Reservoir:
         if len(self.values) < RESERVOIR:
             self.values.append(value)
         else:
+            if self._rng is None:
+                self._rng = random.Random(5)
             slot = self._rng.randrange(self.count)
             if slot < RESERVOIR:
                 self.values[slot] = value

@@ -15,7 +15,7 @@ EPILOG = """\b
 Examples:
   celerydiag capture --read broker.pcap                         # offline: a tcpdump/tshark/our own capture
   sudo celerydiag capture --iface eth0 --duration 30            # live on the default ports
-  sudo celerydiag capture -A proj.celery:app --iface any --write cap.pcap   # your app's ports, keep the file
+  sudo celerydiag capture -A proj.celery:app --iface lo --write cap.pcap    # your app's ports, keep the file
   celerydiag capture --read cap.pcapng --format json | jq '.connections[] | {client, amqp}'
   celerydiag capture --read raw.pcap --write shareable.pcap     # copy with AMQP credentials blanked
 
@@ -29,7 +29,7 @@ DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
 @click.option("-r", "--read", "read_", type=click.Path(dir_okay=False), metavar="FILE",
               help="Analyse this pcap or pcapng file (tcpdump -w, tshark -w, dumpcap, --write).")
 @click.option("-i", "--iface", metavar="IFACE",
-              help="Capture live on this interface (any = all; needs root or CAP_NET_RAW).")
+              help="Capture live on this interface, e.g. eth0 or lo (one interface; needs root or CAP_NET_RAW).")
 @click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
               help="Another server port to capture and analyse (repeatable). Defaults: 5672, 5671, 6379, 5432, "
                    "3306, plus the ports of --app/--broker/--backend.")
@@ -61,7 +61,7 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
 
     if bool(read_) == bool(iface):
         raise InputError("give exactly one of --read FILE or --iface IFACE",
-                         "celerydiag capture --read FILE.pcap, or sudo celerydiag capture --iface any")
+                         "celerydiag capture --read FILE.pcap, or sudo celerydiag capture --iface eth0")
     if read_ and not os.path.isfile(read_):
         raise InputError(f"cannot read {read_}: no such file")
     urls = _target_urls(app, broker, backend)
@@ -73,10 +73,15 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     elif write:
         from celerydiag.capture.live import scrub_file
 
+        if os.path.exists(write) and os.path.samefile(read_, write):  # type: ignore[arg-type]
+            raise InputError(f"--write {write} is the file being read; it would be destroyed",
+                             "write the scrubbed copy to another file")
         scrub_file(read_, write) if scrub else _copy(read_, write)  # type: ignore[arg-type]
-    report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=_progress(fmt, output), extra=extra)
-    if iface and not write:
-        os.unlink(path)  # type: ignore[arg-type]
+    try:
+        report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=_progress(fmt, output), extra=extra)
+    finally:
+        if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
+            os.unlink(path)  # type: ignore[arg-type]
     return _emit(report, fmt, output, fail_on, no_color)
 
 

@@ -78,3 +78,26 @@ def test_read_or_iface_exactly_one() -> None:
 def test_missing_file_exit_2() -> None:
     proc = cli("--read", "/nonexistent/x.pcap")
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_write_onto_the_file_being_read_is_refused(tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "cap.pcap"
+    shutil.copyfile(HEALTHY, copy)
+    before = copy.read_bytes()
+    done = cli("--read", str(copy), "--write", str(copy))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert copy.read_bytes() == before  # the user's capture is intact
+
+
+def test_pcapng_packet_before_any_interface_block_is_bad_input(tmp_path) -> None:
+    import struct
+
+    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+    epb = struct.pack("<IIIIIII", 6, 32, 0, 0, 0, 0, 0) + struct.pack("<I", 32)
+    path = tmp_path / "bad.pcapng"
+    path.write_bytes(shb + epb)
+    done = cli("--read", str(path))
+    assert done.returncode == 2, done.stderr
+    assert "interface" in done.stderr and "Traceback" not in done.stderr
