@@ -66,12 +66,14 @@ def scratch_backend_class(model: Any, forked: bool) -> type:
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         DatabaseBackend.__init__(self, *args, **kwargs)
-        self.task_cls = model  # Celery swaps in TaskExtended when result_extended is on
         self.session_manager.prepared = True  # never create_all/ALTER Celery's shared metadata
         self.session_manager.forked = forked
 
+    # A property that ignores assignment: with result_extended Celery's __init__ sets
+    # self.task_cls = TaskExtended and then calls its configure(), renaming the shared class.
+    task_cls = property(lambda self: model, lambda self, value: None)
     return type("CelerydiagScratchBackend", (DatabaseBackend,),
-                {"task_cls": model, "taskset_cls": _NoGroups, "__init__": __init__})
+                {"task_cls": task_cls, "taskset_cls": _NoGroups, "__init__": __init__})
 
 
 def scratch_backend(app: Any, url: str, model: Any, engine_options: dict[str, Any], forked: bool) -> Any:

@@ -99,19 +99,20 @@ def fixed_engine_options(dialect: str, current: dict[str, Any]) -> dict[str, Any
     return options
 
 
-def render_options(options: dict[str, Any]) -> str:
-    lines = ["database_engine_options = {"]
-    for key, value in options.items():
-        lines.append(f"    {key!r}: {value!r},")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
 def engine_fix(dialect: str, target: Target) -> Fix | None:
+    """One database_engine_options for every probe: the config probe's recommendation (the user's
+    options, what crashes removed, secrets never printed) with the lock-wait bounds added, so
+    pasting both probes' fixes cannot leave two different dicts."""
+    import celery
+
+    from celerydiag.probes import version_tuple
+    from celerydiag.probes.config import Facts, assignments, recommended_engine_options
+
     current = current_engine_options(target)
-    fixed = fixed_engine_options(dialect, current)
-    if fixed == current:
+    if fixed_engine_options(dialect, current) == current:
         return None
+    facts = Facts.installed(version_tuple(celery.__version__), 1000.0)
+    options = fixed_engine_options(dialect, recommended_engine_options(target.conf, target, facts))
     if dialect == "postgresql":
         summary = (f"give Celery's connections a {PG_LOCK_TIMEOUT_MS} ms lock_timeout: a blocked update_state"
                    " fails fast (Celery retries it, result_backend_max_retries=3) instead of waiting without"
@@ -119,7 +120,7 @@ def engine_fix(dialect: str, target: Target) -> Fix | None:
     else:
         summary = (f"READ COMMITTED (Celery FAQ) and a {MYSQL_LOCK_WAIT_S} s innodb_lock_wait_timeout on Celery's"
                    " connections: a blocked update_state fails fast (Celery retries it) instead of waiting 50 s")
-    return Fix(summary, render_options(fixed), (DB_DOCS, FAQ_DEADLOCK))
+    return Fix(summary, assignments(database_engine_options=options), (DB_DOCS, FAQ_DEADLOCK))
 
 
 def redis_progress_fix() -> Fix:

@@ -18,7 +18,6 @@ from celerydiag.probes.backend import (
     _pg_seconds,
     engine_fix,
     fixed_engine_options,
-    render_options,
 )
 from celerydiag.scratch_db import scratch_model
 from celerydiag.target import Target, TargetSource
@@ -87,10 +86,22 @@ def test_no_fix_when_already_applied_and_none_for_sqlite() -> None:
 
 
 def test_render_options_round_trips() -> None:
+    from celerydiag.probes.config import assignments
+
     options = {"isolation_level": "READ COMMITTED", "connect_args": {"init_command": "SET SESSION x=1"}}
-    text = render_options(options)
+    text = assignments(database_engine_options=options)
     ast.parse(text)
     assert assigned(text)["database_engine_options"] == options
+
+
+def test_engine_fix_never_prints_a_password_from_the_users_options() -> None:
+    secret = "hunter2-secret"
+    t = target("db+postgresql+psycopg://app@db/celery",
+               database_engine_options={"connect_args": {"password": secret, "sslmode": "require"}})
+    fix = engine_fix("postgresql", t)
+    assert fix is not None and secret not in fix.config
+    ast.parse(fix.config)
+    assert "lock_timeout=2000" in fix.config and "sslmode" in fix.config
 
 
 def test_classify_driver_errors_as_the_drivers_raise_them() -> None:
@@ -164,3 +175,27 @@ def test_table_ref_reads_celery_settings() -> None:
     ref = TableRef.from_conf(t.conf)
     assert (ref.name, ref.schema, ref.qualified) == ("my_results", "celery", "celery.my_results")
     assert TableRef.from_conf(target("db+sqlite:///x.db").conf).qualified == "celery_taskmeta"
+
+
+def test_a_scratch_backend_with_result_extended_leaves_the_users_model_names_alone(tmp_path) -> None:
+    """Celery's DatabaseBackend.__init__ swaps in TaskExtended and calls its configure(): that
+    must not rename the shared class the user's own backend (here: my_taskmeta) maps."""
+    from celery import Celery
+    from celery.backends.database.models import Task, TaskExtended
+
+    from celerydiag.scratch_db import scratch_backend
+
+    url = f"sqlite:///{tmp_path}/r.db"
+    user = Celery("user", broker="memory://", backend="db+" + url, set_as_current=False)
+    user.conf.update(database_table_names={"task": "my_taskmeta"}, result_extended=True)
+    try:
+        assert user.backend.task_cls.__table__.name == "my_taskmeta"
+        probe = Celery("probe", broker="memory://", backend="db+" + url, set_as_current=False)
+        probe.conf.result_extended = True
+        model = scratch_model("scratch_taskmeta", None, extended=True)
+        backend = scratch_backend(probe, url, model, {}, forked=True)
+        assert backend.task_cls is model
+        assert TaskExtended.__table__.name == "my_taskmeta"
+    finally:
+        for cls in (Task, TaskExtended):
+            cls.configure(schema=None, name=None)
