@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag import measure
 from celerydiag.measure import ms, schedule
 
 BODY_BYTES = 512  # about a small Celery task message (headers + JSON body)
@@ -180,15 +181,8 @@ def rtt_series(declare_passive: Callable[[], Any], count: int, within_s: float =
 
 
 def interval_for(op: Callable[[int], Any], floor_s: float = MIN_INTERVAL_S) -> float:
-    """Run a few unscheduled operations and space the real ones at twice their median, so the
-    fixed schedule measures per-message latency rather than a queue we built ourselves."""
-    took = []
-    for i in range(WARMUP):
-        started = time.perf_counter()
-        op(-1 - i)
-        took.append(time.perf_counter() - started)
-    took.sort()
-    return max(floor_s, 2 * took[len(took) // 2])
+    """measure.interval_for with WARMUP calls, which also prime confirm.select on the channel."""
+    return measure.interval_for(op, floor_s, WARMUP)
 
 
 def scheduled(op: Callable[[int], Any], count: int, interval_s: float, deadline_s: float,
