@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from celerydiag import interrupt
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, ProbeResult, ProbeStatus
+from celerydiag.reach import describe
 from celerydiag.target import Target
 from celerydiag.ui import NullProgress, Progress
 
@@ -122,6 +123,21 @@ def get_probe(name: str) -> type[Probe]:
     raise DiagError(f"no probe named {name!r}", f"choose one of: {', '.join(probe_names())}")
 
 
+# Connection failures of the libraries Celery talks through, named so none has to be imported.
+CONNECTION_ERRORS = frozenset({
+    "redis.exceptions.ConnectionError", "redis.exceptions.TimeoutError",
+    "sqlalchemy.exc.OperationalError", "sqlalchemy.exc.InterfaceError",
+    "amqp.exceptions.ConnectionError", "amqp.exceptions.RecoverableConnectionError",
+    "kombu.exceptions.OperationalError",
+})
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """An OSError (refused, reset, timed out) or a driver's connection error."""
+    return isinstance(exc, OSError) or any(
+        f"{cls.__module__}.{cls.__qualname__}" in CONNECTION_ERRORS for cls in type(exc).__mro__)
+
+
 def _on_internal_error(probe: Probe, exc: Exception) -> None:
     """Tests replace this to re-raise; users get a failed probe with one line."""
     log.debug("internal error in probe %s", probe.name, exc_info=exc)
@@ -147,6 +163,10 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
     except Exception as exc:
         if interrupt.requested.is_set():  # a library turned Ctrl-C into its own error
             raise KeyboardInterrupt from exc
+        if lost_connection(exc):  # the target went away mid-probe: its failure, not our bug
+            return ProbeResult.failed(
+                probe.name, ctx.target.redact(f"lost the connection to the target during the probe: {describe(exc)}"),
+                time.perf_counter() - started)
         _on_internal_error(probe, exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         return ProbeResult.failed(

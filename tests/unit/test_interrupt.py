@@ -64,3 +64,17 @@ def test_no_probe_starts_after_an_interrupt(ctx: ProbeContext) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_probe(SwallowingProbe(), ctx)
     assert "cleaned" not in ctx.options
+
+
+def test_a_target_that_drops_mid_probe_is_a_failed_probe_not_our_bug(ctx: ProbeContext) -> None:
+    """A driver's connection error is the target failing: one line naming it, not 'internal error,
+    please report' (the guard in tests re-raises internal errors, so this also proves the path)."""
+    import redis.exceptions
+
+    probe = SwallowingProbe()
+    probe.error = redis.exceptions.ConnectionError("Error 104 while reading from 10.0.0.7:6379: reset by peer")
+    result = run_probe(probe, ctx)
+    assert result.status == ProbeStatus.FAILED
+    assert result.reason.startswith("lost the connection to the target during the probe:")
+    assert "reset by peer" in result.reason and "internal error" not in result.reason
+    assert ctx.options["cleaned"] == [True]
