@@ -310,7 +310,8 @@ def _mentions(lock_table: str | None, table: TableRef) -> bool:
 def watch_waits(conn: Any, info: ServerInfo, table: TableRef, duration_s: float, interval_s: float,
                 stop: threading.Event | None = None, on_sample: Any = None) -> list[Episode]:
     """Sample every ``interval_s`` for ``duration_s`` and merge the snapshots into episodes."""
-    episodes: dict[tuple[str, str], Episode] = {}
+    episodes: dict[tuple[str, str], Episode] = {}  # the current episode of each (waiter, blocker)
+    ended: list[Episode] = []
     started = time.monotonic()
     deadline = started + duration_s
     while True:
@@ -319,8 +320,9 @@ def watch_waits(conn: Any, info: ServerInfo, table: TableRef, duration_s: float,
             key = (waiter["id"], blocker["id"])
             ep = episodes.get(key)
             if ep is None or now - ep.last_seen_s > 2 * interval_s + wait_s:
-                # a new episode, or the same pair blocked again after a gap
-                key = key if ep is None else (f"{key[0]}@{now:.1f}", key[1])
+                # a new episode, or the same pair blocked again after a gap: the old one ended
+                if ep is not None:
+                    ended.append(ep)
                 episodes[key] = Episode(waiter["id"], blocker["id"], waiter, blocker, now, now, wait_s, on_table)
             else:
                 ep.last_seen_s = now
@@ -333,7 +335,7 @@ def watch_waits(conn: Any, info: ServerInfo, table: TableRef, duration_s: float,
         if time.monotonic() + interval_s > deadline or (stop is not None and stop.is_set()):
             break
         time.sleep(interval_s)
-    return sorted(episodes.values(), key=lambda e: -e.wait_s)
+    return sorted([*ended, *episodes.values()], key=lambda e: -e.wait_s)
 
 
 def visibility_notes(conn: Any, info: ServerInfo) -> list[str]:

@@ -199,3 +199,17 @@ def test_a_scratch_backend_with_result_extended_leaves_the_users_model_names_alo
     finally:
         for cls in (Task, TaskExtended):
             cls.configure(schema=None, name=None)
+
+
+def test_lock_wait_episodes_split_once_at_a_gap(monkeypatch) -> None:
+    """Blocked, a gap, blocked again four times: two episodes of the same pair, not five."""
+    from celerydiag import backend_db
+
+    waiter, blocker = {"id": "7"}, {"id": "9", "query": "", "state": "idle in transaction"}
+    script = [[0.05], [0.10], [], [], [], [], [0.0], [0.05], [0.10], [0.15]]
+    calls = iter(script + [[]] * 100)
+    monkeypatch.setattr(backend_db, "sample_waits",
+                        lambda conn, info, table: [(waiter, blocker, w, True) for w in next(calls)])
+    episodes = backend_db.watch_waits(None, None, None, duration_s=0.05 * (len(script) + 1), interval_s=0.05)
+    assert [(e.waiter_id, e.blocker_id) for e in episodes] == [("7", "9"), ("7", "9")]
+    assert sorted(e.samples for e in episodes) == [2, 4]
