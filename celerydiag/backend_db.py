@@ -377,7 +377,9 @@ def scan_cost(conn: Any, table: TableRef, dialect: str, timeout_s: float) -> tup
     sql = f"SELECT count(*) FROM {name} WHERE date_done < :t"
     # backend_cleanup's cutoff: now - result_expires (one day by default), naive UTC like Celery's column
     params = {"t": _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None) - _dt.timedelta(days=1)}
+    previous = None
     if dialect == "postgresql":
+        previous = conn.execute(text("SHOW statement_timeout")).scalar()
         conn.execute(text(f"SET statement_timeout = {limit_ms}"))
     elif dialect == "mariadb":
         sql = f"SET STATEMENT max_statement_time={limit_ms / 1000:.3f} FOR {sql}"
@@ -393,6 +395,6 @@ def scan_cost(conn: Any, table: TableRef, dialect: str, timeout_s: float) -> tup
             return elapsed, True
         raise
     finally:
-        if dialect == "postgresql":
-            conn.execute(text("RESET statement_timeout"))  # back to our connection-level bound
+        if previous is not None:  # back to the session's bound (the probe sets one)
+            conn.execute(text("SELECT set_config('statement_timeout', :v, false)"), {"v": previous})
 

@@ -174,6 +174,8 @@ class DatabaseRun:
         return out
 
     def run(self) -> Iterator[Finding]:
+        from sqlalchemy import text
+
         from celerydiag.backend_db import server_info, table_info, visibility_notes
 
         ctx = self.ctx
@@ -181,7 +183,9 @@ class DatabaseRun:
         engine = self.engine()
         with engine.connect() as conn:
             ctx.progress.step(1, "server settings and the task table")
-            info = server_info(conn)
+            info = server_info(conn)  # reads the server's own statement_timeout first, then we bound ours
+            if info.dialect == "postgresql":  # the driver has no read timeout: a stalled server must not hang us
+                conn.execute(text(f"SET statement_timeout = {int(ctx.limits.timeout_s * 1000)}"))
             self.notes += info.notes
             self.notes += self.guarded(lambda: visibility_notes(conn, info), info) or []
             tinfo = self.guarded(lambda: table_info(conn, self.table, info.dialect), info)
