@@ -265,3 +265,11 @@ def test_durations_file_rejects(tmp_path: Path, content: str, message: str) -> N
     path.write_text(content)
     with pytest.raises(InputError, match=message):
         polling.parse_durations(str(path))
+
+
+def test_the_task_budget_counts_recorded_states_not_only_polls() -> None:
+    """--states 10000 --tasks 200000 (both allowed) once aimed at 2e9 recorded delays for fixed."""
+    scenario = polling.Scenario(polling.parse_durations("exp:2s"), states=10_000, tasks=200_000)
+    for spec in ("fixed", "push"):
+        tasks = polling.task_count(polling.parse_strategy(spec, 5.0), scenario)
+        assert tasks * (scenario.states + 1) <= max(polling.POLL_BUDGET, polling.MIN_TASKS * (scenario.states + 1))
