@@ -44,7 +44,7 @@ PROBE_SECONDS = 4.0  # the whole probe, reading included: doctor must stay quick
 MAX_KEYS = 500  # stored metas whose size we look at
 SCAN_CALLS = 20  # SCAN round trips at most
 MAX_READ_BYTES = 16 * MB  # the largest single value we GET/SELECT and decode
-PICKED = 2  # stored metas decoded and measured: the largest and a typical one
+PICKED = 1  # stored metas decoded and measured: the largest that decodes (the P99 stand-in)
 MAX_DECODE_ATTEMPTS = 8
 LARGE_META_BYTES = 64 * 1024  # above this a progress meta is carrying data, not progress
 ALTERNATIVES = ("json", "msgpack", "orjson", "pickle5", "pickle")
@@ -63,7 +63,7 @@ FIX_SUMMARY = """\
 @dataclass
 class StoredMetas:
     """What we could see of the target's stored states: sizes of up to MAX_KEYS values and the
-    decoded largest (and median) ones we read."""
+    largest one that decodes."""
 
     source: str
     sizes: list[int] = field(default_factory=list)
@@ -102,7 +102,9 @@ class SerializationProbe(Probe):
             problem = exc.message
         ctx.progress.step(1, "timing encode/decode")
         with custom_serializers([serializer, *ALTERNATIVES]):
-            if serializer not in known_serializers():
+            from kombu.serialization import registry
+
+            if serializer not in registry.name_to_type:  # known_serializers() also lists our optional ones
                 raise DiagError(f"result_serializer {serializer!r} is not registered in kombu here",
                                 "pass --app so your app's serializer registration is imported")
             if stored and stored.samples:
@@ -377,16 +379,19 @@ def _read_database(target: Target, engine: Any, model: BackendModel, limit: int 
                     stored.skipped.append(f"task {task_id}: {one_line(exc)}")
             conn.rollback()
     except Exception as exc:
-        if _missing_table(exc):
+        if _missing_table(exc, table):
             stored.skipped.append(f"no task table {table.fullname} yet")
             return stored
         raise TargetUnreachable(target.redact(f"cannot read {table.fullname}: {describe(exc)}")) from None
     return stored
 
 
-def _missing_table(exc: Exception) -> bool:
+def _missing_table(exc: Exception, table: Any) -> bool:
+    """The task table is missing: the error names it. PostgreSQL's 'role "x" does not exist' and
+    'database "x" does not exist' are login failures (the target is unreachable), not this."""
     text = describe(exc).lower()
-    return any(s in text for s in ("does not exist", "doesn't exist", "no such table"))
+    return table.name.lower() in text and any(
+        s in text for s in ("does not exist", "doesn't exist", "no such table"))
 
 
 def decode_result_column(target: Target, raw: bytes, model: BackendModel) -> Any:
@@ -469,7 +474,7 @@ def _read_database_task(target: Target, task_id: str, timeout_s: float, max_byte
     except DiagError:
         raise
     except Exception as exc:
-        if _missing_table(exc):
+        if _missing_table(exc, table):
             raise InputError(f"no task table {table.fullname} in the result backend's database",
                              "nothing stored there yet, or your app sets database_table_names/"
                              "database_table_schemas: pass --app so they are read") from None

@@ -130,3 +130,14 @@ def test_probe_writes_nothing_not_even_a_missing_table(database) -> None:  # noq
     with pytest.raises(InputError, match="no task table"):
         read_task_meta(target, "no-such-task", timeout_s=5, max_bytes=1 << 20)
     assert not _has_table(url, names["task"], schema)  # Celery's backend would have created it
+
+
+def test_a_login_failure_is_unreachable_not_a_missing_task_table(pg_url: str, run_cli) -> None:  # noqa: ANN001
+    """PostgreSQL says 'role "x" does not exist': that is the target refusing us (exit 3), not
+    'no task table' (exit 2 with a hint about database_table_names)."""
+    host_db = pg_url.split("@", 1)[1]
+    done = run_cli("bench-serialize", "--backend", f"db+postgresql+psycopg://celerydiag_no_such_role@{host_db}",
+                   "--from-backend", "some-task-id", timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "no_such_role" in done.stderr and "no task table" not in done.stderr
+    assert "Traceback" not in done.stderr
