@@ -17,15 +17,15 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from celerydiag import interrupt
 from celerydiag.errors import DiagError
-from celerydiag.findings import Cause, Finding, ProbeResult, ProbeStatus
+from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus
 from celerydiag.reach import describe
-from celerydiag.target import Target
+from celerydiag.target import Target, redact
 from celerydiag.ui import NullProgress, Progress
 
 log = logging.getLogger("celerydiag")
@@ -138,6 +138,23 @@ def lost_connection(exc: BaseException) -> bool:
         f"{cls.__module__}.{cls.__qualname__}" in CONNECTION_ERRORS for cls in type(exc).__mro__)
 
 
+def redacted(finding: Finding, secrets: Sequence[str]) -> Finding:
+    """The finding with every string it carries (title, detail, evidence at any depth, fix)
+    scrubbed of the target's passwords: the guard applies it to every probe's findings."""
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, secrets)
+        if isinstance(value, Mapping):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(scrub(v) for v in value)
+        return value
+
+    fix = finding.fix and Fix(scrub(finding.fix.summary), scrub(finding.fix.config), finding.fix.docs)
+    return replace(finding, title=scrub(finding.title), detail=scrub(finding.detail),
+                   evidence=scrub(dict(finding.evidence)), fix=fix)
+
+
 def _on_internal_error(probe: Probe, exc: Exception) -> None:
     """Tests replace this to re-raise; users get a failed probe with one line."""
     log.debug("internal error in probe %s", probe.name, exc_info=exc)
@@ -177,8 +194,9 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
     finally:
         ctx.progress.done()
         ctx.cleanup = contextlib.ExitStack()
+    secrets = ctx.target.secrets()
     return ProbeResult(probe.name, ProbeStatus.RAN, "", time.perf_counter() - started,
-                       tuple(findings), dict(ctx.latency))
+                       tuple(redacted(f, secrets) for f in findings), dict(ctx.latency))
 
 
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
-from celerydiag.probes import Probe, ProbeContext, version_tuple
+from celerydiag.probes import Probe, ProbeContext, redacted, version_tuple
 from celerydiag.target import Target
 
 # ---- version facts (celery-facts.md; the unit tests check them against the installed code) ----
@@ -792,16 +792,8 @@ CHECKS: tuple[Check, ...] = (
 def check_config(target: Target, facts: Facts) -> list[Finding]:
     """Every check against one target, secrets scrubbed from every string they produce."""
     conf = target.conf
-    return [_scrubbed(f, target) for check in CHECKS for f in check(conf, target, facts)]
-
-
-def _scrubbed(finding: Finding, target: Target) -> Finding:
-    fix = finding.fix
-    if fix is not None:
-        fix = Fix(target.redact(fix.summary), target.redact(fix.config), fix.docs)
-    evidence = {k: target.redact(v) if isinstance(v, str) else v for k, v in finding.evidence.items()}
-    return replace(finding, title=target.redact(finding.title), detail=target.redact(finding.detail),
-                   evidence=evidence, fix=fix)
+    secrets = target.secrets()
+    return [redacted(f, secrets) for check in CHECKS for f in check(conf, target, facts)]
 
 
 class ConfigProbe(Probe):
