@@ -37,7 +37,7 @@ WORKER = """
 import sys
 sys.path.insert(0, {root!r})
 import pyperf
-from celerydiag.serialization import codec, standard_payload
+from celerydiag.serialization.harness import codec, standard_payload
 
 runner = pyperf.Runner()
 kind, name = {case!r}
@@ -66,7 +66,7 @@ def run_ours(case: tuple[str, str]) -> float:
 
 
 def ours_worker(kind: str, name: str) -> int:
-    from celerydiag.serialization import HarnessConfig, codec, measure, standard_payload
+    from celerydiag.serialization.harness import HarnessConfig, codec, measure, standard_payload
 
     stored = standard_payload(kind).stored
     encode, _ = codec(name)

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from celerydiag import __version__
+from celerydiag.access.reach import check_backend, check_broker
 from celerydiag.findings import ProbeResult, Report
-from celerydiag.probes import Limits, Probe, ProbeContext, run_probe
-from celerydiag.reach import check_backend, check_broker
+from celerydiag.probe import Limits, Probe, ProbeContext, run_probe
 from celerydiag.target import Target
 from celerydiag.ui import NullProgress, Progress
 

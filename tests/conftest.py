@@ -10,7 +10,7 @@ Fixtures (use them by name in any test):
   golden(name, text)            compare ``text`` with tests/fixtures/render/<name>, or rewrite it
   raise_internal_errors         autouse: a bug inside an in-process probe fails the test with its
                                 traceback instead of becoming a quiet ``failed`` probe. A test of
-                                the guard itself sets ``celerydiag.probes._on_internal_error``
+                                the guard itself sets ``celerydiag.probe._on_internal_error``
                                 back to a no-op with monkeypatch.
   cli_argv                      the argv prefix of the real console script, for Popen
   run_cli(*args, ...)           run the real ``celerydiag`` console script in a subprocess with a
@@ -84,7 +84,7 @@ def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
 @pytest.fixture(autouse=True)
 def raise_internal_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """sqlfluff's switch: in tests a crashing probe is a test failure, not a quiet failed probe."""
-    import celerydiag.probes as probes
+    import celerydiag.probe as probes
 
     def reraise(probe: Any, exc: Exception) -> None:
         raise exc

@@ -26,7 +26,7 @@ class SizeType(click.ParamType):
     name = "SIZE"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        from celerydiag.serialization import parse_size
+        from celerydiag.serialization.harness import parse_size
 
         if isinstance(value, int):
             return value
@@ -83,8 +83,8 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
     SETEX + PUBLISH; database: the row reads and the UPDATE) at --bandwidth-mbit.
     Exit codes: 0 done, 2 bad input, 3 backend unreachable (--from-backend), 130 interrupted.
     """
-    from celerydiag import serialization as ser
     from celerydiag.doctor import collect_meta
+    from celerydiag.serialization import harness as ser
     from celerydiag.ui import make_progress
 
     old = ser.read_document(compare_path) if compare_path else None
@@ -92,7 +92,7 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
     names = _serializers(serializers)
     payloads = [ser.load_payload_file(path, trust_pickle, max_size) for path in payload_files]
     if task_ids:
-        from celerydiag.probes.serialization import read_task_meta
+        from celerydiag.serialization.probe import read_task_meta
 
         payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]
     if kinds or not payloads:
@@ -126,7 +126,7 @@ def _target(app: str | None, broker: str | None, backend: str | None, need: bool
 
 
 def _serializers(requested: tuple[str, ...]) -> list[str]:
-    from celerydiag.serialization import known_serializers
+    from celerydiag.serialization.harness import known_serializers
 
     known = known_serializers()
     unknown = [name for name in requested if name not in known]
@@ -161,7 +161,7 @@ def render_text(doc: dict[str, Any], stream: TextIO, color: bool = False) -> Non
     from rich.markup import escape
     from rich.table import Table
 
-    from celerydiag.serialization import UNSTABLE_SPREAD, human_size
+    from celerydiag.serialization.harness import UNSTABLE_SPREAD, human_size
 
     console = Console(file=stream, force_terminal=color, no_color=not color, width=130, highlight=False)
     model = doc["backend_model"]
@@ -209,7 +209,7 @@ def _ms(timing: dict[str, Any] | None) -> str:
 def _compare_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
-    from celerydiag.serialization import human_size
+    from celerydiag.serialization.harness import human_size
 
     table = Table(title="Before / after (ratio < 1 is faster; ~ means within the noise)")
     for col in ("payload", "serializer", "encode before → after", "decode before → after", "size before → after"):

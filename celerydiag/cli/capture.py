@@ -57,7 +57,7 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or unreadable
     file (or no capture privileges), 130 interrupted.
     """
-    from celerydiag.capture import analyse, ports_for_target
+    from celerydiag.network.capture import analyse, ports_for_target
 
     if bool(read_) == bool(iface):
         raise InputError("give exactly one of --read FILE or --iface IFACE",
@@ -71,7 +71,7 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     if iface:
         path, extra = _live(iface, port_set, duration, count, write, scrub)
     elif write:
-        from celerydiag.capture.live import scrub_file
+        from celerydiag.network.capture.live import scrub_file
 
         if os.path.exists(write) and os.path.samefile(read_, write):  # type: ignore[arg-type]
             raise InputError(f"--write {write} is the file being read; it would be destroyed",
@@ -93,7 +93,7 @@ def _target_urls(app: str | None, broker: str | None, backend: str | None) -> li
 
 def _live(iface: str, ports: Any, duration: float, count: int, write: str | None,
           scrub: bool) -> tuple[str, dict[str, Any]]:
-    from celerydiag.capture import live
+    from celerydiag.network.capture import live
 
     path = write or live.default_path()
     server_ports = sorted(ports.servers())
@@ -127,8 +127,8 @@ def _progress(fmt: str, output: str | None) -> Any:
 
 
 def _emit(report: Any, fmt: str, output: str | None, fail_on: str, no_color: bool) -> ExitCode:
-    from celerydiag.capture.render import as_report, render_text
     from celerydiag.findings import Severity
+    from celerydiag.network.capture.render import as_report, render_text
 
     def write(stream: Any, color: bool) -> None:
         if fmt == "json":

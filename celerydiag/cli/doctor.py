@@ -28,7 +28,7 @@ def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | Non
     """Refuse a bad --poll-strategy as usage (exit 2) before any probe runs."""
     if value is not None:
         from celerydiag.errors import InputError
-        from celerydiag.polling import parse_strategy
+        from celerydiag.polling.model import parse_strategy
 
         try:
             parse_strategy(value, 0.5, "--poll-strategy")
@@ -80,7 +80,7 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                **options: Any) -> ExitCode:
     """Shared by doctor and probe: resolve, diagnose, render."""
     from celerydiag.doctor import diagnose
-    from celerydiag.probes import Limits
+    from celerydiag.probe import Limits
     from celerydiag.target import resolve_target
     from celerydiag.ui import make_progress
 
@@ -111,6 +111,6 @@ def command(**kw: Any) -> ExitCode:
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or
     input, 3 target unreachable, 4 internal error, 130 interrupted (after cleanup).
     """
-    from celerydiag.probes import probe_classes
+    from celerydiag.probe import probe_classes
 
     return run_report(probes=probe_classes(), **kw)

@@ -1,6 +1,6 @@
 """`celerydiag poll-model`: what a client's polling costs in delay, missed states and backend load.
 
-Thin: parse options into a Scenario and Strategies, call :func:`celerydiag.polling.model`, print
+Thin: parse options into a Scenario and Strategies, call :func:`celerydiag.polling.model.model`, print
 the trade-off table (or JSON), the CDF chart, the recommendation. Needs no service.
 """
 
@@ -12,9 +12,9 @@ from typing import Any, TextIO
 
 import click
 
-from celerydiag import watch
 from celerydiag.cli import document_options, named_target, target_options
 from celerydiag.errors import DiagError, ExitCode, InputError
+from celerydiag.polling import observe as watch
 
 EPILOG = """\b
 Examples:
@@ -53,7 +53,7 @@ queued) it says so and models --durations instead; the exit code is still 0. Wri
 
 def _seconds(what: str, interval: bool = False) -> Any:
     def convert(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
-        from celerydiag.polling import check_interval, parse_seconds
+        from celerydiag.polling.model import check_interval, parse_seconds
 
         if value is None:
             return None
@@ -69,7 +69,7 @@ def _seconds(what: str, interval: bool = False) -> Any:
 
 def _durations(what: str) -> Any:
     def convert(ctx: click.Context, param: click.Parameter, value: str) -> Any:
-        from celerydiag.polling import parse_durations
+        from celerydiag.polling.model import parse_durations
 
         return parse_durations(value, what)
 
@@ -82,7 +82,7 @@ INTERVAL_BOUNDS = (watch.MIN_INTERVAL_S, watch.MAX_INTERVAL_S)
 
 def _bounded(what: str, bounds: tuple[float, float]) -> Any:
     def convert(ctx: click.Context, param: click.Parameter, value: str) -> float:
-        from celerydiag.polling import fmt_s, parse_seconds
+        from celerydiag.polling.model import fmt_s, parse_seconds
 
         seconds = parse_seconds(value, what)
         if not bounds[0] <= seconds <= bounds[1]:
@@ -155,7 +155,7 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
     your result backend first. Exit codes: 0 done, 2 bad input, 3 backend unreachable, 130
     interrupted.
     """
-    from celerydiag import polling
+    from celerydiag.polling import model as polling
 
     observed = None
     if task_id:
@@ -196,11 +196,11 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
 
 def _watch(task_id: str, app: str | None, broker: str | None, backend: str | None, limit_s: float,
            interval_s: float, fmt: str) -> Any:
-    """Watch the task read-only with a bar on stderr; the engine is celerydiag.watch."""
+    """Watch the task read-only with a bar on stderr; the engine is celerydiag.polling.observe."""
     import os
     from contextlib import ExitStack
 
-    from celerydiag.reach import check_backend, describe
+    from celerydiag.access.reach import check_backend, describe
     from celerydiag.target import redact_url
     from celerydiag.ui import make_progress
 
@@ -225,7 +225,7 @@ def _watch(task_id: str, app: str | None, broker: str | None, backend: str | Non
 
 
 def _observed_durations(observed: Any) -> Any:
-    from celerydiag.polling import Durations
+    from celerydiag.polling.model import Durations
 
     values = tuple(observed.durations_s)
     return Durations("file", sum(values) / len(values), values,
@@ -234,7 +234,7 @@ def _observed_durations(observed: Any) -> Any:
 
 def _run(strategies: list[Any], scenario: Any) -> list[Any]:
     """Simulate, with a spinner on stderr when it is a terminal (large --tasks take seconds)."""
-    from celerydiag import polling
+    from celerydiag.polling import model as polling
 
     if not sys.stderr.isatty():
         return polling.model(strategies, scenario)
@@ -246,7 +246,7 @@ def _run(strategies: list[Any], scenario: Any) -> list[Any]:
 
 
 def _claim_interval(strategies: list[Any], interval: float, asked: bool) -> float | None:
-    from celerydiag.polling import CLAIM_INTERVAL_S
+    from celerydiag.polling.model import CLAIM_INTERVAL_S
 
     fixed_like = [s.interval_s for s in strategies if s.kind in ("fixed", "jitter")]
     # Only when a fixed-interval strategy really polls every 5 s (its T defaults to --interval).
@@ -260,13 +260,13 @@ def _curves(results: list[Any]) -> list[tuple[str, list[tuple[float, float]]]]:
 
 
 def _x_max_ms(results: list[Any]) -> float:
-    from celerydiag.plot import nice_max
+    from celerydiag.polling.plot import nice_max
 
     return nice_max(max(r.p99_s for r in results) * 1000 * 1.05)
 
 
 def _write_plot(path: str, results: list[Any]) -> None:
-    from celerydiag.plot import cdf_png
+    from celerydiag.polling.plot import cdf_png
 
     try:
         with open(path, "wb") as stream:
@@ -277,7 +277,7 @@ def _write_plot(path: str, results: list[Any]) -> None:
 
 
 def _ms(value: float) -> str:
-    from celerydiag.polling import fmt_s
+    from celerydiag.polling.model import fmt_s
 
     return fmt_s(value / 1000)
 
@@ -290,7 +290,7 @@ def _render(doc: dict[str, Any], results: list[Any], fmt: str, stream: TextIO, c
     from rich.console import Console
     from rich.table import Table
 
-    from celerydiag.plot import terminal_chart
+    from celerydiag.polling.plot import terminal_chart
 
     console = Console(file=stream, force_terminal=color, no_color=not color, width=120, highlight=False,
                       soft_wrap=True)

@@ -22,7 +22,7 @@ def command(name: str | None, list_: bool, **kw: Any) -> ExitCode:
 
     `celerydiag probe --list` shows them all with one line each.
     """
-    from celerydiag.probes import get_probe, probe_classes
+    from celerydiag.probe import get_probe, probe_classes
 
     if list_ or not name:
         for cls in probe_classes():

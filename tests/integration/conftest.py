@@ -82,7 +82,7 @@ def _redis(url: str) -> None:
 
 
 def _sql(url: str) -> None:
-    from celerydiag.reach import ping_database
+    from celerydiag.access.reach import ping_database
 
     ping_database(url, CONNECT_TIMEOUT_S)
 

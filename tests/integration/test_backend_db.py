@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from celerydiag.backend.probe import BackendProbe
 from celerydiag.doctor import diagnose
 from celerydiag.findings import Report, Severity
-from celerydiag.probes import Limits
-from celerydiag.probes.backend import BackendProbe
+from celerydiag.probe import Limits
 from celerydiag.target import Target, TargetSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,7 +39,7 @@ def engine_for(url: str) -> Any:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from celerydiag.reach import connect_timeout_args
+    from celerydiag.access.reach import connect_timeout_args
 
     return create_engine(url, poolclass=NullPool, connect_args=connect_timeout_args(url, 10))
 

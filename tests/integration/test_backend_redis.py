@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from celerydiag.backend.probe import BackendProbe
 from celerydiag.findings import Severity
-from celerydiag.probes import Limits, ProbeContext, run_probe
-from celerydiag.probes.backend import BackendProbe
+from celerydiag.probe import Limits, ProbeContext, run_probe
 from celerydiag.target import Target, TargetSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -140,7 +140,7 @@ def test_write_latency_on_a_slower_redis_is_its_own_not_a_queue_we_built(redis_u
     writes); paced by their measured cost, P99 stays near the cost of one write."""
     from contextlib import ExitStack
 
-    from celerydiag import backend_redis
+    from celerydiag.backend import redis as backend_redis
     from tests.support.relay import Relay
 
     host_db = redis_url.split("//", 1)[1]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from celerydiag import broker_api
+from celerydiag.broker import api as broker_api
 from celerydiag.findings import Severity
 from celerydiag.target import redact_url, resolve_target
 from tests.integration.test_broker_rabbitmq import findings, probe, wait_missing

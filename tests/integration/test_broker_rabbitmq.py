@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from celerydiag.broker.probe import BrokerProbe
 from celerydiag.findings import ProbeResult, ProbeStatus, Severity
-from celerydiag.probes import Limits, ProbeContext, run_probe
-from celerydiag.probes.broker import BrokerProbe
+from celerydiag.probe import Limits, ProbeContext, run_probe
 from celerydiag.target import Target, resolve_target
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))

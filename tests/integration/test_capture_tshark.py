@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from celerydiag.capture import analyse, ports_for_target
+from celerydiag.network.capture import analyse, ports_for_target
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from tests.support import tshark  # noqa: E402

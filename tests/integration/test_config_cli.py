@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from celerydiag.probes.config import Facts, check_config, index_ddl, recommended_engine_options
+from celerydiag.config.probe import Facts, check_config, index_ddl, recommended_engine_options
 from celerydiag.target import Target, TargetSource
 
 REPO = Path(__file__).resolve().parents[2]  # fixtures.apps.* import from the repository root
@@ -113,7 +113,7 @@ def test_isolation_fix_gives_read_committed_on_mariadb(mysql_url: str) -> None:
     import celery
     import sqlalchemy
 
-    from celerydiag.probes import version_tuple
+    from celerydiag.probe import version_tuple
 
     target = _app_target("db+" + mysql_url)
     facts = Facts(version_tuple(celery.__version__), version_tuple(sqlalchemy.__version__))
@@ -147,7 +147,7 @@ def _index_ddl_runs(sqlalchemy_url: str) -> None:
     from sqlalchemy import create_engine, inspect, text
     from sqlalchemy.pool import NullPool
 
-    from celerydiag.reach import connect_timeout_args
+    from celerydiag.access.reach import connect_timeout_args
 
     prefix = f"celerydiag_test_{uuid.uuid4().hex[:8]}"
     names = {"task": f"{prefix}_task", "group": f"{prefix}_group"}

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
+from celerydiag.e2e.probe import E2EProbe
 from celerydiag.findings import ProbeStatus
-from celerydiag.probes import Limits, ProbeContext, run_probe
-from celerydiag.probes.e2e import E2EProbe
+from celerydiag.probe import Limits, ProbeContext, run_probe
 from celerydiag.target import resolve_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

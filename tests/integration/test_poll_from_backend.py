@@ -153,7 +153,7 @@ def test_database_backend_is_watched_read_only_under_repeatable_read(redis_url: 
     from celery.contrib.testing.worker import start_worker
     from sqlalchemy import create_engine, text
 
-    from celerydiag import watch
+    from celerydiag.polling import observe as watch
     from celerydiag.target import Target, TargetSource
 
     table = scratch.replace("-", "_")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from celerydiag import polling
+from celerydiag.polling import model as polling
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from celerydiag.probes import ProbeContext, run_probe
-from celerydiag.probes.serialization import SerializationProbe
+from celerydiag.probe import ProbeContext, run_probe
+from celerydiag.serialization.probe import SerializationProbe
 from celerydiag.target import resolve_target
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from celerydiag.capture.decode import ip_offset
+from celerydiag.network.capture.decode import ip_offset
 
 
 def write_pcap(path: str, frames: list[tuple[float, int, bytes]], *, nano: bool = False, big: bool = False) -> None:

@@ -11,15 +11,15 @@ import ast
 
 import pytest
 
-from celerydiag.backend_contention import classify, scratch_table_name
-from celerydiag.backend_db import ServerInfo, TableRef, is_permission, wait_query
-from celerydiag.probes.backend import (
+from celerydiag.backend.contention import classify, scratch_table_name
+from celerydiag.backend.db import ServerInfo, TableRef, is_permission, wait_query
+from celerydiag.backend.probe import (
     BackendProbe,
     _pg_seconds,
     engine_fix,
     fixed_engine_options,
 )
-from celerydiag.scratch_db import scratch_model
+from celerydiag.backend.scratch import scratch_model
 from celerydiag.target import Target, TargetSource
 
 CELERY_DEFAULT = {"pool_pre_ping": True, "pool_recycle": 3600}
@@ -86,7 +86,7 @@ def test_no_fix_when_already_applied_and_none_for_sqlite() -> None:
 
 
 def test_render_options_round_trips() -> None:
-    from celerydiag.probes.config import assignments
+    from celerydiag.config.probe import assignments
 
     options = {"isolation_level": "READ COMMITTED", "connect_args": {"init_command": "SET SESSION x=1"}}
     text = assignments(database_engine_options=options)
@@ -183,7 +183,7 @@ def test_a_scratch_backend_with_result_extended_leaves_the_users_model_names_alo
     from celery import Celery
     from celery.backends.database.models import Task, TaskExtended
 
-    from celerydiag.scratch_db import scratch_backend
+    from celerydiag.backend.scratch import scratch_backend
 
     url = f"sqlite:///{tmp_path}/r.db"
     user = Celery("user", broker="memory://", backend="db+" + url, set_as_current=False)
@@ -203,7 +203,7 @@ def test_a_scratch_backend_with_result_extended_leaves_the_users_model_names_alo
 
 def test_lock_wait_episodes_split_once_at_a_gap(monkeypatch) -> None:
     """Blocked, a gap, blocked again four times: two episodes of the same pair, not five."""
-    from celerydiag import backend_db
+    from celerydiag.backend import db as backend_db
 
     waiter, blocker = {"id": "7"}, {"id": "9", "query": "", "state": "idle in transaction"}
     script = [[0.05], [0.10], [], [], [], [], [0.0], [0.05], [0.10], [0.15]]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from celerydiag.backend.probe import BackendProbe
 from celerydiag.findings import Severity
-from celerydiag.probes import Limits, ProbeContext, run_probe
-from celerydiag.probes.backend import BackendProbe
+from celerydiag.probe import Limits, ProbeContext, run_probe
 from celerydiag.target import resolve_target
 
 

@@ -12,9 +12,11 @@ from celery import Celery
 from celery.app.defaults import SETTING_KEYS
 from kombu import Queue
 
-from celerydiag import broker_amqp, broker_api, broker_redis
+from celerydiag.broker import amqp as broker_amqp
+from celerydiag.broker import api as broker_api
+from celerydiag.broker import probe as broker
+from celerydiag.broker import redis as broker_redis
 from celerydiag.findings import Severity
-from celerydiag.probes import broker
 from celerydiag.target import Target, TargetSource
 
 

@@ -9,11 +9,11 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celerydiag.capture.amqp import AmqpParser, AmqpState, scrub_start_ok, start_ok_response_span
-from celerydiag.capture.live import scrub_file
-from celerydiag.capture.reader import open_capture
-from celerydiag.capture.resp import RedisState, RespParser
-from celerydiag.capture.stream import Reassembler
+from celerydiag.network.capture.amqp import AmqpParser, AmqpState, scrub_start_ok, start_ok_response_span
+from celerydiag.network.capture.live import scrub_file
+from celerydiag.network.capture.reader import open_capture
+from celerydiag.network.capture.resp import RedisState, RespParser
+from celerydiag.network.capture.stream import Reassembler
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "pcaps")
 

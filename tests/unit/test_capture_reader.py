@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from celerydiag.capture import analyse
-from celerydiag.capture.reader import open_capture
 from celerydiag.errors import InputError
+from celerydiag.network.capture import analyse
+from celerydiag.network.capture.reader import open_capture
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celerydiag.findings import Finding, Severity
-from celerydiag.probes import ProbeContext, run_probe, version_tuple
-from celerydiag.probes.config import (
+from celerydiag.config.probe import (
     DATE_DONE_INDEX_FROM,
     DB_RETRY_DEFAULT_ON_FROM,
     NULLPOOL_FILTER_FROM,
@@ -24,6 +22,8 @@ from celerydiag.probes.config import (
     Facts,
     check_config,
 )
+from celerydiag.findings import Finding, Severity
+from celerydiag.probe import ProbeContext, run_probe, version_tuple
 from celerydiag.target import Target, TargetSource, resolve_target
 
 AMQP = "amqp://guest@127.0.0.1:5672//"

@@ -16,9 +16,9 @@ import pytest
 from celery.app.defaults import DEFAULTS, SETTING_KEYS
 from test_config_probe import MYSQL, PG, REDIS, SA2, make_target  # same directory (pytest rootdir imports)
 
+from celerydiag.config import probe as config_probe
+from celerydiag.config.probe import Facts, check_config
 from celerydiag.findings import Finding, Severity
-from celerydiag.probes import config as config_probe
-from celerydiag.probes.config import Facts, check_config
 
 NOW = (5, 7, 0)
 

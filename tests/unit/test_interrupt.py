@@ -12,7 +12,7 @@ import pytest
 from celerydiag import interrupt
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, ProbeStatus
-from celerydiag.probes import Probe, ProbeContext, run_probe
+from celerydiag.probe import Probe, ProbeContext, run_probe
 from celerydiag.target import resolve_target
 
 
@@ -50,7 +50,7 @@ def test_an_interrupted_probe_stops_the_run_after_cleaning_up(ctx: ProbeContext,
 
 
 def test_without_an_interrupt_the_same_error_is_a_failed_probe(ctx: ProbeContext, monkeypatch) -> None:
-    import celerydiag.probes as probes
+    import celerydiag.probe as probes
 
     monkeypatch.setattr(probes, "_on_internal_error", lambda probe, exc: None)  # the user's setting
     probe = SwallowingProbe()

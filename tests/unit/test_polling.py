@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celerydiag import polling
 from celerydiag.errors import InputError
+from celerydiag.polling import model as polling
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = yaml.safe_load((REPO / "fixtures/polling/closed_form.yml").read_text())["cases"]

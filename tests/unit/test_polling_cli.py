@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from celerydiag import plot, polling
-from celerydiag.probes import ProbeContext, run_probe
-from celerydiag.probes.polling import PollingProbe
+from celerydiag.polling import model as polling
+from celerydiag.polling import plot
+from celerydiag.polling.probe import PollingProbe
+from celerydiag.probe import ProbeContext, run_probe
 from celerydiag.target import resolve_target
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from celerydiag.findings import Cause, Finding, Fix, Severity
-from celerydiag.probes import Probe, ProbeContext, run_probe
+from celerydiag.probe import Probe, ProbeContext, run_probe
 from celerydiag.target import resolve_target
 
 SECRET = "Sup3r-Secret-pw"

@@ -12,7 +12,7 @@ import pickle
 
 import pytest
 
-from celerydiag import serialization as ser
+from celerydiag.serialization import harness as ser
 
 
 class FakeClock:
@@ -220,7 +220,7 @@ def test_a_custom_serializer_keeps_its_registration_code_while_registered() -> N
 
 
 def test_the_probe_fix_prefers_a_safe_serializer_unless_pickle_is_far_faster() -> None:
-    from celerydiag.probes.serialization import _fix
+    from celerydiag.serialization.probe import _fix
 
     close = _fix(500_000, "json", {"pickle5": 18.2, "msgpack": 19.2}, 90.0)
     assert "'msgpack'" in close.config and "SECURITY" not in close.config

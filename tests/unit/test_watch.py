@@ -1,4 +1,4 @@
-"""Turning timed reads of a task's state into state durations (celerydiag.watch), no service.
+"""Turning timed reads of a task's state into state durations (celerydiag.polling.observe), no service.
 
 The watch loop is driven by a scripted task timeline and a simulated clock, so the timing rules
 (fixed schedule, skipped slots, the stop conditions) are checked exactly; the real backend is
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from celerydiag import watch
 from celerydiag.errors import InputError, TargetUnreachable
+from celerydiag.polling import observe as watch
+from celerydiag.polling.observe import Observation, Span, spans
 from celerydiag.target import resolve_target
-from celerydiag.watch import Observation, Span, spans
 
 
 def obs(t: float, status: str, meta: str = "") -> Observation:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag import scratch_db
+from celerydiag.backend import scratch as scratch_db
 from celerydiag.measure import Summary, ms, summarize
 
 MAX_WRITERS = 16
@@ -39,7 +39,7 @@ def scratch_backend(app: Any, url: str, model: Any, engine_options: dict[str, An
 
 def classify(exc: BaseException) -> str:
     """lock_timeout | deadlock | timeout (ours) | error, from the driver's code."""
-    from celerydiag.backend_db import driver_error
+    from celerydiag.backend.db import driver_error
 
     code, number, text = driver_error(exc)
     if code == "55P03" or number == 1205 or "lock wait timeout" in text or "lock timeout" in text:
@@ -105,8 +105,8 @@ class Experiment:
     def drop(self, engine: Any) -> None:
         """DROP TABLE IF EXISTS, bounded: a lock we cannot get in a few seconds is reported, not waited."""
 
+        from celerydiag.access.reach import describe
         from celerydiag.errors import DiagError
-        from celerydiag.reach import describe
 
         if not self.created:
             return
@@ -191,7 +191,7 @@ class Experiment:
             with lock:
                 phase.errors[kind] += 1
                 if not phase.first_error:
-                    from celerydiag.reach import describe
+                    from celerydiag.access.reach import describe
 
                     phase.first_error = describe(exc)
             return

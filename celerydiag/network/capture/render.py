@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from celerydiag.capture.report import CaptureReport
 from celerydiag.findings import Report, Severity, rank
+from celerydiag.network.capture.report import CaptureReport
 from celerydiag.render.words import evidence_lines
 
 STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",

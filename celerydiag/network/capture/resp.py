@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.capture.tcp import Reservoir
+from celerydiag.network.capture.tcp import Reservoir
 
 STATE_PATH = ("GET", "SET", "SETEX", "PUBLISH", "MULTI", "EXEC", "SUBSCRIBE", "MGET")
 TASK_META = b"celery-task-meta-"

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from celerydiag.capture.report import ConnectionSummary
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.network.capture.report import ConnectionSummary
 
 RTO_MIN_MS = 200.0  # Linux TCP_RTO_MIN
 RETRANS_P99_RATIO = 0.01

@@ -260,13 +260,13 @@ def is_permission(exc: BaseException) -> bool:
 
 
 def mysql8(info: ServerInfo) -> bool:
-    from celerydiag.probes import version_tuple
+    from celerydiag.probe import version_tuple
 
     return info.dialect == "mysql" and version_tuple(info.version) >= (8,)
 
 
 def wait_query(info: ServerInfo) -> str | None:
-    from celerydiag.probes import version_tuple
+    from celerydiag.probe import version_tuple
 
     if info.dialect == "postgresql":
         newer = version_tuple(info.version) >= (14,)
@@ -355,7 +355,7 @@ def visibility_notes(conn: Any, info: ServerInfo) -> list[str]:
 
 def degrade_note(info: ServerInfo, exc: BaseException) -> str:
     """A one-line note for a lock view we may not read."""
-    from celerydiag.reach import describe
+    from celerydiag.access.reach import describe
 
     what = describe(exc)
     if info.is_mysql_family:

@@ -127,8 +127,8 @@ def _drops(sock) -> int | None:  # noqa: ANN001
 
 def _scrubbed(pkt):  # noqa: ANN001, ANN202
     """The same packet with SASL credentials in an AMQP Connection.Start-Ok blanked."""
-    from celerydiag.capture.amqp import start_ok_response_span
-    from celerydiag.capture.decode import tcp_segment
+    from celerydiag.network.capture.amqp import start_ok_response_span
+    from celerydiag.network.capture.decode import tcp_segment
 
     raw = bytes(pkt)
     link = _linktype(pkt)
@@ -154,9 +154,9 @@ def _linktype(pkt) -> int | None:  # noqa: ANN001
 
 def scrub_file(src: str, dst: str) -> int:
     """Copy a capture (pcap or pcapng) to a pcap with credentials blanked; returns frames written."""
-    from celerydiag.capture.amqp import start_ok_response_span
-    from celerydiag.capture.decode import tcp_segment
-    from celerydiag.capture.reader import open_capture
+    from celerydiag.network.capture.amqp import start_ok_response_span
+    from celerydiag.network.capture.decode import tcp_segment
+    from celerydiag.network.capture.reader import open_capture
 
     info, frames = open_capture(src)
     n = 0

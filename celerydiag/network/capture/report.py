@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.capture.analysis import Analysis, Tracked
-from celerydiag.capture.decode import address
-from celerydiag.capture.tcp import COUNTED
 from celerydiag.findings import Finding, _jsonable, rank
+from celerydiag.network.capture.analysis import Analysis, Tracked
+from celerydiag.network.capture.decode import address
+from celerydiag.network.capture.tcp import COUNTED
 
 CAPTURE_SCHEMA = "celerydiag.capture/1"
 MAX_TIMELINE = 200

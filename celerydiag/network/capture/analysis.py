@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.capture.amqp import AmqpParser, AmqpState
-from celerydiag.capture.decode import tcp_segment
-from celerydiag.capture.reader import CaptureInfo
-from celerydiag.capture.resp import RedisState, RespParser
-from celerydiag.capture.stream import Reassembler
-from celerydiag.capture.tcp import ACK, SYN, Connection
+from celerydiag.network.capture.amqp import AmqpParser, AmqpState
+from celerydiag.network.capture.decode import tcp_segment
+from celerydiag.network.capture.reader import CaptureInfo
+from celerydiag.network.capture.resp import RedisState, RespParser
+from celerydiag.network.capture.stream import Reassembler
+from celerydiag.network.capture.tcp import ACK, SYN, Connection
 
 AMQP_PORTS = frozenset({5672, 5671})
 REDIS_PORTS = frozenset({6379, 6380})

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
-from celerydiag.probes import Probe, ProbeContext, redacted, version_tuple
+from celerydiag.probe import Probe, ProbeContext, redacted, version_tuple
 from celerydiag.target import Target
 
 # ---- version facts (celery-facts.md; the unit tests check them against the installed code) ----

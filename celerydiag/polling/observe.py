@@ -253,7 +253,7 @@ def open_reader(target: Any, task_id: str, cleanup: ExitStack, timeout_s: float 
     if scheme == "db":
         return _open_database(target, task_id, cleanup, timeout_s)
     if scheme in ("redis", "rediss", "sentinel"):
-        from celerydiag.backend_redis import probe_app
+        from celerydiag.backend.redis import probe_app
 
         app = probe_app(target, timeout_s)  # the target's result settings, our timeouts, one retry
         cleanup.callback(_quietly, app.close)
@@ -264,8 +264,8 @@ def open_reader(target: Any, task_id: str, cleanup: ExitStack, timeout_s: float 
 
 
 def _open_database(target: Any, task_id: str, cleanup: ExitStack, timeout_s: float) -> Reader:
-    from celerydiag.probes.serialization import readonly_engine, task_table
-    from celerydiag.reach import describe
+    from celerydiag.access.reach import describe
+    from celerydiag.serialization.probe import readonly_engine, task_table
 
     table = task_table(target.conf)
     engine = readonly_engine(target, timeout_s)

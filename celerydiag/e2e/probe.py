@@ -28,7 +28,7 @@ from typing import Any
 from celerydiag.errors import TargetUnreachable
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
 from celerydiag.measure import ms, summarize
-from celerydiag.probes import Probe, ProbeContext, log
+from celerydiag.probe import Probe, ProbeContext, log
 from celerydiag.target import Target, redact_url
 
 PUSH_BACKENDS = ("redis", "rediss", "sentinel", "rpc")
@@ -182,8 +182,8 @@ class E2ERun:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        from celerydiag.reach import connect_timeout_args
-        from celerydiag.scratch_db import scratch_backend_class, scratch_model
+        from celerydiag.access.reach import connect_timeout_args
+        from celerydiag.backend.scratch import scratch_backend_class, scratch_model
 
         url = self.target.backend_url.split("+", 1)[1]
         conf = self.target.conf

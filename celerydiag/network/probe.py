@@ -1,4 +1,4 @@
-"""The doctor's network probe: the capture analysis (``celerydiag.capture``) on the target's ports."""
+"""The doctor's network probe: the capture analysis (``celerydiag.network.capture``) on the target's ports."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 
 from celerydiag.findings import Cause, Finding, Severity
-from celerydiag.probes import Probe, ProbeContext
+from celerydiag.probe import Probe, ProbeContext
 
 
 class NetworkProbe(Probe):
@@ -23,7 +23,7 @@ class NetworkProbe(Probe):
     cause = Cause.NETWORK
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        from celerydiag.capture import analyse, ports_for_target
+        from celerydiag.network.capture import analyse, ports_for_target
 
         opts = ctx.options
         ports = ports_for_target([ctx.target.broker_url, ctx.target.backend_url])
@@ -38,7 +38,7 @@ class NetworkProbe(Probe):
             )
             return
         if iface:
-            from celerydiag.capture import live
+            from celerydiag.network.capture import live
 
             duration = float(opts.get("duration") or 3.0)
             pcap = live.default_path()

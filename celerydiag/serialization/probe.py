@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag.access.reach import connect_timeout_args, describe, redis_backend_client
 from celerydiag.errors import DiagError, InputError, TargetUnreachable
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
-from celerydiag.probes import Probe, ProbeContext
-from celerydiag.reach import connect_timeout_args, describe, redis_backend_client
-from celerydiag.serialization import (
+from celerydiag.probe import Probe, ProbeContext
+from celerydiag.serialization.harness import (
     DEFAULT_BANDWIDTH_BYTES_PER_S,
     MB,
     SECURITY_PICKLE,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
-from celerydiag.probes import Probe, ProbeContext
+from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target
 
 DOCS_GET = "https://docs.celeryq.dev/en/stable/reference/celery.result.html#celery.result.AsyncResult.get"
@@ -47,7 +47,7 @@ class PollingProbe(Probe):
     static = True
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        from celerydiag import polling
+        from celerydiag.polling import model as polling
 
         interval = ctx.options.get("poll_interval")
         spec = ctx.options.get("poll_strategy")
@@ -79,7 +79,7 @@ class PollingProbe(Probe):
 
     def _modelled(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None, *, assumed: bool,
                   interval_assumed: bool = False) -> Iterator[Finding]:
-        from celerydiag import polling
+        from celerydiag.polling import model as polling
 
         scenario = polling.Scenario(durations=polling.parse_durations(ASSUMED_DURATIONS), states=10,
                                     threshold_s=ctx.budget_ms / 1000, tasks=PROBE_TASKS)
@@ -112,7 +112,7 @@ class PollingProbe(Probe):
                     detail=detail, evidence=evidence, fix=self._fix(ctx, strategy, scheme, push))
 
     def _fix(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None) -> Fix:
-        from celerydiag.polling import fmt_s
+        from celerydiag.polling.model import fmt_s
 
         # The longest fixed interval whose P99 (0.99 T) stays under the warning line (20 % of budget).
         target_s = max(0.2 * ctx.budget_ms / 1000 / 0.99, 0.001)
@@ -127,7 +127,7 @@ class PollingProbe(Probe):
                    docs=(DOCS_GET, DOCS_DB))
 
     def _push(self, ctx: ProbeContext, push: bool | None, scheme: str) -> Iterator[Finding]:
-        from celerydiag import polling
+        from celerydiag.polling import model as polling
 
         if push:
             yield Finding("polling.detection-delay", Cause.POLLING, Severity.OK,

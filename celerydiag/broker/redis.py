@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from celerydiag.broker_amqp import body, seq_of
+from celerydiag.broker.amqp import body, seq_of
 from celerydiag.measure import ms, schedule
 
 PRIORITY_STEPS = (0, 3, 6, 9)  # kombu.transport.redis.PRIORITY_STEPS

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from celerydiag.capture.analysis import Ports
-from celerydiag.capture.report import CAPTURE_SCHEMA, CaptureReport
+from celerydiag.network.capture.analysis import Ports
+from celerydiag.network.capture.report import CAPTURE_SCHEMA, CaptureReport
 
 __all__ = ["CAPTURE_SCHEMA", "CaptureReport", "Ports", "analyse", "ports_for_target"]
 
@@ -22,8 +22,8 @@ def analyse(path: str, *, ports: Ports | None = None, budget_ms: float = 1000.0,
             progress: Callable[[int], None] | None = None, extra: dict[str, Any] | None = None) -> CaptureReport:
     """Read ``path`` (pcap or pcapng) once and build the report. Raises InputError for a file that
     is not a capture; a truncated file gives the analysis of what was readable."""
-    from celerydiag.capture import analysis, assess, report
-    from celerydiag.capture.reader import open_capture
+    from celerydiag.network.capture import analysis, assess, report
+    from celerydiag.network.capture.reader import open_capture
 
     info, frames = open_capture(path)
     result = analysis.run(info, frames, ports or Ports(), progress=progress)

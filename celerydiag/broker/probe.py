@@ -19,13 +19,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from celerydiag import broker_amqp as amqp_m
-from celerydiag import broker_redis as redis_m
+from celerydiag.access.reach import describe
+from celerydiag.broker import amqp as amqp_m
+from celerydiag.broker import redis as redis_m
 from celerydiag.errors import DiagError, TargetUnreachable
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
 from celerydiag.measure import Summary, summarize
-from celerydiag.probes import Probe, ProbeContext
-from celerydiag.reach import describe
+from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target, redact_url
 
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
@@ -56,7 +56,7 @@ result_backend = 'redis://REDIS-HOST:6379/0'
 def fix_confirm_on(target: Target) -> str:
     """``broker_transport_options`` with confirms on and the user's other keys kept: the config
     probe's renderer (it keeps secrets out and drops keys that do nothing), so both print one text."""
-    from celerydiag.probes.config import assignments, recommended_transport_options
+    from celerydiag.config.probe import assignments, recommended_transport_options
 
     options = recommended_transport_options(target.conf, target)
     options["confirm_publish"] = True
@@ -368,7 +368,7 @@ class AmqpRun:
         url = self.ctx.options.get("rabbitmq_api")
         if not url:
             return None
-        from celerydiag import broker_api
+        from celerydiag.broker import api as broker_api
 
         try:
             vhost = _vhost(self.target.broker_url)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from celerydiag import interrupt
+from celerydiag.access.reach import describe
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus
-from celerydiag.reach import describe
 from celerydiag.target import Target, redact
 from celerydiag.ui import NullProgress, Progress
 
@@ -32,13 +32,13 @@ log = logging.getLogger("celerydiag")
 
 # Cheap first; config first of all because it needs no network (and --static runs only it).
 PROBE_PATHS: tuple[str, ...] = (
-    "celerydiag.probes.config:ConfigProbe",
-    "celerydiag.probes.broker:BrokerProbe",
-    "celerydiag.probes.backend:BackendProbe",
-    "celerydiag.probes.polling:PollingProbe",
-    "celerydiag.probes.serialization:SerializationProbe",
-    "celerydiag.probes.network:NetworkProbe",
-    "celerydiag.probes.e2e:E2EProbe",
+    "celerydiag.config.probe:ConfigProbe",
+    "celerydiag.broker.probe:BrokerProbe",
+    "celerydiag.backend.probe:BackendProbe",
+    "celerydiag.polling.probe:PollingProbe",
+    "celerydiag.serialization.probe:SerializationProbe",
+    "celerydiag.network.probe:NetworkProbe",
+    "celerydiag.e2e.probe:E2EProbe",
 )
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")

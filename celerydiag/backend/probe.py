@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from celerydiag.backend_db import is_permission
+from celerydiag.backend.db import is_permission
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
-from celerydiag.probes import Probe, ProbeContext
+from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target
 
 DB_DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#database-backend-settings"
@@ -105,8 +105,8 @@ def engine_fix(dialect: str, target: Target) -> Fix | None:
     pasting both probes' fixes cannot leave two different dicts."""
     import celery
 
-    from celerydiag.probes import version_tuple
-    from celerydiag.probes.config import Facts, assignments, recommended_engine_options
+    from celerydiag.config.probe import Facts, assignments, recommended_engine_options
+    from celerydiag.probe import version_tuple
 
     current = current_engine_options(target)
     if fixed_engine_options(dialect, current) == current:
@@ -137,7 +137,7 @@ class DatabaseRun:
     STAGES = 4
 
     def __init__(self, ctx: ProbeContext) -> None:
-        from celerydiag.backend_db import TableRef
+        from celerydiag.backend.db import TableRef
 
         self.ctx = ctx
         self.target = ctx.target
@@ -159,12 +159,12 @@ class DatabaseRun:
     def bounded_args(self, args: dict[str, Any], statements: bool = True) -> dict[str, Any]:
         """Driver timeouts (and, on PostgreSQL, our name and, for the writers, a statement bound) merged
         into connect_args."""
-        from celerydiag.reach import connect_timeout_args
+        from celerydiag.access.reach import connect_timeout_args
 
         out = dict(connect_timeout_args(self.url, self.ctx.limits.timeout_s))
         out.update(args)
         if self.url.startswith("postgresql"):
-            from celerydiag.backend_contention import APPLICATION_NAME
+            from celerydiag.backend.contention import APPLICATION_NAME
 
             out.setdefault("application_name", APPLICATION_NAME)
             if not statements:
@@ -176,7 +176,7 @@ class DatabaseRun:
     def run(self) -> Iterator[Finding]:
         from sqlalchemy import text
 
-        from celerydiag.backend_db import server_info, table_info, visibility_notes
+        from celerydiag.backend.db import server_info, table_info, visibility_notes
 
         ctx = self.ctx
         ctx.progress.start("backend", self.STAGES)
@@ -190,7 +190,7 @@ class DatabaseRun:
             self.notes += self.guarded(lambda: visibility_notes(conn, info), info) or []
             tinfo = self.guarded(lambda: table_info(conn, self.table, info.dialect), info)
             if tinfo is None:
-                from celerydiag.backend_db import TableInfo
+                from celerydiag.backend.db import TableInfo
 
                 tinfo = TableInfo(self.table)
             yield from self.settings_findings(info)
@@ -203,7 +203,7 @@ class DatabaseRun:
 
     def guarded(self, fn: Any, info: Any) -> Any:
         """Run a catalog read; a privilege we lack becomes a note, not a failure."""
-        from celerydiag.backend_db import degrade_note
+        from celerydiag.backend.db import degrade_note
 
         try:
             return fn()
@@ -256,7 +256,7 @@ class DatabaseRun:
                               evidence={"isolation": isolation})
 
     def table_findings(self, conn: Any, info: Any, tinfo: Any) -> Iterator[Finding]:
-        from celerydiag.backend_db import scan_cost
+        from celerydiag.backend.db import scan_cost
 
         where = self.table.qualified
         if not tinfo.exists:
@@ -289,7 +289,7 @@ class DatabaseRun:
 
     # -- lock waits ------------------------------------------------------------------------------------
     def lock_findings(self, conn: Any, info: Any) -> Iterator[Finding]:
-        from celerydiag.backend_db import wait_query, watch_waits
+        from celerydiag.backend.db import wait_query, watch_waits
 
         if wait_query(info) is None:
             return
@@ -332,8 +332,8 @@ class DatabaseRun:
     def experiment(self, engine: Any, info: Any) -> Iterator[Finding]:
         from celery import Celery
 
-        from celerydiag.backend_contention import Experiment, scratch_table_name
-        from celerydiag.scratch_db import scratch_model
+        from celerydiag.backend.contention import Experiment, scratch_table_name
+        from celerydiag.backend.scratch import scratch_model
 
         ctx = self.ctx
         conf = self.target.conf
@@ -352,7 +352,7 @@ class DatabaseRun:
         except Exception as exc:
             if not is_permission(exc):
                 raise
-            from celerydiag.reach import describe
+            from celerydiag.access.reach import describe
 
             yield Finding("backend.experiment", Cause.BACKEND, Severity.INFO,
                           "contention experiment skipped: the database user may not create a table"
@@ -445,7 +445,7 @@ class DatabaseRun:
                      fix=redis_progress_fix() if extra >= 0.2 * self.ctx.budget_ms else None)
 
     def server_finding(self, info: Any, tinfo: Any) -> Finding:
-        from celerydiag.backend_db import TableInfo
+        from celerydiag.backend.db import TableInfo
 
         t: TableInfo = tinfo
         evidence = {"dialect": info.dialect, "server_version": info.version, "settings": dict(info.settings),
@@ -492,7 +492,7 @@ def _log_lock_waits_note(info: Any) -> str:
 # ---- Redis ----------------------------------------------------------------------------------------------
 
 def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
-    from celerydiag.backend_redis import EVICTING, measure
+    from celerydiag.backend.redis import EVICTING, measure
 
     ctx.progress.start("backend", 2)
     ctx.progress.step(1, "Redis writes and reads on a key of our own")

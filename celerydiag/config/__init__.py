@@ -1,0 +1,2 @@
+"""Static config checks of the app's settings against known pitfalls (``probe``), and the fix
+builders that several probes print (``fixes``)."""
