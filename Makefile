@@ -36,6 +36,7 @@ test-scenarios: install system-packages services
 
 lint: install
 	$(VENV)/bin/ruff check celerydiag tests bench fixtures
+	$(VENV)/bin/mypy
 
 demo: install
 	$(VENV)/bin/celerydiag doctor

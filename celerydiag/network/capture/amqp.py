@@ -13,6 +13,7 @@ Connection.Start-Ok carries SASL PLAIN credentials in clear text: we never keep 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,8 +141,7 @@ class AmqpParser:
 
     def _method(self, ts: float, channel: int, data: Any, start: int, end: int) -> None:
         cls, mid = _METHOD(data, start)
-        st = self.state
-        if cls == 60:
+        if cls == 60:  # basic.*: counted, not listed (the hot path of a busy connection)
             if mid == 40:
                 self.sidestate.publishes += 1
             elif mid == 60:
@@ -150,36 +150,59 @@ class AmqpParser:
         name = METHODS.get((cls, mid))
         if name is None:
             return
-        args = start + 4
-        if cls == 10 and mid in (30, 31) and end - args >= 8:
-            _chmax, frame_max, heartbeat = struct.unpack_from("!HIH", data, args)
-            if mid == 30:
-                st.tune_heartbeat = heartbeat
-            else:
-                st.heartbeat_s = heartbeat
-                st.tune_ok_ts = ts
-                for s in st.sides.values():  # silence is counted from the negotiation on
-                    s.max_silence_s, s.last_data = 0.0, ts
-            st.event(ts, self.side, f"{name} heartbeat={heartbeat}s frame_max={frame_max}")
-        elif (cls, mid) in ((10, 50), (20, 40)):
-            code, text = _reply(data, args, end)
-            st.event(ts, self.side, f"{name} {code} {text}".rstrip())
-            if cls == 10 and st.close_by is None:
-                st.close_by, st.close_code, st.close_text, st.close_ts = self.side, code, text, ts
-        elif cls == 10 and mid == 60:
-            reason = _shortstr(data, args, end)
-            st.blocked_since = ts if st.blocked_since is None else st.blocked_since
-            st.blocked_reason = reason
-            st.event(ts, self.side, f"{name} {reason}".rstrip())
-        elif cls == 10 and mid == 61:
-            if st.blocked_since is not None:
-                st.blocked_s += ts - st.blocked_since
-                st.blocked_since = None
-            st.event(ts, self.side, name)
-        elif cls == 10 and mid == 11:
-            st.event(ts, self.side, f"{name} (credentials not shown)")
+        handler = _EVENT_HANDLERS.get((cls, mid))
+        text = handler(self, ts, name, data, start + 4, end) if handler else name
+        self.state.event(ts, self.side, text)
+
+    def _tune(self, ts: float, name: str, data: Any, args: int, end: int) -> str:
+        """Connection.Tune (the server's proposal) and Tune-Ok (what was agreed)."""
+        if end - args < 8:
+            return name
+        st = self.state
+        _chmax, frame_max, heartbeat = struct.unpack_from("!HIH", data, args)
+        if name.endswith("Tune"):
+            st.tune_heartbeat = heartbeat
         else:
-            st.event(ts, self.side, name)
+            st.heartbeat_s = heartbeat
+            st.tune_ok_ts = ts
+            for s in st.sides.values():  # silence is counted from the negotiation on
+                s.max_silence_s, s.last_data = 0.0, ts
+        return f"{name} heartbeat={heartbeat}s frame_max={frame_max}"
+
+    def _close(self, ts: float, name: str, data: Any, args: int, end: int) -> str:
+        """Connection.Close / Channel.Close with the reply code and text; the first connection
+        close names who closed it."""
+        st = self.state
+        code, text = _reply(data, args, end)
+        if name.startswith("Connection") and st.close_by is None:
+            st.close_by, st.close_code, st.close_text, st.close_ts = self.side, code, text, ts
+        return f"{name} {code} {text}".rstrip()
+
+    def _blocked(self, ts: float, name: str, data: Any, args: int, end: int) -> str:
+        st = self.state
+        reason = _shortstr(data, args, end)
+        st.blocked_since = ts if st.blocked_since is None else st.blocked_since
+        st.blocked_reason = reason
+        return f"{name} {reason}".rstrip()
+
+    def _unblocked(self, ts: float, name: str, data: Any, args: int, end: int) -> str:
+        st = self.state
+        if st.blocked_since is not None:
+            st.blocked_s += ts - st.blocked_since
+            st.blocked_since = None
+        return name
+
+    def _start_ok(self, ts: float, name: str, data: Any, args: int, end: int) -> str:
+        return f"{name} (credentials not shown)"
+
+
+# (class, method) -> what an event of that method says and records, beyond its name.
+_EVENT_HANDLERS: dict[tuple[int, int], Callable[[AmqpParser, float, str, Any, int, int], str]] = {
+    (10, 30): AmqpParser._tune, (10, 31): AmqpParser._tune,
+    (10, 50): AmqpParser._close, (20, 40): AmqpParser._close,
+    (10, 60): AmqpParser._blocked, (10, 61): AmqpParser._unblocked,
+    (10, 11): AmqpParser._start_ok,
+}
 
 
 def _shortstr(data: Any, pos: int, end: int) -> str:

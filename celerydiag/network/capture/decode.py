@@ -62,19 +62,11 @@ def tcp_segment(link: int, frame: bytes) -> tuple | None:
             return None
         tcp = off + (vihl & 0x0F) * 4
         ip_end = off + total if total else len(frame)
-    elif version == 6:
-        if len(frame) < off + 40:
+    elif version == 6:  # rare on broker links: out of the IPv4 hot path
+        v6 = _ipv6_tcp(frame, off)
+        if v6 is None:
             return None
-        nxt = frame[off + 6]
-        plen = _U16(frame, off + 4)[0]
-        src, dst = frame[off + 8:off + 24], frame[off + 24:off + 40]
-        tcp = off + 40
-        ip_end = tcp + plen if plen else len(frame)
-        while nxt in _V6_EXT and len(frame) >= tcp + 8:
-            nxt, hlen = frame[tcp], (frame[tcp + 1] + 1) * (4 if nxt == 51 else 8)
-            tcp += hlen
-        if nxt != 6:
-            return None
+        src, dst, tcp, ip_end = v6
     else:
         return None
     if len(frame) < tcp + 20:
@@ -89,6 +81,23 @@ def tcp_segment(link: int, frame: bytes) -> tuple | None:
         wscale = _wscale(frame, tcp + 20, tcp + hlen)
     start = tcp + hlen
     return src, sport, dst, dport, seq, ack, flags, window, seglen, frame[start:start + seglen], wscale
+
+
+def _ipv6_tcp(frame: bytes, off: int) -> tuple[bytes, bytes, int, int] | None:
+    """(src, dst, TCP header offset, end of the IP payload) of an IPv6 packet carrying TCP,
+    past any extension headers; None for anything else."""
+    if len(frame) < off + 40:
+        return None
+    nxt = frame[off + 6]
+    plen = _U16(frame, off + 4)[0]
+    tcp = off + 40
+    ip_end = tcp + plen if plen else len(frame)
+    while nxt in _V6_EXT and len(frame) >= tcp + 8:
+        nxt, hlen = frame[tcp], (frame[tcp + 1] + 1) * (4 if nxt == 51 else 8)
+        tcp += hlen
+    if nxt != 6:
+        return None
+    return frame[off + 8:off + 24], frame[off + 24:off + 40], tcp, ip_end
 
 
 def _wscale(frame: bytes, pos: int, end: int) -> int:

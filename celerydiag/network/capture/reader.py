@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from celerydiag.errors import InputError
 
@@ -161,39 +161,52 @@ def _pcapng(stream: BinaryIO, head: bytes, info: CaptureInfo) -> Iterator[tuple[
                 break
             data, pos = buf.data, buf.pos
             buf.pos = pos + blen
-            if btype in (2, 3, 6) and not links:  # a packet before any interface block
-                raise InputError(E_PCAPNG_IFACE.format(iface=0))
-            if btype == 6:  # enhanced packet block
-                iface, hi, lo, caplen, _orig = epb(data, pos + 8)
-                if iface >= len(links):
-                    raise InputError(E_PCAPNG_IFACE.format(iface=iface))
-                start = pos + 28
+            if btype in PACKET_BLOCKS:
+                packet = _packet_block(btype, data, pos, blen, endian, epb, links, scales)
                 count += 1
-                yield ((hi << 32) | lo) * scales[iface], links[iface], data[start:start + caplen]
-            elif btype == 3:  # simple packet block: interface 0, no timestamp
-                (orig,) = struct.unpack_from(endian + "I", data, pos + 8)
-                caplen = min(orig, blen - 16)
-                count += 1
-                yield 0.0, links[0], data[pos + 12:pos + 12 + caplen]
-            elif btype == 2:  # obsolete packet block
-                iface, _drops, hi, lo, caplen, _orig = struct.unpack_from(endian + "HHIIII", data, pos + 8)
-                if iface >= len(links):
-                    raise InputError(E_PCAPNG_IFACE.format(iface=iface))
-                count += 1
-                yield ((hi << 32) | lo) * scales[iface], links[iface], data[pos + 28:pos + 28 + caplen]
-            elif btype == 1:  # interface description
-                link = struct.unpack_from(endian + "H", data, pos + 8)[0]
-                links.append(link)
-                scales.append(_tsresol(data[pos + 16:pos + blen - 4], endian))
-                info.link_types.append(link)
-            elif btype == 5:  # interface statistics: isb_ifdrop (code 5)
-                iface = struct.unpack_from(endian + "I", data, pos + 8)[0]
-                for code, value in _options(data[pos + 20:pos + blen - 4], endian):
-                    if code == 5 and len(value) == 8:
-                        drops[iface] = struct.unpack(endian + "Q", value)[0]
+                yield packet
+            else:
+                _metadata_block(btype, data, pos, blen, endian, links, scales, drops, info)
         info.packets = count
         if drops:
             info.interface_drops = sum(drops.values())
+
+
+PACKET_BLOCKS = frozenset({2, 3, 6})  # obsolete, simple, enhanced packet blocks
+
+
+def _packet_block(btype: int, data: bytes, pos: int, blen: int, endian: str, epb: Any,
+                  links: list[int], scales: list[float]) -> tuple[float, int, bytes]:
+    """One packet of a packet block: (timestamp, link type, captured bytes)."""
+    if not links:  # a packet before any interface block
+        raise InputError(E_PCAPNG_IFACE.format(iface=0))
+    if btype == 6:  # enhanced packet block
+        iface, hi, lo, caplen, _orig = epb(data, pos + 8)
+        start = pos + 28
+    elif btype == 3:  # simple packet block: interface 0, no timestamp
+        (orig,) = struct.unpack_from(endian + "I", data, pos + 8)
+        return 0.0, links[0], data[pos + 12:pos + 12 + min(orig, blen - 16)]
+    else:  # obsolete packet block
+        iface, _drops, hi, lo, caplen, _orig = struct.unpack_from(endian + "HHIIII", data, pos + 8)
+        start = pos + 28
+    if iface >= len(links):
+        raise InputError(E_PCAPNG_IFACE.format(iface=iface))
+    return ((hi << 32) | lo) * scales[iface], links[iface], data[start:start + caplen]
+
+
+def _metadata_block(btype: int, data: bytes, pos: int, blen: int, endian: str, links: list[int],
+                    scales: list[float], drops: dict[int, int], info: CaptureInfo) -> None:
+    """Interface descriptions (link type, timestamp resolution) and statistics (drops)."""
+    if btype == 1:  # interface description
+        link = struct.unpack_from(endian + "H", data, pos + 8)[0]
+        links.append(link)
+        scales.append(_tsresol(data[pos + 16:pos + blen - 4], endian))
+        info.link_types.append(link)
+    elif btype == 5:  # interface statistics: isb_ifdrop (code 5)
+        iface = struct.unpack_from(endian + "I", data, pos + 8)[0]
+        for code, value in _options(data[pos + 20:pos + blen - 4], endian):
+            if code == 5 and len(value) == 8:
+                drops[iface] = struct.unpack(endian + "Q", value)[0]
 
 
 def _options(raw: bytes, endian: str) -> Iterator[tuple[int, bytes]]:

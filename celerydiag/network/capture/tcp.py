@@ -22,6 +22,12 @@ M32 = 0xFFFFFFFF
 HALF = 0x80000000
 MAX_UNACKED = 10000  # Wireshark's TCP_MAX_UNACKED_SEGMENTS
 RESERVOIR = 2048
+# tcp_analyze_sequence_number() in epan/dissectors/packet-tcp.c: a retransmission within 20 ms of
+# the reverse direction's last duplicate ACK is a fast retransmission ("if(t < 20000000)"), and a
+# segment that did not advance the sequence within the first RTT (3 ms when no SYN/SYN-ACK RTT is
+# known: "ooo_thres") is out of order rather than retransmitted.
+FAST_RETRANSMISSION_WINDOW_S = 0.020
+OUT_OF_ORDER_DEFAULT_THRESHOLD_S = 0.003
 
 # analysis flags on one segment (names = the tshark field after tcp.analysis.)
 A_RETRANSMISSION = 0x01
@@ -161,9 +167,15 @@ class Connection:
     app: Any = None  # protocol parser (amqp/resp) attached once the protocol is known
     end_ts: float | None = None  # first FIN or RST
 
-    def segment(self, from_a: bool, ts: float, seq: int, ack: int, flags: int, window: int,
+    def segment(self, from_a: bool, ts: float, seq: int, ack: int, flags: int, window: int,  # noqa: C901
                 seglen: int, wscale: int) -> int:
-        """Analyse one segment; returns its tcp.analysis flag bits (Wireshark's ``ta->flags``)."""
+        """Analyse one segment; returns its tcp.analysis flag bits (Wireshark's ``ta->flags``).
+
+        One function on purpose (the C901 exception): it follows
+        ``tcp_analyze_sequence_number()`` in Wireshark's ``epan/dissectors/packet-tcp.c`` branch
+        for branch, in the same order, so each flag can be checked against that source; and it is
+        the per-packet hot path, where a call per rule would cost more than the rule.
+        """
         fwd, rev = (self.fwd_a, self.fwd_b) if from_a else (self.fwd_b, self.fwd_a)
         self.packets += 1
         self.last_ts = ts
@@ -244,9 +256,10 @@ class Connection:
                 not_advanced = False
             if seglen > 0 and rev.lastack and _le((seq + seglen) & M32, rev.lastack):
                 ta |= A_SPURIOUS_RETRANSMISSION
-            elif not_advanced and rev.dupacknum >= 2 and rev.lastack == seq and ts - rev.lastacktime < 0.020:
+            elif not_advanced and rev.dupacknum >= 2 and rev.lastack == seq and \
+                    ts - rev.lastacktime < FAST_RETRANSMISSION_WINDOW_S:
                 ta |= A_FAST_RETRANSMISSION
-            elif not_advanced and ts - fwd.nextseqtime < (self.first_rtt or 0.003) and \
+            elif not_advanced and ts - fwd.nextseqtime < (self.first_rtt or OUT_OF_ORDER_DEFAULT_THRESHOLD_S) and \
                     nextseq_f != (seq + seglen + (1 if syn_fin else 0)) & M32:
                 ta |= A_OUT_OF_ORDER
             elif not_advanced:
