@@ -64,8 +64,7 @@ class RichProgress:
     def step(self, advance: float = 1, description: str | None = None) -> None:
         if self._task is not None:
             desc = f"{self._prefix}{self._name}: {description}" if description else None
-            self._progress.update(self._task, advance=advance,
-                                  **({"description": desc} if desc else {}))
+            self._progress.update(self._task, advance=advance, description=desc)
 
     def done(self) -> None:
         if self._task is not None:

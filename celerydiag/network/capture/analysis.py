@@ -79,33 +79,45 @@ def run(info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], ports: Po
             non_tcp += 1
             continue
         src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale = seg
-        entry = table.get((src, sport, dst, dport))
-        if entry is not None and flags & SYN and not flags & ACK:
-            t, _ = entry
-            if (t.conn.end_ts is not None) and seq != _syn_seq(t):
-                entry = None  # the ports were reused for a new connection (Wireshark does the same)
-        if entry is None:
-            conn = Connection(len(tracked), (src, sport), (dst, dport), ts)
-            t = Tracked(conn)
-            tracked.append(t)
-            table[(src, sport, dst, dport)] = (t, True)
-            table[(dst, dport, src, sport)] = (t, False)
-            entry = (t, True)
-        t, from_a = entry
-        conn = t.conn
-        conn.segment(from_a, ts, seq, ack, flags, window, seglen, wscale)
+        t, from_a = _connection_of(table, tracked, ts, src, sport, dst, dport, seq, flags)
+        t.conn.segment(from_a, ts, seq, ack, flags, window, seglen, wscale)
         if t.client_is_a is None:
             _decide_client(t, servers)
         if seglen:
-            if t.undecided:
-                _decide_protocol(t, ports, from_a, payload)
-            if t.amqp is not None:
-                side = "client" if from_a == t.client_is_a else "server"
-                t.streams[from_a].segment(ts, seq, seglen, payload)
-                t.amqp.activity(side, ts)
-            elif t.redis is not None:
-                t.streams[from_a].segment(ts, seq, seglen, payload)
+            _payload(t, ports, from_a, ts, seq, seglen, payload)
     return Analysis(info, tracked, first_ts, last_ts, non_tcp)
+
+
+def _connection_of(table: dict[tuple, tuple[Tracked, bool]], tracked: list[Tracked], ts: float,
+                   src: bytes, sport: int, dst: bytes, dport: int, seq: int,
+                   flags: int) -> tuple[Tracked, bool]:
+    """The tracked connection of a segment and whether it goes a -> b; a new one for a new
+    4-tuple, or for a SYN reusing the ports of a connection that already ended."""
+    entry = table.get((src, sport, dst, dport))
+    if entry is not None and flags & SYN and not flags & ACK:
+        t, _ = entry
+        if (t.conn.end_ts is not None) and seq != _syn_seq(t):
+            entry = None  # the ports were reused for a new connection (Wireshark does the same)
+    if entry is None:
+        t = Tracked(Connection(len(tracked), (src, sport), (dst, dport), ts))
+        tracked.append(t)
+        table[(src, sport, dst, dport)] = (t, True)
+        table[(dst, dport, src, sport)] = (t, False)
+        entry = (t, True)
+    return entry
+
+
+def _payload(t: Tracked, ports: Ports, from_a: bool, ts: float, seq: int, seglen: int,
+             payload: bytes) -> None:
+    """Hand a data segment to its protocol's reassembler, deciding the protocol first."""
+    if t.undecided:
+        _decide_protocol(t, ports, from_a, payload)
+    if t.amqp is not None:
+        side = "client" if from_a == t.client_is_a else "server"
+        t.streams[from_a].segment(ts, seq, seglen, payload)
+        t.amqp.activity(side, ts)
+    elif t.redis is not None:
+        t.streams[from_a].segment(ts, seq, seglen, payload)
 
 
 def _syn_seq(t: Tracked) -> int | None:

@@ -126,23 +126,24 @@ def parse(data: Any, pos: int, depth: int = 0) -> tuple[Any, int]:
             return INCOMPLETE, pos
         return (bytes(data[nxt:nxt + n]) if n <= 256 else n), nxt + n + 2
     if t in (0x2A, 0x7E, 0x3E, 0x25, 0x7C):  # * ~ > % |
-        n = int(line)
-        if n < 0:
-            return None, nxt
-        if t in (0x25, 0x7C):
-            n *= 2
-        if depth > 8:
-            raise ValueError("RESP nested too deep")
-        items = []
-        p = nxt
-        for _ in range(n):
-            item, p2 = parse(data, p, depth + 1)
-            if item is INCOMPLETE:
-                return INCOMPLETE, pos
-            items.append(item)
-            p = p2
-        return items, p
+        return _aggregate(data, pos, nxt, int(line) * (2 if t in (0x25, 0x7C) else 1), depth)
     raise ValueError("not RESP")
+
+
+def _aggregate(data: Any, pos: int, nxt: int, n: int, depth: int) -> tuple[Any, int]:
+    """The ``n`` items of an array, set, push, map or attribute (maps count keys and values)."""
+    if n < 0:
+        return None, nxt
+    if depth > 8:
+        raise ValueError("RESP nested too deep")
+    items = []
+    p = nxt
+    for _ in range(n):
+        item, p = parse(data, p, depth + 1)
+        if item is INCOMPLETE:
+            return INCOMPLETE, pos
+        items.append(item)
+    return items, p
 
 
 class RespParser:

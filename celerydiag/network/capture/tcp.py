@@ -153,8 +153,8 @@ class Connection:
     """Both directions of one TCP conversation (one ``tcp.stream``)."""
 
     stream: int
-    a: tuple[str, int]  # the endpoint that sent the first packet we saw
-    b: tuple[str, int]
+    a: tuple[bytes, int]  # the endpoint that sent the first packet we saw (raw address bytes)
+    b: tuple[bytes, int]
     first_ts: float
     fwd_a: Flow = field(default_factory=Flow)  # a -> b
     fwd_b: Flow = field(default_factory=Flow)  # b -> a
