@@ -55,6 +55,7 @@ class Cause(str, Enum):
     POLLING = "polling"
     SERIALIZATION = "serialization"
     NETWORK = "network"
+    HOST = "host"
     E2E = "e2e"
 
     def __str__(self) -> str:
