@@ -66,6 +66,8 @@ class HostProbe(Probe):
         yield cpu_wait_finding(facts, window, ctx.budget_ms)
         yield saturation_finding(facts, window)
         yield swap_finding(facts, window)
+        if ctx.target.backend_scheme == "db" and "sqlite" not in ctx.target.backend_url.split("://", 1)[0]:
+            yield from pool_connection_findings(facts)
 
 
 def skip_reason(found: Any) -> str:
@@ -230,6 +232,31 @@ def swap_finding(facts: Sequence[dict[str, Any]], window: Any) -> Finding:
                 config=("worker_max_memory_per_child = 512_000  # KiB; the process is replaced after its task\n"
                         f"worker_concurrency = {_fewer(facts, window.cpus)}  # fewer processes, less memory\n"),
                 docs=(DOCS_MEMORY, DOCS_CONCURRENCY)))
+
+
+def pool_connection_findings(facts: Sequence[dict[str, Any]]) -> Iterator[Finding]:
+    """celery-facts A.2: Celery's SessionManager pools database connections only in forked prefork
+    children; in a solo, threads, gevent or eventlet worker every store_result() (each update_state)
+    builds a NullPool engine and opens a new connection (celery#2661, #3032)."""
+    unpooled = [f for f in facts if f["pool"] != "prefork"]
+    if not unpooled:
+        yield Finding("host.db-connection-per-update", Cause.HOST, Severity.OK,
+                      "the workers run the prefork pool: each pool process reuses its database connections",
+                      evidence={"pools": [f["pool"] for f in facts]})
+        return
+    names = ", ".join(f"pid {f['pid']} ({f['pool']})" for f in unpooled)
+    yield Finding(
+        "host.db-connection-per-update", Cause.HOST, Severity.INFO,
+        f"{names}: every update_state opens a new database connection",
+        detail=("On the database result backend Celery's SessionManager caches an engine only in forked prefork "
+                "children; a solo, threads, gevent or eventlet worker builds a NullPool engine per operation, "
+                "so each store_result() (every update_state) pays a TCP connect, authentication and dialect "
+                "initialisation before its write. `celerydiag probe backend` measures the connect cost."),
+        evidence={"pools": [f["pool"] for f in unpooled], "workers": [f["pid"] for f in unpooled]},
+        fix=Fix("Run the workers whose tasks report progress with the prefork pool (-P prefork), where each pool "
+                "process keeps its connections; -P on the command line wins over worker_pool.",
+                config="# start the worker with: celery -A proj worker -P prefork\n",
+                docs=(DOCS_CONCURRENCY,)))
 
 
 def starved_fix(facts: Sequence[dict[str, Any]], window: Any) -> Fix:

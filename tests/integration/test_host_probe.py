@@ -137,3 +137,20 @@ def test_a_cpu_starved_worker_shows_run_queue_wait(prefork_worker: tuple[UserCon
     assert wait.evidence["wait_per_timeslice_ms"] > 0 and wait.impact_ms > 0, wait.evidence
     mine = ours(result, w.pid)
     assert mine["run_queue_wait_ms"] > 0 and mine["timeslices_count"] > 0, mine
+
+
+@pytest.mark.postgres
+def test_a_solo_worker_on_a_database_backend_reconnects_per_update(tmp_path: Path, redis_url: str,
+                                                                   pg_url: str) -> None:
+    """celery-facts A.2: outside forked prefork children the database backend opens a connection per
+    store_result; the probe knows the pool the worker really runs (the harness's -P solo)."""
+    queue = unique("cdhost_q")
+    backend = "db+" + pg_url
+    config = UserConfig(tmp_path, broker_url=redis_url, result_backend=backend, task_default_queue=queue,
+                        worker_hijack_root_logger=False)
+    with worker(config, "-Q", queue) as w:
+        result = probe(redis_url, backend, duration="0.5")
+    assert result.status is ProbeStatus.RAN, result.reason
+    assert ours(result, w.pid)["pool"] == "solo"
+    found = finding(result, "host.db-connection-per-update")
+    assert str(w.pid) in found.evidence["workers"] and found.fix is not None, found

@@ -82,3 +82,13 @@ def test_a_negligible_wait_is_ok_and_an_idle_worker_says_so() -> None:
     assert host.cpu_wait_finding(facts(), window(wait_ns=100_000), 1000.0).severity is Severity.OK
     idle = host.cpu_wait_finding(facts(), window(wait_ns=0, slices=0), 1000.0)
     assert idle.severity is Severity.OK and "idle" in idle.title
+
+
+def test_a_worker_without_forked_children_reconnects_per_update_on_a_database_backend() -> None:
+    solo, prefork = facts("solo", 1), facts("prefork", 2)
+    (found,) = host.pool_connection_findings(solo)
+    assert found.severity is Severity.INFO and "(solo)" in found.title
+    assert found.fix is not None and "-P prefork" in found.fix.config
+    assert all(line.startswith("#") for line in found.fix.config.splitlines())  # nothing to paste: a CLI flag
+    (fine,) = host.pool_connection_findings(prefork)
+    assert fine.severity is Severity.OK
