@@ -123,10 +123,14 @@ def workers_finding(found: Any, facts: Sequence[dict[str, Any]], window: Any) ->
     names = ", ".join(f"{f['pool']} x{f['concurrency_count']} (pid {f['pid']})" for f in facts)
     lines = []
     for f in facts:
+        processes = f", {f['pool_processes_count']} pool process(es)" if f["pool"] == "prefork" else ""
         line = (f"pid {f['pid']}{' ' + f['node'] if f['node'] else ''}: pool {f['pool']}, concurrency "
-                f"{f['concurrency_count']} ({f['concurrency_from']}), {f['pool_processes_count']} pool "
-                f"process(es); {f['broker_connections_count']} TCP connection(s) to the broker, "
+                f"{f['concurrency_count']} ({f['concurrency_from']}){processes}; "
+                f"{f['broker_connections_count']} TCP connection(s) to the broker, "
                 f"{f['backend_connections_count']} to the backend; matched by {', '.join(f['matched_by'])}.")
+        if found.endpoints and not f["broker_connections_count"] and not f["backend_connections_count"]:
+            line += (" It holds no connection to the target's broker or backend: it may run with other settings"
+                     " (environment, config module) than the target measured here.")
         if f["pool"] == "prefork" and f["pool_processes_count"] and f["pool_processes_count"] != f["concurrency_count"]:
             line += (f" It runs {f['pool_processes_count']} pool processes, not {f['concurrency_count']}: the"
                      " app's worker_concurrency or --autoscale decides.")
