@@ -9,11 +9,15 @@ window, is that delay in milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target
+
+if TYPE_CHECKING:  # psutil stays out of `--help` and `probe --list`
+    from celerydiag.host.window import Window
+    from celerydiag.host.workers import Census, Worker
 
 DEFAULT_WINDOW_S = 3.0
 NEGLIGIBLE_WAIT_MS = 1.0  # below a millisecond per wake-up a state update does not notice
@@ -41,7 +45,7 @@ class HostProbe(Probe):
     cause = Cause.HOST
 
     def __init__(self) -> None:
-        self._census: Any = None
+        self._census: Census | None = None
 
     def applies(self, target: Target) -> str | None:
         from celerydiag.host.workers import census, own_pids
@@ -70,7 +74,7 @@ class HostProbe(Probe):
             yield from pool_connection_findings(facts)
 
 
-def skip_reason(found: Any) -> str:
+def skip_reason(found: Census) -> str:
     others = len(found.unmatched) + len(found.uninspectable)
     if not others:
         return "no Celery worker runs on this host (no `celery ... worker` process)"
@@ -82,7 +86,7 @@ def skip_reason(found: Any) -> str:
     return text
 
 
-def worker_facts(worker: Any, target: Target, window: Any) -> dict[str, Any]:
+def worker_facts(worker: Worker, target: Target, window: Window) -> dict[str, Any]:
     """One worker as evidence: what it runs (command line, settings when -A is the target's app)."""
     import psutil
 
@@ -119,7 +123,7 @@ def worker_facts(worker: Any, target: Target, window: Any) -> dict[str, Any]:
     return facts
 
 
-def workers_finding(found: Any, facts: Sequence[dict[str, Any]], window: Any) -> Finding:
+def workers_finding(found: Census, facts: Sequence[dict[str, Any]], window: Window) -> Finding:
     names = ", ".join(f"{f['pool']} x{f['concurrency_count']} (pid {f['pid']})" for f in facts)
     lines = []
     for f in facts:
@@ -144,7 +148,7 @@ def workers_finding(found: Any, facts: Sequence[dict[str, Any]], window: Any) ->
                    detail=" ".join(lines), evidence=evidence)
 
 
-def cpu_wait_finding(facts: Sequence[dict[str, Any]], window: Any, budget_ms: float) -> Finding:
+def cpu_wait_finding(facts: Sequence[dict[str, Any]], window: Window, budget_ms: float) -> Finding:
     """The measured milliseconds: run-queue wait per timeslice over every worker thread."""
     if not window.run_queue_measured:
         return Finding("host.cpu-wait", Cause.HOST, Severity.INFO,
@@ -184,7 +188,7 @@ def cpu_wait_finding(facts: Sequence[dict[str, Any]], window: Any, budget_ms: fl
                  "waits too", detail=detail, evidence=evidence, fix=starved_fix(facts, window))
 
 
-def saturation_finding(facts: Sequence[dict[str, Any]], window: Any) -> Finding:
+def saturation_finding(facts: Sequence[dict[str, Any]], window: Window) -> Finding:
     worker_cores = sum(float(f.get("cpu_ratio") or 0.0) for f in facts)
     evidence: dict[str, Any] = {
         "window_s": round(window.seconds, 3), "cpus_count": window.cpus,
@@ -215,7 +219,7 @@ def saturation_finding(facts: Sequence[dict[str, Any]], window: Any) -> Finding:
                    detail=detail, evidence=evidence, fix=fix)
 
 
-def swap_finding(facts: Sequence[dict[str, Any]], window: Any) -> Finding:
+def swap_finding(facts: Sequence[dict[str, Any]], window: Window) -> Finding:
     evidence: dict[str, Any] = {"window_s": round(window.seconds, 3), "swap_in_bytes": window.swap_in_bytes,
                                 "swap_out_bytes": window.swap_out_bytes,
                                 "memory_stall_ms": _r(window.memory_stall_ms)}
@@ -263,7 +267,7 @@ def pool_connection_findings(facts: Sequence[dict[str, Any]]) -> Iterator[Findin
                 docs=(DOCS_CONCURRENCY,)))
 
 
-def starved_fix(facts: Sequence[dict[str, Any]], window: Any) -> Fix:
+def starved_fix(facts: Sequence[dict[str, Any]], window: Window) -> Fix:
     """What to do for a worker that waits for a CPU: free a core, move the neighbour, separate the
     progress-heavy tasks. Every name assigned is a Celery setting (tests/unit/test_host_fixes.py)."""
     neighbour = next((n for n in window.neighbours
