@@ -144,12 +144,27 @@ def test_a_solo_worker_on_a_database_backend_reconnects_per_update(tmp_path: Pat
                                                                    pg_url: str) -> None:
     """celery-facts A.2: outside forked prefork children the database backend opens a connection per
     store_result; the probe knows the pool the worker really runs (the harness's -P solo)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
     queue = unique("cdhost_q")
     backend = "db+" + pg_url
+    # A schema of its own (Celery's tables and index in it), so this worker never meets another
+    # test's lock on the shared celery_taskmeta; dropped with everything in it at the end.
+    schema = queue.lower()
+    engine = create_engine(pg_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     config = UserConfig(tmp_path, broker_url=redis_url, result_backend=backend, task_default_queue=queue,
-                        worker_hijack_root_logger=False)
-    with worker(config, "-Q", queue) as w:
-        result = probe(redis_url, backend, duration="0.5")
+                        worker_hijack_root_logger=False,
+                        database_table_schemas={"task": schema, "group": schema})
+    try:
+        with worker(config, "-Q", queue) as w:
+            result = probe(redis_url, backend, duration="0.5")
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
     assert result.status is ProbeStatus.RAN, result.reason
     assert ours(result, w.pid)["pool"] == "solo"
     found = finding(result, "host.db-connection-per-update")
