@@ -46,12 +46,16 @@ class Severity(IntEnum):
 
 
 class Cause(str, Enum):
+    """What a finding is about; also the probe registry (celerydiag/probe.py): each member's probe
+    lives in ``celerydiag/<value>/probe.py`` and the member order is the order the probes run."""
+
+    CONFIG = "config"
     BROKER = "broker"
     BACKEND = "backend"
-    NETWORK = "network"
-    SERIALIZATION = "serialization"
     POLLING = "polling"
-    CONFIG = "config"
+    SERIALIZATION = "serialization"
+    NETWORK = "network"
+    HOST = "host"
     E2E = "e2e"
 
     def __str__(self) -> str:

@@ -5,7 +5,10 @@ guard (:func:`run_probe`) times it, turns expected trouble (``DiagError``) and o
 ``failed`` result with one line, and always unwinds the probe's cleanup stack, Ctrl-C included, so
 scratch queues, keys and tables never outlive a run.
 
-Adding a probe: write ``probes/<name>.py`` with a ``Probe`` subclass and add it to ``PROBE_PATHS``.
+The registry is the :class:`~celerydiag.findings.Cause` enum: each cause ``x`` has its probe in
+``celerydiag/<x>/probe.py`` (the one ``Probe`` subclass there whose ``cause`` is ``x``), and the enum's
+member order is the run order. Adding a probe is one ``Cause`` member, ``celerydiag/<x>/__init__.py``
+and ``celerydiag/<x>/probe.py`` (README "Adding a probe").
 Heavy imports (scapy, SQLAlchemy drivers) stay inside ``run()`` so ``--help`` stays fast.
 """
 
@@ -30,16 +33,11 @@ from celerydiag.ui import NullProgress, Progress
 
 log = logging.getLogger("celerydiag")
 
-# Cheap first; config first of all because it needs no network (and --static runs only it).
-PROBE_PATHS: tuple[str, ...] = (
-    "celerydiag.config.probe:ConfigProbe",
-    "celerydiag.broker.probe:BrokerProbe",
-    "celerydiag.backend.probe:BackendProbe",
-    "celerydiag.polling.probe:PollingProbe",
-    "celerydiag.serialization.probe:SerializationProbe",
-    "celerydiag.network.probe:NetworkProbe",
-    "celerydiag.e2e.probe:E2EProbe",
-)
+# The run order is Cause's member order (findings.py): config first because it needs no network (and
+# --static runs only the static probes), cheap first, e2e last, host before it (e2e starts a worker
+# of its own, which the host probe must not report).
+PROBE_MODULE = "celerydiag.{cause}.probe"
+
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -105,11 +103,21 @@ class Probe:
 
 
 def probe_classes() -> tuple[type[Probe], ...]:
-    classes = []
-    for path in PROBE_PATHS:
-        module, attr = path.split(":")
-        classes.append(getattr(importlib.import_module(module), attr))
-    return tuple(classes)
+    """Every cause's probe, in the Cause enum's order (the registry: see the module docstring)."""
+    return tuple(probe_of(cause) for cause in Cause)
+
+
+def probe_of(cause: Cause) -> type[Probe]:
+    """The one Probe subclass defined in ``celerydiag/<cause>/probe.py`` whose ``cause`` is ``cause``;
+    a missing or ambiguous one is our bug, said plainly at import time rather than as a skipped probe."""
+    module = importlib.import_module(PROBE_MODULE.format(cause=cause.value))
+    found = [obj for obj in vars(module).values()
+             if isinstance(obj, type) and issubclass(obj, Probe) and obj.__module__ == module.__name__
+             and obj.cause is cause]
+    if len(found) != 1:
+        raise TypeError(f"{module.__name__} must define exactly one Probe subclass with cause "
+                        f"Cause.{cause.name}; found {[cls.__name__ for cls in found]}")
+    return found[0]
 
 
 def probe_names() -> tuple[str, ...]:

@@ -123,7 +123,7 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
 # ---- the celerydiag.report/1 contract (design.md "JSON contracts") ---------------------------------
 
 SEVERITIES = {"critical", "warning", "info", "ok"}
-CAUSES = {"broker", "backend", "network", "serialization", "polling", "config", "e2e"}
+CAUSES = {"broker", "backend", "network", "serialization", "polling", "config", "host", "e2e"}
 STATUSES = {"ran", "skipped", "failed"}
 SOURCES = {"app", "flags", "env", "embedded", "merged"}
 UNITS = ("_ms", "_s", "_bytes", "_count", "_ratio")
