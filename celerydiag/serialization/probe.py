@@ -18,7 +18,7 @@ from typing import Any
 
 from celerydiag.access.reach import connect_timeout_args, describe, redis_backend_client
 from celerydiag.errors import DiagError, InputError, TargetUnreachable
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.serialization.harness import (
     DEFAULT_BANDWIDTH_BYTES_PER_S,
@@ -197,7 +197,7 @@ class SerializationProbe(Probe):
                  evidence: dict[str, Any], fix: Fix | None) -> Finding:
         if impact < 0.01 * budget_ms and fix is None:
             return Finding(id, Cause.SERIALIZATION, Severity.OK, title, detail, impact, evidence)
-        return rated(id, Cause.SERIALIZATION, impact, budget_ms, title, detail=detail, evidence=evidence,
+        return delay(id, Cause.SERIALIZATION, impact, title, detail=detail, evidence=evidence,
                      fix=fix)
 
 
