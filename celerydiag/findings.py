@@ -10,8 +10,9 @@ both. A probe says what it saw (:func:`delay`, :func:`hazard`, or a check's verd
 
 JSON history (``celerydiag.report/N``): 1 = first release. 2 = every finding says what its number
 is (``kind``: measured | modelled | hazard), whether its severity follows the impact
-(``by_impact``) and its measured floor (``at_least``), so a saved report can be re-rated against
-another budget; hazards carry ``evidence.worst_case_ms``; findings are in :func:`rank.rank` order.
+(``by_impact``), its measured floor (``at_least``) and negligible share (``ok_below_ratio``), so
+a saved report can be re-rated against another budget; hazards carry ``evidence.worst_case_ms``;
+findings are in :func:`rank.rank` order.
 A breaking change bumps N and keeps a reader for the old N in :func:`Report.from_dict`.
 """
 
@@ -117,6 +118,7 @@ class Finding:
     # rank.rate() decides it; until then ``severity`` is a placeholder. False: a check's verdict.
     by_impact: bool = False
     at_least: Severity | None = None  # a measured floor for a rated delay (e.g. writes failed)
+    ok_below_ratio: float | None = None  # a rated delay under this share of the budget is ok
 
     def __post_init__(self) -> None:
         if not FINDING_ID.match(self.id):
@@ -141,6 +143,7 @@ class Finding:
             "kind": str(self.kind),
             "by_impact": self.by_impact,
             "at_least": str(self.at_least) if self.at_least is not None else None,
+            "ok_below_ratio": self.ok_below_ratio,
         }
 
     @classmethod
@@ -159,6 +162,7 @@ class Finding:
             kind=Kind(data.get("kind", Kind.MEASURED.value)),
             by_impact=bool(data.get("by_impact", False)),
             at_least=Severity.parse(floor) if floor else None,
+            ok_below_ratio=_optional_float(data.get("ok_below_ratio")),
         )
 
     @classmethod
@@ -180,15 +184,16 @@ class Finding:
 
 
 def delay(id: str, cause: Cause, impact_ms: float, title: str, *, kind: Kind = Kind.MEASURED,
-          at_least: Severity | None = None, detail: str = "",
+          at_least: Severity | None = None, ok_below_ratio: float | None = None, detail: str = "",
           evidence: Mapping[str, Any] | None = None, fix: Fix | None = None) -> Finding:
     """A delay on the state path: ``impact_ms`` measured (or modelled) here; rank.rate() turns it
     and the budget into a severity, raised to ``at_least`` when something measured (writes that
-    failed) is worse than the milliseconds say."""
+    failed) is worse than the milliseconds say, or ``ok`` under ``ok_below_ratio`` of the budget
+    when the probe calls so small a cost negligible (a check that passed)."""
     if kind is Kind.HAZARD:
         raise ValueError("a hazard has no impact: use findings.hazard()")
     return Finding(id, cause, Severity.INFO, title, detail, impact_ms, dict(evidence or {}), fix,
-                   kind=kind, by_impact=True, at_least=at_least)
+                   kind=kind, by_impact=True, at_least=at_least, ok_below_ratio=ok_below_ratio)
 
 
 def hazard(id: str, cause: Cause, worst_case_ms: float | None, title: str, *,
@@ -321,6 +326,10 @@ def latency_block(results: Iterable[ProbeResult], findings: Iterable[Finding]) -
     extra = {k: v for k, v in observed.items() if k not in block}
     block.update(extra)
     return block
+
+
+def _optional_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _finite(value: Any) -> Any:

@@ -6,7 +6,8 @@ saved report can be re-rated against another ``--budget-ms`` and the rules below
 cause, the capture report included (design.md, "one number that joins them"):
 
 - a delay (``by_impact``) is critical at or over the budget, a warning from 20 % of it, info
-  below (``Severity.from_impact``), and never below its measured floor ``at_least``;
+  below (``Severity.from_impact``), ok under ``ok_below_ratio`` of the budget when its probe
+  calls so small a cost negligible, and never below its measured floor ``at_least``;
 - a hazard is rated by its worst case (or keeps the level its probe gave it) but never above
   warning: how often a worst case happens is unknown, so it cannot be critical;
 - order: severity, then kind (measured, modelled, hazard), then impact, both descending, then
@@ -36,6 +37,8 @@ def rate(finding: Finding, budget_ms: float) -> Severity:
     if not finding.by_impact:
         return finding.severity
     severity = Severity.from_impact(finding.impact_ms, budget_ms)
+    if finding.ok_below_ratio is not None and finding.impact_ms < finding.ok_below_ratio * budget_ms:
+        severity = Severity.OK
     if finding.at_least is not None:
         severity = max(severity, finding.at_least)
     return severity

@@ -206,6 +206,8 @@ def check_finding_document(finding: Any, where: str = "finding", v2: bool = True
         assert kind in KINDS, f"{where}.kind {kind!r}"
         _typed(finding, "by_impact", bool, where)
         assert "at_least" in finding and finding["at_least"] in SEVERITIES | {None}, f"{where}.at_least"
+        ok_below = finding.get("ok_below_ratio", "missing")
+        assert ok_below is None or (_number(ok_below) and 0 <= ok_below < 1), f"{where}.ok_below_ratio"
         if kind == "hazard":  # a worst case that may never happen: no P99 impact, never critical
             assert finding["impact_ms"] == 0 and "worst_case_ms" in evidence, where
             assert finding["severity"] != "critical", where

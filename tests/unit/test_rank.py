@@ -195,3 +195,10 @@ def test_report_of_two_hosts_keeps_both(capsys, tmp_path):
     b = saved(tmp_path, measured(150.0, "write-latency"), host="web-2")
     _, doc = run_report(capsys, "report", str(a), str(b))
     assert sorted(f["evidence"]["host"] for f in doc["findings"]) == ["web-1", "web-2"]
+
+
+def test_a_negligible_delay_is_ok_against_its_budget_and_rerates():
+    small = measured(4.0, ok_below_ratio=0.01)
+    assert rate(small, 1000) is OK  # under 1 % of 1000 ms: the probe calls that a passed check
+    assert rate(small, 100) is INFO  # 4 % of 100 ms: worth a line
+    assert rate(measured(4.0, ok_below_ratio=0.01, at_least=WARNING), 1000) is WARNING

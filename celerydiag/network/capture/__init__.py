@@ -29,7 +29,7 @@ def analyse(path: str, *, ports: Ports | None = None, budget_ms: float = 1000.0,
     info, frames = open_capture(path)
     result = analysis.run(info, frames, ports or Ports(), progress=progress)
     conns, timeline = report.summarise(result)
-    findings = rank(assess.assess(conns, budget_ms), budget_ms)
+    findings = rank(assess.assess(conns), budget_ms)
     file_block: dict[str, Any] = {
         "path": path, "packets": info.packets, "link_type": info.link_type, "format": info.format,
         "truncated": info.truncated, "tcp_packets": info.packets - result.non_tcp,

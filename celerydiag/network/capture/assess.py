@@ -36,9 +36,8 @@ def _ok(slug: str, title: str, **kw: Any) -> Finding:
     return Finding(id=f"network.{slug}", cause=Cause.NETWORK, severity=Severity.OK, title=title, **kw)
 
 
-def assess(conns: list[ConnectionSummary], budget_ms: float) -> Iterator[Finding]:
-    """What the capture shows, as delays for rank to rate. The budget only decides whether a
-    round trip is worth a finding at all (NOTABLE_SHARE), not how severe one is."""
+def assess(conns: list[ConnectionSummary]) -> Iterator[Finding]:
+    """What the capture shows, as delays for rank to rate against the budget."""
     amqp = [c for c in conns if c.amqp is not None]
     if amqp:
         yield _heartbeats(amqp)
@@ -48,12 +47,12 @@ def assess(conns: list[ConnectionSummary], budget_ms: float) -> Iterator[Finding
     if conns:
         yield _zero_window(conns)
         yield _retransmissions(conns)
-        rtt = _rtt(conns, budget_ms)
+        rtt = _rtt(conns)
         if rtt is not None:
             yield rtt
     redis = [c for c in conns if c.redis is not None]
     if redis:
-        found = _redis(redis, budget_ms)
+        found = _redis(redis)
         if found is not None:
             yield found
 
@@ -194,7 +193,7 @@ def _retransmissions(conns: list[ConnectionSummary]) -> Finding:
     )
 
 
-def _rtt(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
+def _rtt(conns: list[ConnectionSummary]) -> Finding | None:
     best = None
     for c in conns:
         samples = [v for v in (c.tcp["rtt_ms"]["client"], c.tcp["rtt_ms"]["server"], c.tcp["rtt_ms"]["handshake"])
@@ -210,13 +209,10 @@ def _rtt(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
     impact, rtt, c = best
     evidence = {"rtt_ms": round(rtt, 3), "round_trips_count": ROUND_TRIPS.get(c.protocol, 1),
                 "connection": f"{c.client} -> {c.server}", "protocol": c.protocol}
-    if impact < NOTABLE_SHARE * budget_ms:
-        return _ok("high-rtt", f"Round-trip times are low (worst median {rtt:.2f} ms)", impact_ms=impact,
-                   evidence=evidence)
     return delay(
         "network.high-rtt", Cause.NETWORK, impact,
-        f"Round trip {rtt:.1f} ms to {c.server} ({c.protocol}); a state update pays it "
-        f"{ROUND_TRIPS.get(c.protocol, 1)}x",
+        f"Round trip {rtt:.2f} ms to {c.server} ({c.protocol}); a state update pays it "
+        f"{ROUND_TRIPS.get(c.protocol, 1)}x", ok_below_ratio=NOTABLE_SHARE,
         detail="Median ACK RTT measured from data/ACK pairs (and the handshake). Run the broker/backend close "
                "to the workers and clients, or cut round trips (Redis pub/sub results instead of polling).",
         evidence=evidence,
@@ -225,7 +221,7 @@ def _rtt(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
     )
 
 
-def _redis(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
+def _redis(conns: list[ConnectionSummary]) -> Finding | None:
     worst = None
     for c in conns:
         r = c.redis or {}
@@ -241,12 +237,9 @@ def _redis(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
     evidence = {"get_p99_ms": get["p99_ms"] if get else None, "transaction_p99_ms": tx["p99_ms"] if tx else None,
                 "connection": f"{c.client} -> {c.server}", "task_ids_polled_count": r.get("task_ids_polled"),
                 "pubsub_pushes_count": r.get("pubsub_pushes")}
-    if p99 < NOTABLE_SHARE * budget_ms:
-        return _ok("redis-latency", f"Redis state path is fast on the wire (P99 {p99:.2f} ms)", impact_ms=p99,
-                   evidence=evidence)
     return delay(
         "network.redis-latency", Cause.NETWORK, p99,
-        f"Redis state path P99 {p99:.1f} ms on the wire (GET + MULTI..EXEC)",
+        f"Redis state path P99 {p99:.2f} ms on the wire (GET + MULTI..EXEC)", ok_below_ratio=NOTABLE_SHARE,
         detail="Request-to-reply time seen in the capture for the commands update_state() issues.",
         evidence=evidence,
         fix=Fix("Redis answers slowly: check LATENCY DOCTOR, SLOWLOG, persistence forks and swap on the server.",
