@@ -4,8 +4,16 @@ A Finding's ``impact_ms`` is the milliseconds it adds to the P99 time between ``
 returning in the worker and a client seeing the new state; that single unit is what lets causes
 be ranked against each other and against the budget.
 
-JSON history (``celerydiag.report/N``): 1 = first release. A breaking change bumps N and keeps a
-reader for the old N in :func:`Report.from_dict`.
+Severity and order are not decided here: :mod:`celerydiag.rank` turns impact, kind and budget into
+both. A probe says what it saw (:func:`delay`, :func:`hazard`, or a check's verdict as a plain
+``Finding`` with its severity).
+
+JSON history (``celerydiag.report/N``): 1 = first release. 2 = every finding says what its number
+is (``kind``: measured | modelled | hazard), whether its severity follows the impact
+(``by_impact``), its measured floor (``at_least``) and negligible share (``ok_below_ratio``), so
+a saved report can be re-rated against another budget; hazards carry ``evidence.worst_case_ms``;
+findings are in :func:`rank.rank` order.
+A breaking change bumps N and keeps a reader for the old N in :func:`Report.from_dict`.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Any
 
-REPORT_SCHEMA = "celerydiag.report/1"
+REPORT_SCHEMA = "celerydiag.report/2"
+REPORT_SCHEMA_V1 = "celerydiag.report/1"
 FINDING_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
 WARNING_SHARE = 0.2  # design.md: warning at >= 20 % of the budget
 
@@ -62,6 +71,17 @@ class Cause(str, Enum):
         return self.value
 
 
+class Kind(str, Enum):
+    """What kind of number a finding's impact is; the ranking trusts them in this order."""
+
+    MEASURED = "measured"  # seen on this system
+    MODELLED = "modelled"  # computed from an assumption (e.g. an assumed poll interval)
+    HAZARD = "hazard"  # a worst case that may never happen: impact 0, evidence["worst_case_ms"]
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class ProbeStatus(str, Enum):
     RAN = "ran"
     SKIPPED = "skipped"
@@ -97,10 +117,22 @@ class Finding:
     impact_ms: float = 0.0
     evidence: Mapping[str, Any] = field(default_factory=dict)
     fix: Fix | None = None
+    kind: Kind = Kind.MEASURED
+    # True: the severity follows the impact (a hazard's: its worst case) and the budget, and
+    # rank.rate() decides it; until then ``severity`` is a placeholder. False: a check's verdict.
+    by_impact: bool = False
+    at_least: Severity | None = None  # a measured floor for a rated delay (e.g. writes failed)
+    ok_below_ratio: float | None = None  # a rated delay under this share of the budget is ok
 
     def __post_init__(self) -> None:
         if not FINDING_ID.match(self.id):
             raise ValueError(f"finding id {self.id!r} is not <probe>.<kebab-slug>")
+
+    @property
+    def worst_case_ms(self) -> float | None:
+        """A hazard's worst case (None when unknown, or for any other kind)."""
+        value = self.evidence.get("worst_case_ms") if self.kind is Kind.HAZARD else None
+        return float(value) if isinstance(value, (int, float)) else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,11 +144,16 @@ class Finding:
             "impact_ms": _finite(round(float(self.impact_ms), 3)),
             "evidence": _jsonable(dict(self.evidence)),
             "fix": self.fix.to_dict() if self.fix else None,
+            "kind": str(self.kind),
+            "by_impact": self.by_impact,
+            "at_least": str(self.at_least) if self.at_least is not None else None,
+            "ok_below_ratio": self.ok_below_ratio,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Finding:
         fix = data.get("fix")
+        floor = data.get("at_least")
         return cls(
             id=data["id"],
             cause=Cause(data["cause"]),
@@ -126,15 +163,54 @@ class Finding:
             impact_ms=float(data.get("impact_ms") or 0.0),
             evidence=dict(data.get("evidence") or {}),
             fix=Fix.from_dict(fix) if fix else None,
+            kind=Kind(data.get("kind", Kind.MEASURED.value)),
+            by_impact=bool(data.get("by_impact", False)),
+            at_least=Severity.parse(floor) if floor else None,
+            ok_below_ratio=_optional_float(data.get("ok_below_ratio")),
         )
 
+    @classmethod
+    def from_v1(cls, data: Mapping[str, Any], budget_ms: float) -> Finding:
+        """A ``celerydiag.report/1`` finding, which did not say what its number was: a
+        ``worst_case_*`` evidence key marks a hazard (its worst case copied to ``worst_case_ms``),
+        anything else was measured; its severity followed the impact when it equals the budget
+        rule for a non-zero impact (so re-rating cannot touch a check's verdict)."""
+        finding = cls.from_dict(data)
+        evidence = dict(finding.evidence)
+        if any(str(key).startswith("worst_case_") for key in evidence):
+            stall_s = evidence.get("worst_case_stall_s")
+            if "worst_case_ms" not in evidence and isinstance(stall_s, (int, float)):
+                evidence["worst_case_ms"] = float(stall_s) * 1000.0
+            return replace(finding, kind=Kind.HAZARD, evidence=evidence)
+        follows = (finding.impact_ms > 0
+                   and finding.severity == Severity.from_impact(finding.impact_ms, budget_ms))
+        return replace(finding, kind=Kind.MEASURED, by_impact=follows)
 
-def rated(
-    id: str, cause: Cause, impact_ms: float, budget_ms: float, title: str, **kw: Any
-) -> Finding:
-    """A finding whose severity follows from its impact and the budget (the common case)."""
-    return Finding(id=id, cause=cause, severity=Severity.from_impact(impact_ms, budget_ms),
-                   title=title, impact_ms=impact_ms, **kw)
+
+def delay(id: str, cause: Cause, impact_ms: float, title: str, *, kind: Kind = Kind.MEASURED,
+          at_least: Severity | None = None, ok_below_ratio: float | None = None, detail: str = "",
+          evidence: Mapping[str, Any] | None = None, fix: Fix | None = None) -> Finding:
+    """A delay on the state path: ``impact_ms`` measured (or modelled) here; rank.rate() turns it
+    and the budget into a severity, raised to ``at_least`` when something measured (writes that
+    failed) is worse than the milliseconds say, or ``ok`` under ``ok_below_ratio`` of the budget
+    when the probe calls so small a cost negligible (a check that passed)."""
+    if kind is Kind.HAZARD:
+        raise ValueError("a hazard has no impact: use findings.hazard()")
+    return Finding(id, cause, Severity.INFO, title, detail, impact_ms, dict(evidence or {}), fix,
+                   kind=kind, by_impact=True, at_least=at_least, ok_below_ratio=ok_below_ratio)
+
+
+def hazard(id: str, cause: Cause, worst_case_ms: float | None, title: str, *,
+           severity: Severity | None = None, detail: str = "",
+           evidence: Mapping[str, Any] | None = None, fix: Fix | None = None) -> Finding:
+    """A worst case that may never happen (a timeout that lets one update stall): ``impact_ms`` 0,
+    the worst case in ``evidence["worst_case_ms"]``. Rated by that worst case when it is known,
+    else at ``severity`` (default warning); rank caps either at warning and orders it below every
+    measured delay."""
+    known = worst_case_ms is not None and severity is None
+    return Finding(id, cause, Severity.WARNING if severity is None else severity, title, detail, 0.0,
+                   dict(evidence or {}, worst_case_ms=worst_case_ms), fix, kind=Kind.HAZARD,
+                   by_impact=known)
 
 
 @dataclass(frozen=True)
@@ -159,11 +235,6 @@ class ProbeResult:
                 "elapsed_s": round(self.elapsed_s, 3)}
 
 
-def rank(findings: Iterable[Finding]) -> tuple[Finding, ...]:
-    """Severity, then impact, both descending; the id breaks ties so the order is stable."""
-    return tuple(sorted(findings, key=lambda f: (-f.severity, -f.impact_ms, f.id)))
-
-
 @dataclass(frozen=True)
 class Report:
     target: Mapping[str, str]
@@ -179,8 +250,10 @@ class Report:
     def build(cls, target: Mapping[str, str], budget_ms: float,
               results: Iterable[ProbeResult], meta: Mapping[str, Any],
               version: str) -> Report:
+        from celerydiag.rank import rank
+
         results = tuple(results)
-        findings = rank(f for r in results for f in r.findings)
+        findings = rank((f for r in results for f in r.findings), budget_ms)
         return cls(target=target, budget_ms=budget_ms, probes=results, findings=findings,
                    meta=meta, latency=latency_block(results, findings), version=version)
 
@@ -199,11 +272,28 @@ class Report:
             "latency": _jsonable(dict(self.latency)),
         }
 
+    def rerated(self, budget_ms: float) -> Report:
+        """The same findings judged against another budget (``report --budget-ms``)."""
+        from celerydiag.rank import rank
+
+        findings = rank(self.findings, budget_ms)
+        by_cause = latency_block([], findings)["by_cause_ms"]
+        return replace(self, budget_ms=budget_ms, findings=findings,
+                       latency={**self.latency, "by_cause_ms": by_cause})
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """A report/2 document, or a report/1 one read the way :meth:`Finding.from_v1` says."""
+        from celerydiag.rank import rank
+
         schema = data.get("schema")
-        if schema != REPORT_SCHEMA:
-            raise ValueError(f"not a {REPORT_SCHEMA} document (schema={schema!r})")
+        if schema not in (REPORT_SCHEMA, REPORT_SCHEMA_V1):
+            raise ValueError(f"not a {REPORT_SCHEMA} (or {REPORT_SCHEMA_V1}) document (schema={schema!r})")
+        budget_ms = float(data.get("budget_ms") or 1000)
+        if schema == REPORT_SCHEMA_V1:
+            findings = [Finding.from_v1(f, budget_ms) for f in data.get("findings", ())]
+        else:
+            findings = [Finding.from_dict(f) for f in data.get("findings", ())]
         probes = tuple(
             ProbeResult(p["name"], ProbeStatus(p["status"]), p.get("reason", ""),
                         float(p.get("elapsed_s") or 0.0))
@@ -211,9 +301,9 @@ class Report:
         )
         return cls(
             target=dict(data.get("target") or {}),
-            budget_ms=float(data.get("budget_ms") or 1000),
+            budget_ms=budget_ms,
             probes=probes,
-            findings=rank(Finding.from_dict(f) for f in data.get("findings", ())),
+            findings=rank(findings, budget_ms),
             meta=dict(data.get("meta") or {}),
             latency=dict(data.get("latency") or {}),
             version=data.get("version", ""),
@@ -240,6 +330,10 @@ def latency_block(results: Iterable[ProbeResult], findings: Iterable[Finding]) -
     extra = {k: v for k, v in observed.items() if k not in block}
     block.update(extra)
     return block
+
+
+def _optional_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _finite(value: Any) -> Any:

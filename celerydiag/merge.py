@@ -1,20 +1,28 @@
 """Merging saved reports from several hosts into one ranked report.
 
 A finding id may appear once per host; we keep each, tagged with its host in the evidence, so the
-merged ranking shows the worst host first and a reader knows where to look.
+merged ranking shows the worst host first and a reader knows where to look. The same report given
+twice (same host, same creation time, same findings) counts once: ``report a.json a.json`` must
+not double every finding.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 
-from celerydiag.findings import Finding, ProbeResult, Report, latency_block, rank
+from celerydiag.findings import Finding, ProbeResult, Report, latency_block
+from celerydiag.rank import order, rank
 
 
 def merge_reports(reports: Sequence[Report], budget_ms: float | None = None) -> Report:
-    if len(reports) == 1 and budget_ms is None:
-        return reports[0]
+    """One report of ``reports``, every finding re-rated against ``budget_ms``; with None each
+    keeps the rating of the budget its report was saved with (and the merged report states the
+    first report's budget)."""
+    reports = distinct(reports)
+    if len(reports) == 1:
+        return reports[0] if budget_ms is None else reports[0].rerated(budget_ms)
     findings: list[Finding] = []
     probes: list[ProbeResult] = []
     hosts = []
@@ -33,7 +41,8 @@ def merge_reports(reports: Sequence[Report], budget_ms: float | None = None) -> 
         sources = {r.target.get("source", "") for r in reports}
         # design.md's sources are app|flags|env|embedded; "merged" only when the hosts disagree
         target["source"] = sources.pop() if len(sources) == 1 else "merged"
-    ranked = rank(findings)
+    budget = first.budget_ms if budget_ms is None else budget_ms
+    ranked = order(findings) if budget_ms is None else rank(findings, budget_ms)
     latency = latency_block([], ranked)
     observed = [r.latency for r in reports if r.latency.get("observed_p99_ms") is not None]
     if observed:  # the worst host's observation is the one that matters
@@ -41,5 +50,19 @@ def merge_reports(reports: Sequence[Report], budget_ms: float | None = None) -> 
         latency.update(observed_p50_ms=worst.get("observed_p50_ms"),
                        observed_p99_ms=worst["observed_p99_ms"])
     meta = {**first.meta, "hostname": ", ".join(hosts), "merged_from": len(reports)}
-    return Report(target=target, budget_ms=budget_ms or first.budget_ms, probes=tuple(probes),
+    return Report(target=target, budget_ms=budget, probes=tuple(probes),
                   findings=ranked, meta=meta, latency=latency, version=first.version)
+
+
+def distinct(reports: Sequence[Report]) -> list[Report]:
+    """``reports`` without repeats of one report: same meta hostname and creation time and the
+    same findings (two hosts, or two runs on one host, both stay)."""
+    seen: set[str] = set()
+    out = []
+    for report in reports:
+        key = json.dumps([report.meta.get("hostname"), report.meta.get("created"),
+                          [f.to_dict() for f in report.findings]], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(report)
+    return out

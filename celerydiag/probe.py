@@ -28,6 +28,7 @@ from celerydiag import interrupt
 from celerydiag.access.reach import describe
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus
+from celerydiag.rank import rated
 from celerydiag.target import Target, redact
 from celerydiag.ui import NullProgress, Progress
 
@@ -203,8 +204,10 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
         ctx.progress.done()
         ctx.cleanup = contextlib.ExitStack()
     secrets = ctx.target.secrets()
+    # Rated here too (rank decides), so a ProbeResult never holds a placeholder severity.
     return ProbeResult(probe.name, ProbeStatus.RAN, "", time.perf_counter() - started,
-                       tuple(redacted(f, secrets) for f in findings), dict(ctx.latency))
+                       tuple(rated(redacted(f, secrets), ctx.budget_ms) for f in findings),
+                       dict(ctx.latency))
 
 
 

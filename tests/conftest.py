@@ -15,7 +15,7 @@ Fixtures (use them by name in any test):
   cli_argv                      the argv prefix of the real console script, for Popen
   run_cli(*args, ...)           run the real ``celerydiag`` console script in a subprocess with a
                                 bounded timeout and a clean environment; returns CompletedProcess
-  check_report(doc)             assert ``doc`` has the ``celerydiag.report/1`` shape of design.md
+  check_report(doc)             assert ``doc`` has the ``celerydiag.report/2`` shape of design.md (or /1)
   evidence_unit_problems(ev)    list of evidence keys whose numbers carry no unit suffix
 """
 
@@ -120,9 +120,10 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-# ---- the celerydiag.report/1 contract (design.md "JSON contracts") ---------------------------------
+# ---- the celerydiag.report/2 contract, and /1 still read (design.md "JSON contracts") -----------
 
 SEVERITIES = {"critical", "warning", "info", "ok"}
+KINDS = ["measured", "modelled", "hazard"]  # in ranking order
 CAUSES = {"broker", "backend", "network", "serialization", "polling", "config", "host", "e2e"}
 STATUSES = {"ran", "skipped", "failed"}
 SOURCES = {"app", "flags", "env", "embedded", "merged"}
@@ -143,10 +144,12 @@ def _number(value: Any) -> bool:
 
 
 def check_report_document(doc: Any) -> None:
-    """Assert the shape of a ``celerydiag.report/1`` document: required keys, types, closed sets,
-    finite numbers, ranked findings. The reader other programs will write against."""
+    """Assert the shape of a ``celerydiag.report/2`` document (or a saved ``/1`` one): required
+    keys, types, closed sets, finite numbers, ranked findings. The reader other programs will
+    write against."""
     assert isinstance(doc, dict), "a report is a JSON object"
-    assert doc.get("schema") == "celerydiag.report/1", doc.get("schema")
+    assert doc.get("schema") in ("celerydiag.report/2", "celerydiag.report/1"), doc.get("schema")
+    v2 = doc["schema"] == "celerydiag.report/2"
     _typed(doc, "version", str, "report")
     meta = _typed(doc, "meta", dict, "report")
     for key in ("hostname", "created", "python", "celery", "kombu"):
@@ -168,9 +171,14 @@ def check_report_document(doc: Any) -> None:
             assert probe["reason"], f"{where}: a {probe['status']} probe must say why"
     findings = _typed(doc, "findings", list, "report")
     for i, finding in enumerate(findings):
-        check_finding_document(finding, f"findings[{i}]")
-    order = [(-_rank(f["severity"]), -f["impact_ms"]) for f in findings]
-    assert order == sorted(order), "findings must be sorted by severity, then impact_ms, descending"
+        check_finding_document(finding, f"findings[{i}]", v2=v2)
+    if v2:  # design.md: measured before modelled at equal severity; a hazard below measured delays
+        order = [(-min(_rank(f["severity"]), 1 if f["kind"] == "hazard" else 3), KINDS.index(f["kind"]),
+                  -f["impact_ms"]) for f in findings]
+        assert order == sorted(order), "findings must be sorted by severity (a hazard as info at most), kind, impact"
+    else:
+        order = [(-_rank(f["severity"]), -f["impact_ms"]) for f in findings]
+        assert order == sorted(order), "findings must be sorted by severity, then impact_ms, descending"
     latency = _typed(doc, "latency", dict, "report")
     for key in ("observed_p50_ms", "observed_p99_ms"):
         assert key in latency, f"latency: missing {key}"
@@ -181,7 +189,7 @@ def check_report_document(doc: Any) -> None:
     _assert_finite(doc, "report")
 
 
-def check_finding_document(finding: Any, where: str = "finding") -> None:
+def check_finding_document(finding: Any, where: str = "finding", v2: bool = True) -> None:
     import re
 
     assert isinstance(finding, dict), where
@@ -193,6 +201,16 @@ def check_finding_document(finding: Any, where: str = "finding") -> None:
     _typed(finding, "detail", str, where)
     assert _number(_typed(finding, "impact_ms", (int, float), where))
     evidence = _typed(finding, "evidence", dict, where)
+    if v2:
+        kind = _typed(finding, "kind", str, where)
+        assert kind in KINDS, f"{where}.kind {kind!r}"
+        _typed(finding, "by_impact", bool, where)
+        assert "at_least" in finding and finding["at_least"] in SEVERITIES | {None}, f"{where}.at_least"
+        ok_below = finding.get("ok_below_ratio", "missing")
+        assert ok_below is None or (_number(ok_below) and 0 <= ok_below < 1), f"{where}.ok_below_ratio"
+        if kind == "hazard":  # a worst case that may never happen: no P99 impact, never critical
+            assert finding["impact_ms"] == 0 and "worst_case_ms" in evidence, where
+            assert finding["severity"] != "critical", where
     problems = unit_problems(evidence)
     assert not problems, f"{where} ({fid}): evidence keys without a unit: {problems}"
     fix = finding.get("fix", "missing")

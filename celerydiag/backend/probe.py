@@ -19,12 +19,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 from celerydiag.backend.db import is_permission
 from celerydiag.errors import DiagError
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target
 
@@ -111,7 +110,7 @@ def engine_fix(dialect: str, target: Target) -> Fix | None:
     current = current_engine_options(target)
     if fixed_engine_options(dialect, current) == current:
         return None
-    facts = Facts.installed(version_tuple(celery.__version__), 1000.0)
+    facts = Facts.installed(version_tuple(celery.__version__))
     options = fixed_engine_options(dialect, recommended_engine_options(target.conf, target, facts))
     if dialect == "postgresql":
         summary = (f"give Celery's connections a {PG_LOCK_TIMEOUT_MS} ms lock_timeout: a blocked update_state"
@@ -276,7 +275,7 @@ class DatabaseRun:
         ddl = f"CREATE INDEX {index} ON {where} (date_done);"
         if info.dialect == "postgresql":
             ddl = f"CREATE INDEX CONCURRENTLY {index} ON {where} (date_done);"
-        yield rated("backend.date-done-index", Cause.BACKEND, scan_ms, self.ctx.budget_ms,
+        yield delay("backend.date-done-index", Cause.BACKEND, scan_ms,
                     f"no index on {where}.date_done: celery.backend_cleanup's DELETE scans the whole table"
                     f" ({scan_ms:.0f} ms{'+' if cut else ''} for {tinfo.rows or 0} rows) while it locks rows",
                     detail="Tables created before Celery 5.6.3 lack this index and create_all() does not add it;"
@@ -318,7 +317,7 @@ class DatabaseRun:
         summary = (f"find out what connection {b['id']} ({b.get('user')}@{b.get('host')}) is doing in its"
                    f" {b.get('transaction_age_s', 0):.0f} s-old transaction and end it ({kill}); then bound waits:"
                    f" {fix.summary if fix else 'lock timeouts are already set'}")
-        yield rated("backend.lock-wait", Cause.BACKEND, worst.wait_s * 1000, self.ctx.budget_ms,
+        yield delay("backend.lock-wait", Cause.BACKEND, worst.wait_s * 1000,
                     f"writes to {self.table.qualified} blocked {worst.wait_s * 1000:.0f} ms by connection"
                     f" {b['id']} ({b.get('user')}@{b.get('host')}, {b.get('state')})",
                     detail=f"{len(ours)} lock-wait episode(s) on the task table in {duration:g} s. Blocker's last"
@@ -392,7 +391,7 @@ class DatabaseRun:
                             "check the database user's INSERT/UPDATE rights and the server's log")
         evidence = {"table": table, **distinct.to_evidence()}
         thin = "" if s.reliable else f" (only {s.samples} writes: P99 is the maximum below {MIN_SAMPLES_FOR_P99})"
-        yield rated("backend.write-latency", Cause.BACKEND, s.p99_ms, self.ctx.budget_ms,
+        yield delay("backend.write-latency", Cause.BACKEND, s.p99_ms,
                     f"update_state write P99 {s.p99_ms:.1f} ms, P50 {s.p50_ms:.1f} ms"
                     f" ({distinct.writers} writer(s), own rows, {distinct.writes_per_s:.0f} writes/s){thin}",
                     detail="Celery's own DatabaseBackend.store_result on a scratch copy of the task table, pooled"
@@ -417,23 +416,22 @@ class DatabaseRun:
                        f" {with_fix.errors['lock_timeout']} lock timeouts, {with_fix.errors['deadlock']} deadlocks.")
         if one.first_error:
             detail += f" First error: {self.target.redact(one.first_error)}."
-        severity_finding = rated("backend.row-contention", Cause.BACKEND, impact, self.ctx.budget_ms,
-                                 f"concurrent writes to one task row add {impact:.1f} ms at P99"
-                                 f" ({failures} failed writes)", detail=detail,
-                                 evidence={"table": table, "phases": {k: p.to_evidence() for k, p in phases.items()},
-                                           "lock_wait_ms": round(lock_wait, 2),
-                                           "failed_writes_count": failures},
-                                 fix=fix if (failures or impact >= 0.2 * self.ctx.budget_ms) else None)
-        if failures and severity_finding.severity < Severity.WARNING:
-            severity_finding = replace(severity_finding, severity=Severity.WARNING)
-        yield severity_finding
+        # failed writes are worse than their milliseconds say: at least a warning
+        yield delay("backend.row-contention", Cause.BACKEND, impact,
+                    f"concurrent writes to one task row add {impact:.1f} ms at P99"
+                    f" ({failures} failed writes)", detail=detail,
+                    evidence={"table": table, "phases": {k: p.to_evidence() for k, p in phases.items()},
+                              "lock_wait_ms": round(lock_wait, 2),
+                              "failed_writes_count": failures},
+                    fix=fix if (failures or impact >= 0.2 * self.ctx.budget_ms) else None,
+                    at_least=Severity.WARNING if failures else None)
 
     def read_finding(self, fresh: Any, pooled: Any) -> Finding:
         if not fresh.samples:
             return Finding("backend.reconnect-per-read", Cause.BACKEND, Severity.INFO,
                            "connection cost not measured (time budget spent)", evidence={})
         extra = max(0.0, fresh.p50_ms - pooled.p50_ms)
-        return rated("backend.reconnect-per-read", Cause.BACKEND, extra, self.ctx.budget_ms,
+        return delay("backend.reconnect-per-read", Cause.BACKEND, extra,
                      f"a client read costs {fresh.p50_ms:.1f} ms with a new connection (Celery outside forked"
                      f" workers) vs {pooled.p50_ms:.1f} ms pooled: +{extra:.1f} ms per AsyncResult.state",
                      detail="Outside prefork children (web/API processes, solo/threads/gevent/eventlet pools)"
@@ -500,12 +498,12 @@ def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
                     max(1.0, ctx.limits.max_seconds / 3), ctx.limits.timeout_s)
     ctx.progress.step(1, "subscribers, eviction, TTLs")
     w, r = facts.write, facts.read
-    yield rated("backend.write-latency", Cause.BACKEND, w.p99_ms, ctx.budget_ms,
+    yield delay("backend.write-latency", Cause.BACKEND, w.p99_ms,
                 f"update_state write P99 {w.p99_ms:.2f} ms, P50 {w.p50_ms:.2f} ms (GET + MULTI/SETEX/PUBLISH/EXEC)",
                 detail="Celery's own RedisBackend.store_result on a key of our own, sent on a fixed schedule and"
                        " timed from the intended send time.",
                 evidence={"write_ms": w.short(), "samples": w.samples})
-    yield rated("backend.read-latency", Cause.BACKEND, r.p99_ms, ctx.budget_ms,
+    yield delay("backend.read-latency", Cause.BACKEND, r.p99_ms,
                 f"client read (AsyncResult.state) P99 {r.p99_ms:.2f} ms, P50 {r.p50_ms:.2f} ms",
                 evidence={"read_ms": r.short(), "samples": r.samples})
     memory = {"maxmemory_bytes": facts.maxmemory_bytes, "used_memory_bytes": facts.used_memory_bytes,

@@ -23,7 +23,7 @@ from celerydiag.access.reach import describe
 from celerydiag.broker import amqp as amqp_m
 from celerydiag.broker import redis as redis_m
 from celerydiag.errors import DiagError, TargetUnreachable
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.measure import Summary, summarize
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target, redact_url
@@ -437,7 +437,7 @@ def backlog_findings(depths: dict[str, tuple[int | None, int] | Any], rates: dic
         title = (f"{total} tasks already queued: a new task waits about {wait_ms / 1000:.1f} s behind them "
                  "before it starts" if wait_ms else
                  f"{total} tasks already queued ahead of any new one (pass --rabbitmq-api for the wait in s)")
-        yield rated("broker.backlog", Cause.BROKER, wait_ms, budget_ms, title,
+        yield delay("broker.backlog", Cause.BROKER, wait_ms, title,
                     detail=("A backlog delays dispatch (PENDING→STARTED) only; add workers or "
                             "concurrency for those queues, or give urgent tasks their own queue. "
                             + state_path_words(target)),
@@ -489,7 +489,7 @@ def latency_findings(ctx: ProbeContext, series: dict[str, Summary], rtt: Summary
         detail += (" The broker refused a durable scratch queue, so persistent messages skipped the disk here; "
                    "on a durable queue RabbitMQ acks them after its batched fsync (up to a few hundred ms "
                    "under load).")
-    yield rated("broker.publish-latency", Cause.BROKER, round(impact, 3), ctx.budget_ms,
+    yield delay("broker.publish-latency", Cause.BROKER, round(impact, 3),
                 f"broker adds {impact:.1f} ms (P99) to {where}",
                 detail=detail, evidence=evidence,
                 fix=Fix("keep task states off the broker: use a Redis (or database) result backend",
@@ -500,7 +500,7 @@ def latency_findings(ctx: ProbeContext, series: dict[str, Summary], rtt: Summary
     if enabled:
         where_cost = ("every update_state() (the worker waits for each ack before it goes on)" if rpc
                       else "every apply_async() call (the caller waits; the task itself is delivered as fast)")
-        yield rated("broker.confirm-publish", Cause.BROKER, round(cost, 3) if rpc else 0.0, ctx.budget_ms,
+        yield delay("broker.confirm-publish", Cause.BROKER, round(cost, 3) if rpc else 0.0,
                     f"publisher confirms add {cost:.2f} ms (P99) to {where_cost}",
                     detail=("confirm_publish=True makes py-amqp wait for RabbitMQ's basic.ack after each "
                             "publish, one message at a time per channel. Keep it: it is what turns a "
@@ -575,8 +575,8 @@ class RedisRun:
         impact = _p(roundtrip)
         where = ("every state update (rpc://)" if rpc else
                  dispatch_words(self.target))
-        yield rated(
-            "broker.publish-latency", Cause.BROKER, round(impact, 3), ctx.budget_ms,
+        yield delay(
+            "broker.publish-latency", Cause.BROKER, round(impact, 3),
             f"broker adds {impact:.1f} ms (P99) to {where}",
             detail=(f"{state_path_words(self.target)}. LPUSH (what apply_async() waits for; Redis has no "
                     f"publisher confirms, each LPUSH is acknowledged) P99 {_p(publish):.2f} ms; LPUSH until "

@@ -18,15 +18,17 @@ def command(files: tuple[str, ...], fmt: str, output: str | None, fail_on: str,
             budget_ms: float, no_color: bool) -> ExitCode:
     """Re-render saved JSON reports; with several, merge them into one ranked report.
 
-    Each finding keeps the host it came from (in its evidence) so a merged report says where.
+    Each finding keeps the host it came from (in its evidence) so a merged report says where;
+    --budget-ms re-rates every finding whose severity follows its impact; the same file given
+    twice counts once.
     """
     from celerydiag.merge import merge_reports
 
     reports = [load(path) for path in files]
-    # Severities in a saved report were judged against the budget it was made with; keep that
-    # budget unless the user names one, rather than claiming the default over them.
+    # A saved report was rated against the budget it was made with; keep that budget unless the
+    # user names one (then every rated finding is judged again: rank.rate).
     explicit = click.get_current_context().get_parameter_source("budget_ms") != click.core.ParameterSource.DEFAULT
-    merged = merge_reports(reports, budget_ms if len(reports) > 1 and explicit else None)
+    merged = merge_reports(reports, budget_ms if explicit else None)
     return emit(merged, fmt, output, fail_on, no_color)
 
 

@@ -10,11 +10,11 @@ backend's retries and row locking).
 ``impact_ms`` policy, so static findings rank honestly next to measured ones:
 - a *cost* finding (an extra write, a bigger payload) carries what one state update pays;
   when that depends on the live system it is 0 and the detail names the probe that measures it;
-- a *hazard* finding (a timeout that lets one update stall) carries ``impact_ms`` 0 and the
-  stall the setting allows in ``evidence.worst_case_stall_s``: how often it happens, and so what
-  it adds to the P99, is unknowable statically, and a worst case must not outrank a measured
-  delay. It is a warning when that stall would reach 20 % of the budget; only a live probe may
-  call a hazard critical;
+- a *hazard* finding (a timeout that lets one update stall) is ``findings.hazard``: ``impact_ms``
+  0 and the stall the setting allows in ``evidence.worst_case_ms``: how often it happens, and so
+  what it adds to the P99, is unknowable statically, and a worst case must not outrank a measured
+  delay. ``rank`` makes it a warning when that stall would reach 20 % of the budget and never
+  more; only a live probe may call a cause critical;
 - security (pickle) and crash (a setting that makes every write raise) findings have a fixed
   severity and ``impact_ms`` 0: they are not latency.
 
@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Kind, Severity, delay, hazard
 from celerydiag.probe import Probe, ProbeContext, redacted, version_tuple
 from celerydiag.target import Target
 
@@ -106,17 +106,17 @@ PLACEHOLDER_REDIS = "redis://REDIS-HOST:6379/0"
 
 @dataclass(frozen=True)
 class Facts:
-    """What the checks need besides the config: versions (tests vary them) and the budget."""
+    """What the checks need besides the config: the versions (tests vary them). Not the budget:
+    severity is rank's decision."""
 
     celery: tuple[int, ...]
     sqlalchemy: tuple[int, ...]
-    budget_ms: float = 1000.0
 
     @classmethod
-    def installed(cls, celery: tuple[int, ...], budget_ms: float) -> Facts:
+    def installed(cls, celery: tuple[int, ...]) -> Facts:
         import sqlalchemy  # heavy-ish; only when the probe runs
 
-        return cls(celery, version_tuple(sqlalchemy.__version__), budget_ms)
+        return cls(celery, version_tuple(sqlalchemy.__version__))
 
 
 def _v(version: tuple[int, ...]) -> str:
@@ -137,19 +137,18 @@ def _fixed(slug: str, severity: Severity, title: str, detail: str, fix: Fix | No
 
 def _cost(facts: Facts, slug: str, impact_ms: float, title: str, detail: str, fix: Fix | None,
           **evidence: Any) -> Finding:
-    return rated(f"config.{slug}", Cause.CONFIG, impact_ms, facts.budget_ms, title,
-                 detail=detail, evidence=evidence, fix=fix)
+    """A cost of the config itself: nothing is measured statically, so it is modelled (a nominal
+    round trip, or 0 when only a live probe can tell)."""
+    return delay(f"config.{slug}", Cause.CONFIG, impact_ms, title, kind=Kind.MODELLED, detail=detail,
+                 evidence=evidence, fix=fix)
 
 
 def _hazard(facts: Facts, slug: str, stall_s: float | None, title: str, detail: str,
             fix: Fix | None, **evidence: Any) -> Finding:
-    """A stall the config allows for one update; capped at warning (frequency is unknown here)."""
-    if stall_s is None:
-        severity = Severity.WARNING
-    else:
-        severity = min(Severity.from_impact(stall_s * 1000.0, facts.budget_ms), Severity.WARNING)
-    return Finding(f"config.{slug}", Cause.CONFIG, severity, title, detail, 0.0,
-                   dict(evidence, worst_case_stall_s=stall_s), fix)
+    """A stall the config allows for one update (None: unbounded); rank rates it by that worst
+    case, capped at warning (frequency is unknown here)."""
+    return hazard(f"config.{slug}", Cause.CONFIG, None if stall_s is None else stall_s * 1000.0,
+                  title, detail=detail, evidence=evidence, fix=fix)
 
 
 # ---- pasteable Python -------------------------------------------------------------------------
@@ -268,7 +267,7 @@ def check_isolation(conf: Any, target: Target, facts: Facts) -> Iterator[Finding
         "(the whole table while date_done has no index), and concurrent INSERTs of task rows can "
         "deadlock (Celery's FAQ); a result write that hits such a lock waits up to "
         f"innodb_lock_wait_timeout ({INNODB_LOCK_WAIT_S:.0f} s by default) or is retried after a "
-        "deadlock. impact_ms is that worst case for one affected update; `celerydiag probe backend` "
+        "deadlock. worst_case_ms is that stall for one affected update; `celerydiag probe backend` "
         "measures how often it happens and reads the server's real isolation level.")
     if level == "AUTOCOMMIT":
         detail += (" AUTOCOMMIT is not a fix either: it makes Celery's read-then-write of a result "
@@ -459,7 +458,7 @@ def check_redis_timeout(conf: Any, target: Target, facts: Facts) -> Iterator[Fin
         f"120 s) and redis_socket_connect_timeout is {'unset' if connect is None else f'{connect:g} s'}. "
         "update_state() is a synchronous GET then MULTI/SETEX/PUBLISH/EXEC; when the connection has "
         "gone half-open (a NAT or load-balancer idle timeout, a failover) the write blocks "
-        f"{bound} before Celery reconnects and retries, and the task body waits with it. impact_ms is "
+        f"{bound} before Celery reconnects and retries, and the task body waits with it. worst_case_ms is "
         "that stall for one affected update; it costs nothing while the network is healthy. The fix "
         "bounds both waits, retries once on a timeout, and PINGs connections idle for 25 s before use.")
     fix = Fix(S_REDIS_TIMEOUT, assignments(**RECOMMENDED_REDIS), (D_REDIS_SETTINGS,))
@@ -808,5 +807,5 @@ class ConfigProbe(Probe):
     static = True
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        facts = Facts.installed(ctx.celery_version, ctx.budget_ms)
+        facts = Facts.installed(ctx.celery_version)
         yield from check_config(ctx.target, facts)

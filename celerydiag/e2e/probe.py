@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag.errors import TargetUnreachable
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.measure import ms, summarize
 from celerydiag.probe import Probe, ProbeContext, log
 from celerydiag.target import Target, redact_url
@@ -371,8 +371,8 @@ class E2ERun:
         latencies, sent = dispatch
         d = summarize(latencies)
         if d.samples:
-            yield rated(
-                "e2e.dispatch-latency", Cause.E2E, d.p99_ms, ctx.budget_ms,
+            yield delay(
+                "e2e.dispatch-latency", Cause.E2E, d.p99_ms,
                 f"Task dispatch (apply_async → task starts) P99 {d.p99_ms:.1f} ms",
                 detail=(f"{d.samples} tasks sent one at a time, {DISPATCH_SPACING_S * 1000:.0f} ms apart, "
                         f"through {where}; each timed from its slot on that schedule. This is the time a "
@@ -411,8 +411,8 @@ class E2ERun:
                 reads = summarize([ms(v) for v in self.trace.reads_s])
                 evidence.update(read_p50_ms=round(reads.p50_ms, 3), read_p99_ms=round(reads.p99_ms, 3),
                                 poll_interval_ms=POLL_INTERVAL_S * 1000)
-            yield rated(
-                f"e2e.visibility-{mode}", Cause.E2E, s.p99_ms, ctx.budget_ms,
+            yield delay(
+                f"e2e.visibility-{mode}", Cause.E2E, s.p99_ms,
                 f"State visibility ({mode}): update_state() returned → client saw it, "
                 f"P99 {s.p99_ms:.1f} ms",
                 detail=(f"{s.samples} updates written by a real worker through {where} and watched by a "

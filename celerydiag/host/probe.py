@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target
 
@@ -67,7 +67,7 @@ class HostProbe(Probe):
         window = sample({w.pid: w.pids for w in found.matched}, seconds, exclude=mine)
         facts = [worker_facts(w, ctx.target, window) for w in found.matched]
         yield workers_finding(found, facts, window)
-        yield cpu_wait_finding(facts, window, ctx.budget_ms)
+        yield cpu_wait_finding(facts, window)
         yield saturation_finding(facts, window)
         yield swap_finding(facts, window)
         if ctx.target.backend_scheme == "db" and "sqlite" not in ctx.target.backend_url.split("://", 1)[0]:
@@ -148,7 +148,7 @@ def workers_finding(found: Census, facts: Sequence[dict[str, Any]], window: Wind
                    detail=" ".join(lines), evidence=evidence)
 
 
-def cpu_wait_finding(facts: Sequence[dict[str, Any]], window: Window, budget_ms: float) -> Finding:
+def cpu_wait_finding(facts: Sequence[dict[str, Any]], window: Window) -> Finding:
     """The measured milliseconds: run-queue wait per timeslice over every worker thread."""
     if not window.run_queue_measured:
         return Finding("host.cpu-wait", Cause.HOST, Severity.INFO,
@@ -183,7 +183,7 @@ def cpu_wait_finding(facts: Sequence[dict[str, Any]], window: Window, budget_ms:
         return Finding("host.cpu-wait", Cause.HOST, Severity.OK,
                        f"the workers get a CPU within {per_slice_ms:.2f} ms of becoming runnable",
                        detail=detail, impact_ms=per_slice_ms, evidence=evidence)
-    return rated("host.cpu-wait", Cause.HOST, per_slice_ms, budget_ms,
+    return delay("host.cpu-wait", Cause.HOST, per_slice_ms,
                  f"the workers wait {per_slice_ms:.1f} ms for a CPU each time they wake: every update_state "
                  "waits too", detail=detail, evidence=evidence, fix=starved_fix(facts, window))
 

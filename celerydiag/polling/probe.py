@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Kind, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import Target
 
@@ -107,9 +107,9 @@ class PollingProbe(Probe):
                   f"({'closed form' if result.method == 'closed-form' else 'simulated'}). A PROGRESS state "
                   f"lasting 1 s is never seen with probability {miss_1s:.0%}. "
                   "`celerydiag poll-model` shows the full trade-off.")
-        yield rated("polling.detection-delay", Cause.POLLING, ms["p99"], ctx.budget_ms,
+        yield delay("polling.detection-delay", Cause.POLLING, ms["p99"],
                     f"states reach {who} up to {polling.fmt_s(ms['p99'] / 1000)} late (P99)",
-                    detail=detail, evidence=evidence, fix=self._fix(ctx, strategy, scheme, push))
+                    kind=Kind.MODELLED, detail=detail, evidence=evidence, fix=self._fix(ctx, strategy, scheme, push))
 
     def _fix(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None) -> Fix:
         from celerydiag.polling.model import fmt_s
@@ -135,9 +135,10 @@ class PollingProbe(Probe):
                           evidence={"strategy": "push", "p99_ms": 0.0})
             return
         p99_ms = polling.fixed_delay_quantile_s(polling.CELERY_GET_INTERVAL_S, 0.99) * 1000
-        yield rated(
-            "polling.detection-delay", Cause.POLLING, p99_ms, ctx.budget_ms,
+        yield delay(
+            "polling.detection-delay", Cause.POLLING, p99_ms,
             f"push is not available on the {scheme} backend: get() polls every 0.5 s",
+            kind=Kind.MODELLED,
             detail=(f"--poll-strategy push needs a Redis or RPC result backend; on {scheme} Celery rejects "
                     "get(on_message=...) (ImproperlyConfigured: Backend does not support on_message callback) "
                     f"and get() polls every 0.5 s, so states are up to {polling.fmt_s(p99_ms / 1000)} late "

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from typing import Any, TextIO
 
 from celerydiag.findings import ProbeStatus, Report, Severity
+from celerydiag.render.words import impact_brief
 
 # Characters XML 1.0 forbids even escaped (driver errors can carry ANSI colour codes or NULs);
 # ElementTree writes them as they are, which CI's JUnit parsers reject.
@@ -46,13 +47,13 @@ def _suite(parent: ET.Element, name: str, status: ProbeStatus, reason: str, elap
         case = ET.SubElement(suite, "testcase", classname=f"celerydiag.{name}", name=f.id)
         if f.severity >= fail_on and f.severity > Severity.OK:
             failure = ET.SubElement(case, "failure", type=str(f.severity),
-                                    message=f"{f.title} ({f.impact_ms:.1f} ms)")
+                                    message=f"{f.title} ({impact_brief(f)})")
             failure.text = "\n".join(x for x in (f.detail, f.fix.summary if f.fix else "",
                                                  f.fix.config if f.fix else "") if x)
             failures += 1
         else:
             out = ET.SubElement(case, "system-out")
-            out.text = f"{f.severity}: {f.title} ({f.impact_ms:.1f} ms)"
+            out.text = f"{f.severity}: {f.title} ({impact_brief(f)})"
     tests = len(findings) + (1 if status != ProbeStatus.RAN else 0)
     suite.set("tests", str(tests))
     suite.set("failures", str(failures))

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from celerydiag.findings import Report, Severity
-from celerydiag.render.words import evidence_lines, has_hosts, headline, host_of, probe_lines
+from celerydiag.render.words import (
+    evidence_lines,
+    has_hosts,
+    headline,
+    host_of,
+    impact_cell,
+    impact_phrase,
+    probe_lines,
+)
 
 
 def _cell(text: str) -> str:
@@ -19,17 +27,17 @@ def render(report: Report, stream: TextIO, **_: Any) -> None:
     if has_hosts(report):  # a merged report: say where each finding was measured
         w("| severity | id | host | impact ms | title |\n|---|---|---|---:|---|\n")
         for f in report.findings:
-            w(f"| {f.severity} | `{f.id}` | {_cell(host_of(f) or '')} | {f.impact_ms:.1f} | {_cell(f.title)} |\n")
+            w(f"| {f.severity} | `{f.id}` | {_cell(host_of(f) or '')} | {impact_cell(f)} | {_cell(f.title)} |\n")
     else:
         w("| severity | id | impact ms | title |\n|---|---|---:|---|\n")
         for f in report.findings:
-            w(f"| {f.severity} | `{f.id}` | {f.impact_ms:.1f} | {_cell(f.title)} |\n")
+            w(f"| {f.severity} | `{f.id}` | {impact_cell(f)} | {_cell(f.title)} |\n")
     w("\n")
     for f in report.findings:
         if f.severity == Severity.OK:
             continue
         w(f"## {f.severity}: {f.title}\n\n`{f.id}` · cause {f.cause} · "
-          f"impact {f.impact_ms:.1f} ms\n\n")
+          f"{impact_phrase(f)}\n\n")
         if f.detail:
             w(f"{f.detail}\n\n")
         for line in evidence_lines(f.evidence):

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from celerydiag.findings import Report, Severity
-from celerydiag.render.words import evidence_lines, has_hosts, headline, host_of, latency_line, probe_lines
+from celerydiag.render.words import (
+    evidence_lines,
+    has_hosts,
+    headline,
+    host_of,
+    impact_cell,
+    latency_line,
+    probe_lines,
+)
 
 STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",
          Severity.OK: "green"}
@@ -36,7 +44,7 @@ def render(report: Report, stream: TextIO, *, color: bool = False, **_: Any) -> 
     table.add_column("finding")
     for f in report.findings:
         host = [escape(host_of(f) or "")] if hosts else []
-        table.add_row(f"[{STYLE[f.severity]}]{f.severity}[/]", f"{f.impact_ms:.1f}",
+        table.add_row(f"[{STYLE[f.severity]}]{f.severity}[/]", impact_cell(f),
                       str(f.cause), *host, f"{escape(f.title)}\n[dim]{f.id}[/]")
     if report.findings:
         console.print(table)

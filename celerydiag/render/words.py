@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from celerydiag.findings import Report
+from celerydiag.findings import Finding, Kind, Report
 
 EMBEDDED_NOTE = ("Measured celerydiag's embedded default (in-memory broker, SQLite results, in-process "
                  "worker), not your deployment: pass --app or --broker/--backend to measure yours.")
@@ -35,6 +35,38 @@ def latency_line(report: Report) -> str | None:
         return line + (" (more than observed: it includes modelled costs the e2e client avoids, "
                        "such as your clients' poll interval).")
     return line + f" ({p99 - explained:.1f} ms of the observed P99 unexplained)."
+
+
+def impact_cell(finding: Finding) -> str:
+    """The impact column: a measured number as it is, a modelled one marked as such, and a
+    hazard's worst case instead of its 0 (a hazard adds nothing to the P99 until it happens)."""
+    if finding.kind is Kind.HAZARD:
+        return f"hazard: {worst_case_words(finding)}"
+    number = f"{finding.impact_ms:.1f}"
+    return f"{number} modelled" if finding.kind is Kind.MODELLED else number
+
+
+def impact_phrase(finding: Finding) -> str:
+    """The same in a sentence: "impact 12.0 ms", "impact 495.0 ms (modelled)", "hazard: up to 50 s"."""
+    if finding.kind is Kind.HAZARD:
+        return f"hazard: {worst_case_words(finding)} (not counted in the P99)"
+    modelled = " (modelled)" if finding.kind is Kind.MODELLED else ""
+    return f"impact {finding.impact_ms:.1f} ms{modelled}"
+
+
+def impact_brief(finding: Finding) -> str:
+    """For a parenthesis after a title: "12.0 ms", "495.0 ms, modelled", "hazard: up to 50 s"."""
+    if finding.kind is Kind.HAZARD:
+        return f"hazard: {worst_case_words(finding)}"
+    modelled = ", modelled" if finding.kind is Kind.MODELLED else ""
+    return f"{finding.impact_ms:.1f} ms{modelled}"
+
+
+def worst_case_words(finding: Finding) -> str:
+    worst = finding.worst_case_ms
+    if worst is None:
+        return "no bound"
+    return f"up to {worst / 1000:g} s" if worst >= 1000 else f"up to {worst:g} ms"
 
 
 def probe_lines(report: Report) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from celerydiag.access.reach import connect_timeout_args, describe, redis_backend_client
 from celerydiag.errors import DiagError, InputError, TargetUnreachable
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, delay
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.serialization.harness import (
     DEFAULT_BANDWIDTH_BYTES_PER_S,
@@ -47,6 +47,7 @@ MAX_READ_BYTES = 16 * MB  # the largest single value we GET/SELECT and decode
 PICKED = 1  # stored metas decoded and measured: the largest that decodes (the P99 stand-in)
 MAX_DECODE_ATTEMPTS = 8
 LARGE_META_BYTES = 64 * 1024  # above this a progress meta is carrying data, not progress
+NEGLIGIBLE_RATIO = 0.01  # with nothing to fix, a cost under 1 % of the budget is ok
 ALTERNATIVES = ("json", "msgpack", "orjson", "pickle5", "pickle")
 DOCS = ("https://docs.celeryq.dev/en/stable/userguide/calling.html#serializers",
         "https://docs.celeryq.dev/en/stable/userguide/security.html#serializers")
@@ -155,7 +156,7 @@ class SerializationProbe(Probe):
         if stored.skipped:
             detail += f" Not used: {len(stored.skipped)} value(s) ({stored.skipped[0]})."
         fix = _fix(biggest, serializer, alternatives, impact)
-        yield self._finding("serialization.stored-meta", impact, ctx.budget_ms,
+        yield self._finding("serialization.stored-meta", impact,
                             f"state payload costs {impact:.1f} ms per update (largest stored meta "
                             f"{human_size(biggest)}, {codec_name})", detail, evidence, fix)
 
@@ -188,17 +189,16 @@ class SerializationProbe(Probe):
                   f" would cost {large.total_ms:.2f} ms per update; `celerydiag bench-serialize` compares "
                   f"serializers on your own payload (--payload FILE, --from-backend TASK_ID).")
         fix = _fix(small_size, serializer, {}, small.total_ms)
-        yield self._finding("serialization.standard-meta", small.total_ms, ctx.budget_ms,
+        yield self._finding("serialization.standard-meta", small.total_ms,
                             f"a small progress meta costs {small.total_ms:.2f} ms per update ({serializer})",
                             detail, evidence, fix)
 
     @staticmethod
-    def _finding(id: str, impact: float, budget_ms: float, title: str, detail: str,
+    def _finding(id: str, impact: float, title: str, detail: str,
                  evidence: dict[str, Any], fix: Fix | None) -> Finding:
-        if impact < 0.01 * budget_ms and fix is None:
-            return Finding(id, Cause.SERIALIZATION, Severity.OK, title, detail, impact, evidence)
-        return rated(id, Cause.SERIALIZATION, impact, budget_ms, title, detail=detail, evidence=evidence,
-                     fix=fix)
+        # with nothing to fix, a cost under 1 % of the budget is a check that passed
+        return delay(id, Cause.SERIALIZATION, impact, title, detail=detail, evidence=evidence,
+                     fix=fix, ok_below_ratio=NEGLIGIBLE_RATIO if fix is None else None)
 
 
 # --------------------------------------------------------------------------- cost helpers

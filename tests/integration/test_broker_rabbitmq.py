@@ -249,7 +249,7 @@ def test_blocked_broker_is_reported_with_its_reason(amqp_url: str, scratch: str)
 
 
 def test_cli_json_report(amqp_url: str, run_cli: Any, check_report: Any) -> None:
-    """The console script end to end: a valid report/1 document on stdout, the summary on stderr."""
+    """The console script end to end: a valid report/2 document on stdout, the summary on stderr."""
     import json
 
     done = run_cli("probe", "broker", "--broker", amqp_url, "--backend", "rpc://", "--samples", "20",

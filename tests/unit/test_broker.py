@@ -17,6 +17,7 @@ from celerydiag.broker import api as broker_api
 from celerydiag.broker import probe as broker
 from celerydiag.broker import redis as broker_redis
 from celerydiag.findings import Severity
+from celerydiag.rank import rated  # probes leave a delay's severity to the ranking stage
 from celerydiag.target import Target, TargetSource
 
 
@@ -111,15 +112,15 @@ class Rate:
 
 def test_backlog_findings() -> None:
     t = target()
-    idle = next(broker.backlog_findings({"celery": (12, 0), "other": (None, 0)}, {}, 1000, t))
+    idle = rated(next(broker.backlog_findings({"celery": (12, 0), "other": (None, 0)}, {}, 1000, t)), 1000)
     assert idle.severity == Severity.CRITICAL and "celery (12 messages)" in idle.title
     assert idle.evidence["queues"]["other"] == {"declared": False}
-    busy = next(broker.backlog_findings({"celery": (300, 4)}, {"celery": Rate(100.0)}, 1000, t))
+    busy = rated(next(broker.backlog_findings({"celery": (300, 4)}, {"celery": Rate(100.0)}, 1000, t)), 1000)
     assert busy.impact_ms == pytest.approx(3000) and busy.severity == Severity.CRITICAL
     assert busy.evidence["queues"]["celery"]["deliver_interval_ms"] == 10.0
-    unknown = next(broker.backlog_findings({"celery": (5, -1)}, {}, 1000, t))
+    unknown = rated(next(broker.backlog_findings({"celery": (5, -1)}, {}, 1000, t)), 1000)
     assert unknown.severity == Severity.INFO and "consumers_count" not in unknown.evidence["queues"]["celery"]
-    ok = next(broker.backlog_findings({"celery": (0, 2)}, {}, 1000, t))
+    ok = rated(next(broker.backlog_findings({"celery": (0, 2)}, {}, 1000, t)), 1000)
     assert ok.severity == Severity.OK
 
 

@@ -24,6 +24,7 @@ from celerydiag.config.probe import (
 )
 from celerydiag.findings import Finding, Severity
 from celerydiag.probe import ProbeContext, run_probe, version_tuple
+from celerydiag.rank import rated
 from celerydiag.target import Target, TargetSource, resolve_target
 
 AMQP = "amqp://guest@127.0.0.1:5672//"
@@ -45,7 +46,8 @@ def make_target(broker: str = AMQP, backend: str = REDIS, source: TargetSource =
 
 def findings(target: Target, celery: tuple[int, ...] = NOW, sqlalchemy: tuple[int, ...] = SA2,
              budget_ms: float = 1000.0) -> dict[str, Finding]:
-    found = check_config(target, Facts(celery, sqlalchemy, budget_ms))
+    # the probe leaves severity to the ranking stage: rate as the guard and the report do
+    found = [rated(f, budget_ms) for f in check_config(target, Facts(celery, sqlalchemy))]
     ids = [f.id for f in found]
     assert len(ids) == len(set(ids)), f"one finding per check and target: {ids}"
     return {f.id: f for f in found}
@@ -212,7 +214,7 @@ def test_hazard_impact_is_the_stall_the_setting_allows() -> None:
     found = findings(make_target(redis_socket_timeout=120.0))
     f = found["config.redis-socket-timeout"]
     # a worst case, not a P99 contribution: it must not outrank measured delays
-    assert f.impact_ms == 0 and f.evidence["worst_case_stall_s"] == 120.0
+    assert f.impact_ms == 0 and f.evidence["worst_case_ms"] == 120_000.0
     assert f.severity == WARNING, "hazards are capped at warning: frequency is unknown statically"
 
 

@@ -19,9 +19,9 @@ from celerydiag.findings import (
     ProbeStatus,
     Report,
     Severity,
-    rank,
-    rated,
+    delay,
 )
+from celerydiag.rank import rank, rated
 
 REPORTS = Path(__file__).resolve().parents[1] / "fixtures" / "reports"
 
@@ -50,10 +50,10 @@ def test_measured_impact_is_never_ok_ok_is_only_for_passed_checks():
 
 
 def test_rated_sets_severity_from_impact_and_budget():
-    f = rated("broker.publish-latency", Cause.BROKER, 250.0, 1000, "slow publish",
-              evidence={"p99_ms": 250.0})
+    f = rated(delay("broker.publish-latency", Cause.BROKER, 250.0, "slow publish",
+                    evidence={"p99_ms": 250.0}), 1000)
     assert (f.severity, f.impact_ms, f.title) == (Severity.WARNING, 250.0, "slow publish")
-    assert rated("broker.publish-latency", Cause.BROKER, 250.0, 200, "x").severity is Severity.CRITICAL
+    assert rated(delay("broker.publish-latency", Cause.BROKER, 250.0, "x"), 200).severity is Severity.CRITICAL
 
 
 def test_severity_strings_are_the_wire_values():
@@ -72,7 +72,7 @@ def test_rank_is_severity_then_impact_descending():
         # a fixed-severity finding (security) outranks a bigger impact of lower severity
         Finding("a.warn-zero", Cause.CONFIG, Severity.WARNING, "t", impact_ms=0.0),
     ]
-    assert [f.id for f in rank(findings)] == [
+    assert [f.id for f in rank(findings, 1000)] == [
         "a.crit-big", "a.crit-small", "a.warn-big", "a.warn-zero", "a.info-big", "a.ok"]
 
 
@@ -88,11 +88,11 @@ finding_st = st.builds(
 
 @given(st.lists(finding_st, max_size=30))
 def test_rank_is_ordered_and_independent_of_input_order(findings):
-    ranked = rank(findings)
+    ranked = rank(findings, 1000)
     keys = [(-f.severity, -f.impact_ms) for f in ranked]
     assert keys == sorted(keys)
     # ties on (severity, impact) break on the id, so the order does not depend on the input's
-    assert [(f.severity, f.impact_ms, f.id) for f in rank(reversed(findings))] == \
+    assert [(f.severity, f.impact_ms, f.id) for f in rank(reversed(findings), 1000)] == \
         [(f.severity, f.impact_ms, f.id) for f in ranked]
     assert sorted(map(id, ranked)) == sorted(map(id, findings))
 
@@ -152,10 +152,10 @@ def test_evidence_odd_types_become_json_values():
 
 
 def _report() -> Report:
-    crit = rated("backend.lock-wait", Cause.BACKEND, 1500.0, 1000, "locks", evidence={"max_wait_ms": 1500.0})
-    warn = rated("broker.publish-latency", Cause.BROKER, 300.0, 1000, "publish")
+    crit = delay("backend.lock-wait", Cause.BACKEND, 1500.0, "locks", evidence={"max_wait_ms": 1500.0})
+    warn = delay("broker.publish-latency", Cause.BROKER, 300.0, "publish")
     ok = Finding("config.pickle-accepted", Cause.CONFIG, Severity.OK, "fine")
-    e2e = rated("e2e.visibility-poll", Cause.E2E, 1900.0, 1000, "seen late", evidence={"samples": 250})
+    e2e = delay("e2e.visibility-poll", Cause.E2E, 1900.0, "seen late", evidence={"samples": 250})
     results = [
         ProbeResult("config", ProbeStatus.RAN, "", 0.01, (ok,)),
         ProbeResult("broker", ProbeStatus.RAN, "", 1.0, (warn,)),
@@ -192,7 +192,7 @@ def test_report_without_findings_is_ok():
     assert report.latency == {"observed_p50_ms": None, "observed_p99_ms": None, "by_cause_ms": {}}
 
 
-@pytest.mark.parametrize("schema", ["celerydiag.report/2", "celerydiag.capture/1", None])
+@pytest.mark.parametrize("schema", ["celerydiag.report/3", "celerydiag.capture/1", None])
 def test_from_dict_refuses_other_schemas(schema):
     with pytest.raises(ValueError, match="celerydiag.report/1"):
         Report.from_dict({"schema": schema, "findings": []})
@@ -200,11 +200,28 @@ def test_from_dict_refuses_other_schemas(schema):
 
 @pytest.mark.parametrize("path", sorted(REPORTS.glob("*-v1.json")), ids=lambda p: p.name)
 def test_saved_v1_reports_load_forever(path, check_report):
-    """pyperf's habit: documents written by 0.1 must keep loading and re-serialise unchanged."""
+    """pyperf's habit: documents written by 0.1 must keep loading and re-serialise unchanged.
+    Since report/2 "unchanged" means: every v1 key keeps its value; the v2 document only adds
+    what v1 did not say (kind, by_impact, at_least, a hazard's worst_case_ms) and may reorder
+    findings by kind."""
     data = json.loads(path.read_text(encoding="utf-8"))
     check_report(data)
     report = Report.from_dict(data)
-    assert report.to_dict() == data
+    again = report.to_dict()
+    check_report(again)
+    assert again["schema"] == REPORT_SCHEMA
+    assert {k: v for k, v in again.items() if k not in ("schema", "findings")} == \
+        {k: v for k, v in data.items() if k not in ("schema", "findings")}
+    old = {f["id"] + repr(f["evidence"].get("host")): f for f in data["findings"]}
+    new = {f["id"] + repr(f["evidence"].get("host")): f for f in again["findings"]}
+    assert old.keys() == new.keys()
+    for key, finding in old.items():
+        wire = new[key]
+        assert {k: wire[k] for k in finding if k != "evidence"} == {k: v for k, v in finding.items() if k != "evidence"}
+        assert {k: wire["evidence"][k] for k in finding["evidence"]} == finding["evidence"]
+        assert set(wire["evidence"]) - set(finding["evidence"]) <= {"worst_case_ms"}
+    # and a v2 document re-serialises unchanged, byte for byte
+    assert Report.from_dict(again).to_dict() == again
 
 
 def test_canonical_report_covers_what_renderers_must_show():

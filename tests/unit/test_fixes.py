@@ -19,6 +19,7 @@ from test_config_probe import MYSQL, PG, REDIS, SA2, make_target  # same directo
 from celerydiag.config import probe as config_probe
 from celerydiag.config.probe import Facts, check_config
 from celerydiag.findings import Finding, Severity
+from celerydiag.rank import rated
 
 NOW = (5, 7, 0)
 
@@ -71,7 +72,7 @@ def _slugs_in_source() -> set[str]:
 
 def _run(settings: dict[str, Any], versions: dict[str, Any]) -> dict[str, Finding]:
     facts = Facts(versions.get("celery", NOW), versions.get("sqlalchemy", SA2))
-    return {f.id: f for f in check_config(make_target(**settings), facts)}
+    return {f.id: rated(f, 1000.0) for f in check_config(make_target(**settings), facts)}  # rank decides
 
 
 def _known_settings() -> set[str]:

@@ -13,6 +13,7 @@ from celery.app.defaults import DEFAULTS, SETTING_KEYS
 from celerydiag.findings import Cause, Severity
 from celerydiag.host import probe as host
 from celerydiag.host.window import Neighbour, Window, WorkerUse
+from celerydiag.rank import rated
 
 
 def window(*, wait_ns: int = 40_000_000, slices: int = 10, neighbours: tuple[Neighbour, ...] = (),
@@ -47,9 +48,9 @@ def check_fix(fix: Any) -> None:
 
 NOISY = (Neighbour(4242, "ffmpeg", 5.4),)
 CASES = {
-    "starved-prefork": lambda: host.cpu_wait_finding(facts(), window(), 1000.0),
-    "starved-threads-with-neighbour": lambda: host.cpu_wait_finding(
-        facts("threads", 8), window(neighbours=NOISY), 1000.0),
+    "starved-prefork": lambda: rated(host.cpu_wait_finding(facts(), window()), 1000.0),
+    "starved-threads-with-neighbour": lambda: rated(host.cpu_wait_finding(
+        facts("threads", 8), window(neighbours=NOISY)), 1000.0),
     "saturated-no-schedstat": lambda: host.saturation_finding(facts("solo", 1), window(sched=False)),
     "swapping": lambda: host.swap_finding(facts(), window(swap=64 * 2**20)),
 }
@@ -63,7 +64,7 @@ def test_every_printed_fix_is_real_celery_settings(case: str) -> None:
 
 
 def test_the_starved_worker_gets_fewer_processes_than_cores_and_the_neighbour_named() -> None:
-    finding = host.cpu_wait_finding(facts("prefork", 2), window(neighbours=NOISY), 1000.0)
+    finding = rated(host.cpu_wait_finding(facts("prefork", 2), window(neighbours=NOISY)), 1000.0)
     assert finding.impact_ms == pytest.approx(4.0)  # 40 ms waited over 10 timeslices
     assert finding.evidence["wait_per_timeslice_ms"] == pytest.approx(4.0)
     assert "worker_concurrency = 1" in finding.fix.config
@@ -72,15 +73,15 @@ def test_the_starved_worker_gets_fewer_processes_than_cores_and_the_neighbour_na
 
 
 def test_no_schedstat_is_a_note_not_a_number() -> None:
-    finding = host.cpu_wait_finding(facts(), window(sched=False), 1000.0)
+    finding = rated(host.cpu_wait_finding(facts(), window(sched=False)), 1000.0)
     assert finding.severity is Severity.INFO and finding.impact_ms == 0.0 and finding.fix is None
     assert finding.evidence["run_queue_measured"] is False
     assert "not measurable" in finding.detail
 
 
 def test_a_negligible_wait_is_ok_and_an_idle_worker_says_so() -> None:
-    assert host.cpu_wait_finding(facts(), window(wait_ns=100_000), 1000.0).severity is Severity.OK
-    idle = host.cpu_wait_finding(facts(), window(wait_ns=0, slices=0), 1000.0)
+    assert rated(host.cpu_wait_finding(facts(), window(wait_ns=100_000)), 1000.0).severity is Severity.OK
+    idle = rated(host.cpu_wait_finding(facts(), window(wait_ns=0, slices=0)), 1000.0)
     assert idle.severity is Severity.OK and "idle" in idle.title
 
 

@@ -1,5 +1,5 @@
 """Every format renders the canonical reports the same way every time (golden files), and each
-format's own promises: JSON is report/1, JUnit fails only at --fail-on and lists what passed,
+format's own promises: JSON is report/2, JUnit fails only at --fail-on and lists what passed,
 markdown has the summary table, text shows user strings literally."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus, R
 from celerydiag.render import FORMATS, render
 
 REPORTS = Path(__file__).resolve().parents[1] / "fixtures" / "reports"
-CANONICAL = ("full-v1", "host-b-v1", "empty-v1")
+CANONICAL = ("full-v1", "host-b-v1", "empty-v1", "full-v2")
 SUFFIX = {"text": "txt", "json": "json", "markdown": "md", "junit": "xml"}
 
 

@@ -24,11 +24,12 @@ def analyse(path: str, *, ports: Ports | None = None, budget_ms: float = 1000.0,
     is not a capture; a truncated file gives the analysis of what was readable."""
     from celerydiag.network.capture import analysis, assess, report
     from celerydiag.network.capture.reader import open_capture
+    from celerydiag.rank import rank
 
     info, frames = open_capture(path)
     result = analysis.run(info, frames, ports or Ports(), progress=progress)
     conns, timeline = report.summarise(result)
-    findings = tuple(assess.assess(conns, budget_ms))
+    findings = rank(assess.assess(conns), budget_ms)
     file_block: dict[str, Any] = {
         "path": path, "packets": info.packets, "link_type": info.link_type, "format": info.format,
         "truncated": info.truncated, "tcp_packets": info.packets - result.non_tcp,

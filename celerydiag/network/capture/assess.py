@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from celerydiag.findings import Cause, Finding, Fix, Severity, rated
+from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.network.capture.report import ConnectionSummary
 
 RTO_MIN_MS = 200.0  # Linux TCP_RTO_MIN
@@ -36,27 +36,28 @@ def _ok(slug: str, title: str, **kw: Any) -> Finding:
     return Finding(id=f"network.{slug}", cause=Cause.NETWORK, severity=Severity.OK, title=title, **kw)
 
 
-def assess(conns: list[ConnectionSummary], budget_ms: float) -> Iterator[Finding]:
+def assess(conns: list[ConnectionSummary]) -> Iterator[Finding]:
+    """What the capture shows, as delays for rank to rate against the budget."""
     amqp = [c for c in conns if c.amqp is not None]
     if amqp:
-        yield _heartbeats(amqp, budget_ms)
+        yield _heartbeats(amqp)
         blocked = [c for c in amqp if c.amqp and c.amqp["blocked_s"] > 0]
         if blocked:
-            yield _blocked(blocked, budget_ms)
+            yield _blocked(blocked)
     if conns:
-        yield _zero_window(conns, budget_ms)
-        yield _retransmissions(conns, budget_ms)
-        rtt = _rtt(conns, budget_ms)
+        yield _zero_window(conns)
+        yield _retransmissions(conns)
+        rtt = _rtt(conns)
         if rtt is not None:
             yield rtt
     redis = [c for c in conns if c.redis is not None]
     if redis:
-        found = _redis(redis, budget_ms)
+        found = _redis(redis)
         if found is not None:
             yield found
 
 
-def _heartbeats(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+def _heartbeats(conns: list[ConnectionSummary]) -> Finding:
     worst = None
     for c in conns:
         a = c.amqp or {}
@@ -91,8 +92,8 @@ def _heartbeats(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
             _heartbeat_config(hb),
             (DOCS_HEARTBEAT, DOCS_ALARMS),
         )
-    return rated(
-        "network.missed-heartbeats", Cause.NETWORK, silence * 1000.0, budget_ms,
+    return delay(
+        "network.missed-heartbeats", Cause.NETWORK, silence * 1000.0,
         f"AMQP {side} went silent for {silence:.1f} s with a {hb} s heartbeat; "
         f"the connection {'was dropped' if a['close'] != 'open' else 'is past the point the peer should drop it'}",
         detail=(f"On {c.client} -> {c.server} {why}. A peer that hears nothing for two heartbeat intervals "
@@ -113,11 +114,11 @@ def _heartbeat_config(heartbeat_s: int | None) -> str:
     return ""
 
 
-def _blocked(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+def _blocked(conns: list[ConnectionSummary]) -> Finding:
     c = max(conns, key=lambda x: (x.amqp or {})["blocked_s"])
     a = c.amqp or {}
-    return rated(
-        "network.amqp-blocked", Cause.NETWORK, a["blocked_s"] * 1000.0, budget_ms,
+    return delay(
+        "network.amqp-blocked", Cause.NETWORK, a["blocked_s"] * 1000.0,
         f"RabbitMQ blocked a publishing connection for {a['blocked_s']:.1f} s ({a['blocked_reason'] or 'no reason'})",
         detail=(f"Connection.Blocked on {c.client} -> {c.server}: a memory or disk alarm pauses every "
                 "publisher, so task messages (and rpc:// states) wait until Connection.Unblocked."),
@@ -128,7 +129,7 @@ def _blocked(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
     )
 
 
-def _zero_window(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+def _zero_window(conns: list[ConnectionSummary]) -> Finding:
     worst = None
     total = 0
     for c in conns:
@@ -158,8 +159,8 @@ def _zero_window(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
         who = f"the {side} application stopped reading its socket"
         fix = Fix(f"The {side} process stopped reading from {c.server if side == 'server' else c.client}: "
                   "look for a blocked event loop or an overloaded process there.", "", (DOCS_TSHARK,))
-    return rated(
-        "network.zero-window", Cause.NETWORK, ep["duration_s"] * 1000.0, budget_ms,
+    return delay(
+        "network.zero-window", Cause.NETWORK, ep["duration_s"] * 1000.0,
         f"TCP zero window for {ep['duration_s']:.2f} s: {who}",
         detail=(f"On {c.client} -> {c.server} the {side} advertised a zero receive window "
                 f"({ep['zero_window_packets']} zero-window packets); everything behind it waited. "
@@ -170,7 +171,7 @@ def _zero_window(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
     )
 
 
-def _retransmissions(conns: list[ConnectionSummary], budget_ms: float) -> Finding:
+def _retransmissions(conns: list[ConnectionSummary]) -> Finding:
     kinds = ("retransmission",)  # tshark's field: includes fast and spurious retransmissions
     retrans = sum(c.tcp[k][s] for c in conns for k in kinds for s in ("client", "server"))
     data = sum(c.tcp.get("data_segments", {}).get(s, 0) for c in conns for s in ("client", "server"))
@@ -179,8 +180,8 @@ def _retransmissions(conns: list[ConnectionSummary], budget_ms: float) -> Findin
         return _ok("retransmissions", "No TCP retransmissions", evidence={"data_segments_count": data})
     worst = max(conns, key=lambda c: sum(c.tcp[k][s] for k in kinds for s in ("client", "server")))
     impact = RTO_MIN_MS * min(1.0, ratio / RETRANS_P99_RATIO)
-    return rated(
-        "network.retransmissions", Cause.NETWORK, impact, budget_ms,
+    return delay(
+        "network.retransmissions", Cause.NETWORK, impact,
         f"{ratio:.1%} of data segments were retransmitted ({retrans} of {data})",
         detail=("Each retransmission after a timeout costs at least one RTO (200 ms on Linux); once 1 % of "
                 f"segments are retransmitted the P99 state update pays it. Worst: {worst.client} -> {worst.server}. "
@@ -192,7 +193,7 @@ def _retransmissions(conns: list[ConnectionSummary], budget_ms: float) -> Findin
     )
 
 
-def _rtt(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
+def _rtt(conns: list[ConnectionSummary]) -> Finding | None:
     best = None
     for c in conns:
         samples = [v for v in (c.tcp["rtt_ms"]["client"], c.tcp["rtt_ms"]["server"], c.tcp["rtt_ms"]["handshake"])
@@ -208,13 +209,10 @@ def _rtt(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
     impact, rtt, c = best
     evidence = {"rtt_ms": round(rtt, 3), "round_trips_count": ROUND_TRIPS.get(c.protocol, 1),
                 "connection": f"{c.client} -> {c.server}", "protocol": c.protocol}
-    if impact < NOTABLE_SHARE * budget_ms:
-        return _ok("high-rtt", f"Round-trip times are low (worst median {rtt:.2f} ms)", impact_ms=impact,
-                   evidence=evidence)
-    return rated(
-        "network.high-rtt", Cause.NETWORK, impact, budget_ms,
-        f"Round trip {rtt:.1f} ms to {c.server} ({c.protocol}); a state update pays it "
-        f"{ROUND_TRIPS.get(c.protocol, 1)}x",
+    return delay(
+        "network.high-rtt", Cause.NETWORK, impact,
+        f"Round trip {rtt:.2f} ms to {c.server} ({c.protocol}); a state update pays it "
+        f"{ROUND_TRIPS.get(c.protocol, 1)}x", ok_below_ratio=NOTABLE_SHARE,
         detail="Median ACK RTT measured from data/ACK pairs (and the handshake). Run the broker/backend close "
                "to the workers and clients, or cut round trips (Redis pub/sub results instead of polling).",
         evidence=evidence,
@@ -223,7 +221,7 @@ def _rtt(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
     )
 
 
-def _redis(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
+def _redis(conns: list[ConnectionSummary]) -> Finding | None:
     worst = None
     for c in conns:
         r = c.redis or {}
@@ -239,12 +237,9 @@ def _redis(conns: list[ConnectionSummary], budget_ms: float) -> Finding | None:
     evidence = {"get_p99_ms": get["p99_ms"] if get else None, "transaction_p99_ms": tx["p99_ms"] if tx else None,
                 "connection": f"{c.client} -> {c.server}", "task_ids_polled_count": r.get("task_ids_polled"),
                 "pubsub_pushes_count": r.get("pubsub_pushes")}
-    if p99 < NOTABLE_SHARE * budget_ms:
-        return _ok("redis-latency", f"Redis state path is fast on the wire (P99 {p99:.2f} ms)", impact_ms=p99,
-                   evidence=evidence)
-    return rated(
-        "network.redis-latency", Cause.NETWORK, p99, budget_ms,
-        f"Redis state path P99 {p99:.1f} ms on the wire (GET + MULTI..EXEC)",
+    return delay(
+        "network.redis-latency", Cause.NETWORK, p99,
+        f"Redis state path P99 {p99:.2f} ms on the wire (GET + MULTI..EXEC)", ok_below_ratio=NOTABLE_SHARE,
         detail="Request-to-reply time seen in the capture for the commands update_state() issues.",
         evidence=evidence,
         fix=Fix("Redis answers slowly: check LATENCY DOCTOR, SLOWLOG, persistence forks and swap on the server.",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from celerydiag.findings import Report, Severity, rank
+from celerydiag.findings import Report, Severity
 from celerydiag.network.capture.report import CaptureReport
-from celerydiag.render.words import evidence_lines
+from celerydiag.render.words import evidence_lines, impact_brief
 
 STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",
          Severity.OK: "green"}
@@ -67,10 +67,10 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
         if len(report.timeline) > TIMELINE_ROWS:
             tl.add_row("", "", "", f"... {len(report.timeline) - TIMELINE_ROWS} more (see --format json)")
         console.print(tl)
-    for finding in rank(report.findings):
+    for finding in report.findings:  # ranked by analyse()
         style = STYLE[finding.severity]
         console.print(Text.assemble((str(finding.severity), style),
-                                    f" {finding.impact_ms:.1f} ms  {finding.title}  ", (finding.id, "dim")))
+                                    f" {impact_brief(finding)}  {finding.title}  ", (finding.id, "dim")))
         if finding.severity == Severity.OK:
             continue
         for line in [finding.detail, *evidence_lines(finding.evidence)]:
@@ -85,7 +85,7 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
 
 
 def as_report(report: CaptureReport) -> Report:
-    """The findings as a ``celerydiag.report/1`` (for markdown and junit output)."""
+    """The findings as a report (for markdown and junit output)."""
     from celerydiag import __version__
     from celerydiag.findings import ProbeResult, ProbeStatus
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.findings import Finding, _jsonable, rank
+from celerydiag.findings import Finding, _jsonable
 from celerydiag.network.capture.analysis import Analysis, Tracked
 from celerydiag.network.capture.decode import address
 from celerydiag.network.capture.tcp import COUNTED
@@ -49,7 +49,7 @@ class ConnectionSummary:
 class CaptureReport:
     file: dict[str, Any]
     connections: tuple[ConnectionSummary, ...]
-    findings: tuple[Finding, ...]
+    findings: tuple[Finding, ...]  # rated and ordered by rank.rank
     timeline: tuple[dict[str, Any], ...] = ()
     budget_ms: float = 1000.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -66,7 +66,7 @@ class CaptureReport:
             "file": dict(self.file),
             "budget_ms": self.budget_ms,
             "connections": [c.to_dict() for c in self.connections],
-            "findings": [f.to_dict() for f in rank(self.findings)],
+            "findings": [f.to_dict() for f in self.findings],  # ranked by analyse()
             "timeline": list(self.timeline),
             **self.extra,
         })
