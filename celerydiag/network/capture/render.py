@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from celerydiag.findings import Report, Severity
+from celerydiag.findings import Finding, Report, Severity
 from celerydiag.network.capture.report import CaptureReport
 from celerydiag.render.words import evidence_lines, impact_brief
 
@@ -23,8 +23,6 @@ def _pair(d: dict[str, Any]) -> str:
 
 def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -> None:
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     # markup off: addresses ("[fd00::2]:40000") and broker close texts are data, never style tags
     console = Console(file=stream, force_terminal=color, no_color=not color, width=140, highlight=False,
@@ -38,6 +36,19 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
         console.print(f"Live on {live['iface']} ({live['filter']}): {live['seconds']:.1f} s, "
                       f"kernel drops {live['kernel_drops'] if live['kernel_drops'] is not None else 'unknown'}"
                       f"{', stopped by Ctrl-C' if live['interrupted'] else ''}.")
+    if report.connections:
+        console.print(_connections_table(report))
+    else:
+        console.print("No TCP connections on the captured ports.")
+    if report.timeline:
+        console.print(_timeline_table(report))
+    for finding in report.findings:  # ranked by analyse()
+        _print_finding(console, finding)
+
+
+def _connections_table(report: CaptureReport) -> Any:
+    from rich.table import Table
+
     table = Table(title="Connections (client/server counts; tshark's tcp.analysis definitions)")
     for col in ("#", "client -> server", "proto", "pkts", "zero win", "win full", "retrans", "fast rtx",
                 "dup ack", "RST", "RTT ms", "heartbeat", "max silence s", "close"):
@@ -54,34 +65,39 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
             f"{a['heartbeat_s']} s" if a.get("heartbeat_s") is not None else "-",
             f"{a['max_silence_s']['client']:.1f}/{a['max_silence_s']['server']:.1f}" if a else "-",
             (f"{a['close']} by {a['closed_by']}" if a.get("closed_by") else a.get("close", "")) if a else "")
-    if report.connections:
-        console.print(table)
-    else:
-        console.print("No TCP connections on the captured ports.")
-    if report.timeline:
-        tl = Table(title="Timeline (seconds from the first packet)")
-        for col in ("t s", "connection", "side", "event"):
-            tl.add_column(col)
-        for e in report.timeline[:TIMELINE_ROWS]:
-            tl.add_row("" if e["t_s"] is None else f"{e['t_s']:.3f}", e["connection"], e["side"], e["event"])
-        if len(report.timeline) > TIMELINE_ROWS:
-            tl.add_row("", "", "", f"... {len(report.timeline) - TIMELINE_ROWS} more (see --format json)")
-        console.print(tl)
-    for finding in report.findings:  # ranked by analyse()
-        style = STYLE[finding.severity]
-        console.print(Text.assemble((str(finding.severity), style),
-                                    f" {impact_brief(finding)}  {finding.title}  ", (finding.id, "dim")))
-        if finding.severity == Severity.OK:
-            continue
-        for line in [finding.detail, *evidence_lines(finding.evidence)]:
-            if line:
-                console.print(f"    {line}")
-        if finding.fix:
-            console.print(f"    Fix: {finding.fix.summary}")
-            for line in finding.fix.config.rstrip().splitlines():
-                console.print(f"      {line}")
-            for doc in finding.fix.docs:
-                console.print(f"    docs: {doc}")
+    return table
+
+
+def _timeline_table(report: CaptureReport) -> Any:
+    from rich.table import Table
+
+    tl = Table(title="Timeline (seconds from the first packet)")
+    for col in ("t s", "connection", "side", "event"):
+        tl.add_column(col)
+    for e in report.timeline[:TIMELINE_ROWS]:
+        tl.add_row("" if e["t_s"] is None else f"{e['t_s']:.3f}", e["connection"], e["side"], e["event"])
+    if len(report.timeline) > TIMELINE_ROWS:
+        tl.add_row("", "", "", f"... {len(report.timeline) - TIMELINE_ROWS} more (see --format json)")
+    return tl
+
+
+def _print_finding(console: Any, finding: Finding) -> None:
+    """One line per finding; below it, for what is not ok, its detail, evidence and fix."""
+    from rich.text import Text
+
+    console.print(Text.assemble((str(finding.severity), STYLE[finding.severity]),
+                                f" {impact_brief(finding)}  {finding.title}  ", (finding.id, "dim")))
+    if finding.severity == Severity.OK:
+        return
+    for line in [finding.detail, *evidence_lines(finding.evidence)]:
+        if line:
+            console.print(f"    {line}")
+    if finding.fix:
+        console.print(f"    Fix: {finding.fix.summary}")
+        for line in finding.fix.config.rstrip().splitlines():
+            console.print(f"      {line}")
+        for doc in finding.fix.docs:
+            console.print(f"    docs: {doc}")
 
 
 def as_report(report: CaptureReport) -> Report:
