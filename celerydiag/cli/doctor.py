@@ -38,7 +38,7 @@ def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | Non
 
 
 def probe_options(fn: Any) -> Any:
-    """Bounds and inputs every active probe reads (through ProbeContext.limits/options)."""
+    """Bounds and inputs every active probe reads (ProbeContext.limits, ProbeContext.options)."""
     opts = [
         click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0,
                      show_default=True, help="Seconds to wait for any single network call."),
@@ -77,10 +77,11 @@ def probe_options(fn: Any) -> Any:
 def run_report(app: str | None, broker: str | None, backend: str | None, probes: Any,
                fmt: str, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
                static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
-               **options: Any) -> ExitCode:
+               poll_interval: float | None, poll_strategy: str | None, pcap: str | None,
+               iface: str | None, duration: float, rabbitmq_api: str | None) -> ExitCode:
     """Shared by doctor and probe: resolve, diagnose, render."""
     from celerydiag.doctor import diagnose
-    from celerydiag.probe import Limits
+    from celerydiag.probe import Limits, ProbeOptions
     from celerydiag.target import resolve_target
     from celerydiag.ui import make_progress
 
@@ -91,7 +92,8 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
             target, probes, budget_ms=budget_ms, static=static, progress=progress,
             limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
                           updates=updates),
-            options={k: v for k, v in options.items() if v is not None},
+            options=ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
+                                 iface=iface, duration=duration, rabbitmq_api=rabbitmq_api),
         )
     finally:
         progress.close()

@@ -49,8 +49,8 @@ class PollingProbe(Probe):
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         from celerydiag.polling import model as polling
 
-        interval = ctx.options.get("poll_interval")
-        spec = ctx.options.get("poll_strategy")
+        interval = ctx.options.poll_interval
+        spec = ctx.options.poll_strategy
         push = push_backend(ctx.target)
         scheme = ctx.target.backend_scheme or "unknown"
         if spec is not None and str(spec).strip().lower() == "push":

@@ -131,6 +131,30 @@ def test_static_skips_network_probes_and_names_the_reason(capsys):
     assert all("--static" in p["reason"] for p in others if p["status"] == "skipped")
 
 
+@pytest.mark.parametrize("command", [("probe", "network"), ("doctor",)])
+def test_network_without_a_capture_is_skipped_with_how_to_enable_it(capsys, command):
+    """Issue 11 item 3: no --pcap/--iface is a skipped probe with its reason, not an info finding."""
+    code, out, err = run(capsys, *command, "--format", "json", "--updates", "20", "--samples", "10",
+                         "--max-seconds", "5", "--duration", "0.1")
+    assert code in (ExitCode.OK, ExitCode.FINDINGS), err
+    doc = json.loads(out)
+    network = {p["name"]: p for p in doc["probes"]}["network"]
+    assert network["status"] == "skipped"
+    assert "--pcap FILE" in network["reason"] and "--iface IFACE" in network["reason"]
+    assert not [f for f in doc["findings"] if f["id"].startswith("network.")]
+
+
+def test_network_without_a_capture_is_a_skipped_testcase_in_junit(capsys):
+    import xml.etree.ElementTree as ET
+
+    code, out, err = run(capsys, "probe", "network", "--format", "junit")
+    assert code == ExitCode.OK, err
+    suite = ET.fromstring(out).find("testsuite[@name='celerydiag.network']")
+    assert suite is not None and suite.get("skipped") == "1" and suite.get("failures") == "0"
+    skipped = suite.find("testcase/skipped")
+    assert skipped is not None and "--pcap FILE" in skipped.get("message", "")
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
