@@ -19,6 +19,7 @@ import click
 from celerydiag import __version__, interrupt
 from celerydiag.errors import DiagError, ExitCode
 from celerydiag.findings import Report, Severity
+from celerydiag.render import OutputFormat
 from celerydiag.target import redact
 
 # One line per command module; each defines `command`.
@@ -31,7 +32,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.capture",
 )
 
-FORMAT_NAMES = ("text", "json", "markdown", "junit")
 _secrets: list[str] = []  # passwords the current command knows, scrubbed from any error line
 
 
@@ -87,6 +87,17 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+class FormatChoice(click.Choice):
+    """``--format`` over some OutputFormat members: the user types the value, the command gets the
+    member, so no command compares format strings of its own."""
+
+    def __init__(self, formats: tuple[OutputFormat, ...]) -> None:
+        super().__init__([f.value for f in formats])
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> OutputFormat:
+        return OutputFormat(super().convert(value, param, ctx))
+
+
 def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--format / --output / --fail-on / --budget-ms / --no-color, shared by report commands."""
     fn = click.option("--no-color", is_flag=True, envvar="NO_COLOR",
@@ -100,8 +111,8 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                            "critical; at least 20% of it, a warning.")(fn)
     fn = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
                       help="Write the report to this file instead of stdout.")(fn)
-    fn = click.option("-f", "--format", "fmt", type=click.Choice(FORMAT_NAMES),
-                      default="text", show_default=True,
+    fn = click.option("-f", "--format", "fmt", type=FormatChoice(tuple(OutputFormat)),
+                      default=OutputFormat.TEXT.value, show_default=True,
                       help="Report format: text for people, json for scripts, markdown for "
                            "tickets, junit for CI.")(fn)
     return fn
@@ -115,7 +126,8 @@ def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
                           help="Plain text even on a terminal.")(fn)
         fn = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
                           help="Write the output to this file instead of stdout.")(fn)
-        fn = click.option("-f", "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+        fn = click.option("-f", "--format", "fmt", type=FormatChoice((OutputFormat.TEXT, OutputFormat.JSON)),
+                          default=OutputFormat.TEXT.value,
                           show_default=True, help=f"text for people ({what}), json for scripts.")(fn)
         return fn
     return decorate
