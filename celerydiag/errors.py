@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     UNREACHABLE = 3  # the target's broker or backend could not be reached
     INTERNAL = 4  # a bug of ours that escaped a probe's guard
     INTERRUPTED = 130  # Ctrl-C, after cleanup
+    STDOUT_CLOSED = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as a shell reports it
 
 
 class DiagError(Exception):

@@ -17,8 +17,8 @@ from typing import Any
 import click
 
 from celerydiag import __version__, interrupt
+from celerydiag.emit import silence_stdout
 from celerydiag.errors import DiagError, ExitCode
-from celerydiag.findings import Report, Severity
 from celerydiag.render import OutputFormat
 from celerydiag.target import redact
 
@@ -109,8 +109,9 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       show_default=True,
                       help="How late a state may show up. A cause adding at least this much is "
                            "critical; at least 20% of it, a warning.")(fn)
-    fn = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-                      help="Write the report to this file instead of stdout.")(fn)
+    fn = click.option("-o", "--output", type=click.Path(), metavar="FILE",
+                      help="Write the report to this file instead of stdout (checked before any work; "
+                           "replaced only when the run finishes).")(fn)
     fn = click.option("-f", "--format", "fmt", type=FormatChoice(tuple(OutputFormat)),
                       default=OutputFormat.TEXT.value, show_default=True,
                       help="Report format: text for people, json for scripts, markdown for "
@@ -124,8 +125,9 @@ def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = click.option("--no-color", is_flag=True, envvar="NO_COLOR",
                           help="Plain text even on a terminal.")(fn)
-        fn = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-                          help="Write the output to this file instead of stdout.")(fn)
+        fn = click.option("-o", "--output", type=click.Path(), metavar="FILE",
+                          help="Write the output to this file instead of stdout (checked before any "
+                               "work; replaced only when the run finishes).")(fn)
         fn = click.option("-f", "--format", "fmt", type=FormatChoice((OutputFormat.TEXT, OutputFormat.JSON)),
                           default=OutputFormat.TEXT.value,
                           show_default=True, help=f"text for people ({what}), json for scripts.")(fn)
@@ -147,43 +149,6 @@ def named_target(app: str | None, broker: str | None, backend: str | None) -> An
     target = resolve_target(app=app, broker=broker, backend=backend)
     remember_secrets(target.secrets())
     return target
-
-
-def fail_on_severity(value: str) -> Severity | None:
-    return None if value == "never" else Severity.parse(value)
-
-
-def emit(report: Report, fmt: str, output: str | None, fail_on: str, no_color: bool) -> ExitCode:
-    """Render to stdout or --output, print the one-line summary on stderr, pick the exit code."""
-    from celerydiag.render import render
-
-    threshold = fail_on_severity(fail_on)
-    junit_threshold = threshold or Severity.CRITICAL
-    if output:
-        try:
-            with open(output, "w", encoding="utf-8") as stream:
-                render(report, fmt, stream, fail_on=junit_threshold, color=False)
-        except OSError as exc:
-            raise DiagError(f"cannot write --output {output}: {exc.strerror}") from None
-    else:
-        color = fmt == "text" and not no_color and sys.stdout.isatty()
-        try:
-            render(report, fmt, sys.stdout, fail_on=junit_threshold, color=color)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # `| head` went away: not our error. Left to click it becomes exit 1 (= findings)
-            # with no summary; the summary and the real exit code still belong on stderr.
-            _silence_stdout()
-    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in Severity}
-    failed = [p.name for p in report.probes if str(p.status) == "failed"]
-    summary = (f"celerydiag: {counts[Severity.CRITICAL]} critical, {counts[Severity.WARNING]} "
-               f"warning, {counts[Severity.INFO]} info, {counts[Severity.OK]} ok")
-    if failed:
-        summary += f"; probes failed: {', '.join(failed)}"
-    click.echo(summary, err=True)
-    if threshold is not None and report.worst() >= threshold and report.worst() > Severity.OK:
-        return ExitCode.FINDINGS
-    return ExitCode.OK
 
 
 def _error_line(message: str) -> str:
@@ -217,9 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("celerydiag: interrupted; whatever the run had created (queues, keys, scratch tables) "
                    "was removed first", err=True)
         return ExitCode.INTERRUPTED
-    except BrokenPipeError:
-        _silence_stdout()
-        return ExitCode.OK
+    except BrokenPipeError:  # what did not go through emit (probe --list | head -1): same code
+        silence_stdout()
+        click.echo("celerydiag: stdout closed before the output was complete", err=True)
+        return ExitCode.STDOUT_CLOSED
     except Exception as exc:
         if show_tb:
             raise
@@ -227,11 +193,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first)} "
                    "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
         return ExitCode.INTERNAL
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass

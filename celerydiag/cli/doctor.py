@@ -6,13 +6,10 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import (
-    emit,
-    named_target,
-    output_options,
-    target_options,
-)
+from celerydiag.cli import named_target, output_options, target_options
+from celerydiag.emit import emit_report, open_output
 from celerydiag.errors import ExitCode
+from celerydiag.render import OutputFormat
 
 EPILOG = """\b
 Examples:
@@ -75,7 +72,7 @@ def probe_options(fn: Any) -> Any:
 
 
 def run_report(app: str | None, broker: str | None, backend: str | None, probes: Any,
-               fmt: str, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
+               fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
                static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
                poll_interval: float | None, poll_strategy: str | None, pcap: str | None,
                iface: str | None, duration: float, rabbitmq_api: str | None) -> ExitCode:
@@ -85,19 +82,20 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
     from celerydiag.target import resolve_target
     from celerydiag.ui import make_progress
 
-    target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
-    progress = make_progress(enabled=fmt != "json")  # design.md: off for json and off a terminal
-    try:
-        report = diagnose(
-            target, probes, budget_ms=budget_ms, static=static, progress=progress,
-            limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
-                          updates=updates),
-            options=ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
-                                 iface=iface, duration=duration, rabbitmq_api=rabbitmq_api),
-        )
-    finally:
-        progress.close()
-    return emit(report, fmt, output, fail_on, no_color)
+    with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before any probe
+        target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
+        progress = make_progress(enabled=fmt is not OutputFormat.JSON)  # design.md: off for json, off a tty
+        try:
+            report = diagnose(
+                target, probes, budget_ms=budget_ms, static=static, progress=progress,
+                limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
+                              updates=updates),
+                options=ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
+                                     iface=iface, duration=duration, rabbitmq_api=rabbitmq_api),
+            )
+        finally:
+            progress.close()
+        return emit_report(out, report, fmt, fail_on)
 
 
 @click.command("doctor", epilog=EPILOG)
@@ -111,7 +109,8 @@ def command(**kw: Any) -> ExitCode:
     """Run every probe that applies to the target, rank causes by milliseconds, print fixes.
 
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or
-    input, 3 target unreachable, 4 internal error, 130 interrupted (after cleanup).
+    input (an unwritable --output before any probe), 3 target unreachable, 4 internal error,
+    130 interrupted (after cleanup), 141 stdout closed early (`| head`).
     """
     from celerydiag.probe import probe_classes
 
