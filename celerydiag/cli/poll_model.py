@@ -248,9 +248,9 @@ def _run(strategies: list[Any], scenario: Any) -> list[Any]:
 
 
 def _claim_interval(strategies: list[Any], interval: float, asked: bool) -> float | None:
-    from celerydiag.polling.model import CLAIM_INTERVAL_S
+    from celerydiag.polling.model import CLAIM_INTERVAL_S, StrategyKind
 
-    fixed_like = [s.interval_s for s in strategies if s.kind in ("fixed", "jitter")]
+    fixed_like = [s.interval_s for s in strategies if s.kind in (StrategyKind.FIXED, StrategyKind.JITTER)]
     # Only when a fixed-interval strategy really polls every 5 s (its T defaults to --interval).
     if any(abs(t - CLAIM_INTERVAL_S) < 1e-9 for t in fixed_like):
         return CLAIM_INTERVAL_S
