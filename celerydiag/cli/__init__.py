@@ -18,7 +18,7 @@ import click
 
 from celerydiag import __version__, interrupt
 from celerydiag.emit import silence_stdout
-from celerydiag.errors import DiagError, ExitCode
+from celerydiag.errors import DiagError, ExitCode, secrets_of
 from celerydiag.render import OutputFormat
 from celerydiag.target import redact
 
@@ -31,13 +31,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.bench_serialize",
     "celerydiag.cli.capture",
 )
-
-_secrets: list[str] = []  # passwords the current command knows, scrubbed from any error line
-
-
-def remember_secrets(secrets: Sequence[str]) -> None:
-    _secrets.extend(s for s in secrets if s)
-
 
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -137,22 +130,21 @@ def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def named_target(app: str | None, broker: str | None, backend: str | None) -> Any:
     """The target the user named (--app, --broker/--backend, or CELERY_BROKER_URL /
-    CELERY_RESULT_BACKEND) with its passwords remembered for redaction, or None when nothing is
-    named. For commands that only read a target (capture, bench-serialize, poll-model): the
-    embedded default would be a temp dir for nothing."""
-    from celerydiag.target import passwords_of, resolve_target
+    CELERY_RESULT_BACKEND), or None when nothing is named. For commands that only read a target
+    (capture, bench-serialize, poll-model): the embedded default would be a temp dir for nothing.
+    The target carries its secrets (Target.secrets); a command wraps what it does with it in
+    ``errors.carrying(target.secrets())`` so any error line is scrubbed of them."""
+    from celerydiag.target import resolve_target
 
-    remember_secrets([*passwords_of(broker), *passwords_of(backend)])
     if not (app or broker or backend or os.environ.get("CELERY_BROKER_URL")
             or os.environ.get("CELERY_RESULT_BACKEND")):
         return None
-    target = resolve_target(app=app, broker=broker, backend=backend)
-    remember_secrets(target.secrets())
-    return target
+    return resolve_target(app=app, broker=broker, backend=backend)
 
 
-def _error_line(message: str) -> str:
-    return redact(message, _secrets)
+def _error_line(message: str, exc: BaseException) -> str:
+    """``message`` scrubbed of URL passwords and of every secret the error carries."""
+    return redact(message, secrets_of(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,7 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our error lines say "rerun with --traceback": accept it after the command name too, where a
     # user appends it, not only as a group option before it.
     args = [a for a in args if a != "--traceback"]
-    _secrets.clear()
     try:
         with interrupt.handled():  # Ctrl-C and kill both clean up, even inside a driver call
             result = cli.main(args=args, prog_name="celerydiag", standalone_mode=False)
@@ -170,13 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        exc.message = _error_line(exc.message)
+        exc.message = _error_line(exc.message, exc)
         exc.show()
         return exc.exit_code
     except DiagError as exc:
-        click.echo(f"celerydiag: error: {_error_line(exc.message)}", err=True)
+        click.echo(f"celerydiag: error: {_error_line(exc.message, exc)}", err=True)
         if exc.hint:
-            click.echo(f"  hint: {_error_line(exc.hint)}", err=True)
+            click.echo(f"  hint: {_error_line(exc.hint, exc)}", err=True)
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
         click.echo("celerydiag: interrupted; whatever the run had created (queues, keys, scratch tables) "
@@ -190,6 +181,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if show_tb:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first)} "
+        click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first, exc)} "
                    "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
         return ExitCode.INTERNAL

@@ -9,7 +9,7 @@ import click
 
 from celerydiag.cli import document_options, named_target, target_options
 from celerydiag.emit import open_output
-from celerydiag.errors import ExitCode, InputError
+from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.render import OutputFormat
 
 EPILOG = """\b
@@ -97,7 +97,8 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
         if task_ids:
             from celerydiag.serialization.probe import read_task_meta
 
-            payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]
+            with carrying(target.secrets()):  # the only step that talks to the target
+                payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]
         if kinds or not payloads:
             payloads = [ser.standard_payload(k) for k in (kinds or ser.STANDARD_KINDS)] + payloads
         model = ser.backend_model(target.backend_scheme if target else "redis")

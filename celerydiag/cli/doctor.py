@@ -8,7 +8,7 @@ import click
 
 from celerydiag.cli import named_target, output_options, target_options
 from celerydiag.emit import emit_report, open_output
-from celerydiag.errors import ExitCode
+from celerydiag.errors import ExitCode, carrying
 from celerydiag.render import OutputFormat
 
 EPILOG = """\b
@@ -84,18 +84,18 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
 
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before any probe
         target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
+        options = ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
+                               iface=iface, duration=duration, rabbitmq_api=rabbitmq_api)
         progress = make_progress(enabled=fmt is not OutputFormat.JSON)  # design.md: off for json, off a tty
-        try:
-            report = diagnose(
-                target, probes, budget_ms=budget_ms, static=static, progress=progress,
-                limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
-                              updates=updates),
-                options=ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
-                                     iface=iface, duration=duration, rabbitmq_api=rabbitmq_api),
-            )
-        finally:
-            progress.close()
-        return emit_report(out, report, fmt, fail_on)
+        with carrying(target.secrets()):  # any error line from here on is scrubbed of the target's passwords
+            try:
+                report = diagnose(target, probes, budget_ms=budget_ms, static=static, progress=progress,
+                                  limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
+                                                updates=updates),
+                                  options=options)
+            finally:
+                progress.close()
+            return emit_report(out, report, fmt, fail_on)
 
 
 @click.command("doctor", epilog=EPILOG)

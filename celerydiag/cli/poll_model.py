@@ -14,7 +14,7 @@ import click
 
 from celerydiag.cli import document_options, named_target, target_options
 from celerydiag.emit import open_output
-from celerydiag.errors import ExitCode, InputError
+from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.polling import observe as watch
 from celerydiag.render import OutputFormat
 
@@ -210,7 +210,7 @@ def _watch(task_id: str, app: str | None, broker: str | None, backend: str | Non
         raise InputError("--from-backend needs the result backend the task writes to",
                          "pass --backend redis://host:6379/0 (or db+postgresql://…), or --app proj.celery:app")
     target = named_target(app, broker, backend)
-    with ExitStack() as cleanup:
+    with carrying(target.secrets()), ExitStack() as cleanup:  # error lines scrubbed of its passwords
         reader = watch.open_reader(target, task_id, cleanup)  # bad input (rpc://, disabled) before I/O
         check_backend(target, watch.READ_TIMEOUT_S)
         progress = make_progress(enabled=fmt == "text", prefix="")

@@ -179,6 +179,20 @@ def test_exit_2_on_bad_usage_with_one_line(capsys, args, needles):
     assert "Hunter2pw" not in err
 
 
+@pytest.mark.parametrize(("flag", "url"), [
+    ("--broker", "amqp://guest:Se#cr3t/Pw@127.0.0.1//"),
+    ("--broker", "redis://:Se#cr3tPw@127.0.0.1:6379/0"),
+    ("--backend", "redis://:Se#cr3t/Pw@127.0.0.1:6379/0"),
+])
+def test_a_password_with_a_hash_that_does_not_parse_never_reaches_stderr(capsys, flag, url):
+    """urlsplit cuts the password at '#' (it sees 'Se', too short to scrub) and the URL pattern
+    stops at '/': the error must still be scrubbed of the whole password it carries (issue 11)."""
+    code, out, err = run(capsys, "doctor", flag, url, "--timeout", "2")
+    assert code in (ExitCode.USAGE, ExitCode.UNREACHABLE), err
+    assert_one_error_line(err)
+    assert "cr3t" not in err and "cr3t" not in out, err
+
+
 def test_probe_without_name_lists_probes_and_is_usage(capsys):
     code, out, _ = run(capsys, "probe")
     assert code == ExitCode.USAGE
