@@ -99,9 +99,11 @@ class Output:
             except StdoutClosed:
                 closed = True
                 silence_stdout()
-        cut = "stdout closed before the output was complete"
-        if summary is not None or closed:
-            click.echo(f"{summary}; {cut}" if summary and closed else summary or f"celerydiag: {cut}", err=True)
+        if closed:
+            cut = "stdout closed before the output was complete"
+            summary = f"{summary}; {cut}" if summary else f"celerydiag: {cut}"
+        if summary:
+            click.echo(summary, err=True)
         return ExitCode.STDOUT_CLOSED if closed else code
 
     def _commit(self) -> None:

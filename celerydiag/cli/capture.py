@@ -98,7 +98,7 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
     finally:
         if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
             os.unlink(path)  # type: ignore[arg-type]
-    return _emit(out, report, fmt, fail_on)
+    return _emit_capture(out, report, fmt, fail_on)
 
 
 def _target_urls(app: str | None, broker: str | None, backend: str | None) -> list[str]:
@@ -142,8 +142,9 @@ def _progress(fmt: str, output: str | None) -> Any:
     return show
 
 
-def _emit(out: Output, report: Any, fmt: OutputFormat, fail_on: str) -> ExitCode:
-    """Capture's own document for text and json; every other format is the report renderer's."""
+def _emit_capture(out: Output, report: Any, fmt: OutputFormat, fail_on: str) -> ExitCode:
+    """Through the one output path: capture's own document for text and json, the report renderer for
+    every other format, the connection count and severities as the summary."""
     from celerydiag.findings import Severity
     from celerydiag.network.capture.render import as_report, render_text
 
