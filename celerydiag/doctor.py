@@ -17,7 +17,7 @@ from typing import Any
 from celerydiag import __version__
 from celerydiag.access.reach import check_backend, check_broker
 from celerydiag.findings import ProbeResult, Report
-from celerydiag.probe import Limits, Probe, ProbeContext, run_probe
+from celerydiag.probe import Limits, Probe, ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import Target
 from celerydiag.ui import NullProgress, Progress
 
@@ -30,11 +30,11 @@ def diagnose(
     limits: Limits | None = None,
     progress: Progress | None = None,
     static: bool = False,
-    options: dict[str, Any] | None = None,
+    options: ProbeOptions | None = None,
 ) -> Report:
     limits = limits or Limits()
     ctx = ProbeContext(target=target, budget_ms=budget_ms, limits=limits,
-                       progress=progress or NullProgress(), options=dict(options or {}))
+                       progress=progress or NullProgress(), options=options or ProbeOptions())
     try:
         # Only probes that talk to the target need it reachable: `probe config` works offline.
         if not static and not all(cls.static for cls in probes):

@@ -53,6 +53,21 @@ class Limits:
     updates: int = 250  # e2e: update_state calls observed by the client
 
 
+@dataclass(frozen=True)
+class ProbeOptions:
+    """What the user told the probes beyond the bounds in :class:`Limits`, typed, built once by the
+    command (``cli/doctor.py`` ``run_report``). ``None`` means "not given": each probe says what it
+    assumes instead, so the report can tell a measured input from an assumed one."""
+
+    poll_interval: float | None = None  # seconds between a client's polls (polling probe)
+    poll_strategy: str | None = None  # fixed|jitter|backoff|smart|push spec, as in poll-model
+    pcap: str | None = None  # a capture file to analyse (network probe)
+    iface: str | None = None  # an interface to capture on live (network probe)
+    duration: float = 3.0  # seconds of lock-wait sampling (backend), live capture (network), CPU window (host)
+    rabbitmq_api: str | None = None  # management API URL (broker probe); may hold a password
+    bandwidth_bytes_per_s: float | None = None  # network speed the serialization model assumes
+
+
 @dataclass
 class ProbeContext:
     """Everything a probe may touch. ``scratch`` prefixes every queue, key, task id and table
@@ -64,7 +79,7 @@ class ProbeContext:
     progress: Progress = field(default_factory=NullProgress)
     scratch: str = field(default_factory=lambda: f"celerydiag-{uuid.uuid4().hex[:8]}")
     cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    options: dict[str, Any] = field(default_factory=dict)  # command-specific extras
+    options: ProbeOptions = field(default_factory=ProbeOptions)
     latency: dict[str, Any] = field(default_factory=dict)  # e2e fills observed_p50/p99_ms
 
     @property
@@ -95,8 +110,9 @@ class Probe:
     def summary(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0]
 
-    def applies(self, target: Target) -> str | None:
-        """None to run, or the reason this probe does not apply to the target."""
+    def applies(self, ctx: ProbeContext) -> str | None:
+        """None to run, or the reason this probe does not apply (to the target, or to what the
+        user gave it: the network probe with no capture). The guard records it as ``skipped``."""
         return None
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
@@ -171,7 +187,7 @@ def _on_internal_error(probe: Probe, exc: Exception) -> None:
 
 def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
     interrupt.check()
-    reason = probe.applies(ctx.target)
+    reason = probe.applies(ctx)
     if reason:
         return ProbeResult.skipped(probe.name, reason)
     started = time.perf_counter()

@@ -27,6 +27,7 @@ from celerydiag.errors import (
     H_BACKEND_SCHEME,
     H_BROKER_SCHEME,
     InputError,
+    carrying,
 )
 
 MASK = "**"
@@ -113,11 +114,14 @@ def password_of(url: str | None) -> str | None:
 
 
 def passwords_of(url: str | None) -> list[str]:
-    """Every password in a URL or a ``;``-separated failover list, percent-decoded."""
+    """Every password in a URL or a ``;``-separated failover list, percent-decoded, plus the raw
+    spelling of one that does not parse: urlsplit cuts ``pa#ss/word`` at ``#`` and returns ``pa``,
+    and it is the whole that must never reach an error line."""
     found = []
     for part in (url or "").split(";"):
         if "://" not in part:
             continue
+        found += _raw_password(part.strip())
         try:
             pw = urlsplit(part.strip()).password
         except ValueError:
@@ -125,6 +129,18 @@ def passwords_of(url: str | None) -> list[str]:
         if pw:
             found.append(unquote(pw))
     return found
+
+
+def _raw_password(url: str) -> list[str]:
+    """What sits between ``user:`` and the last ``@`` (where kombu and redis-py split), as typed."""
+    rest = url.split("://", 1)[1]
+    if "@" not in rest:
+        return []
+    userinfo = rest.rsplit("@", 1)[0]
+    if ":" not in userinfo:
+        return []
+    raw = userinfo.split(":", 1)[1]
+    return [raw, unquote(raw)] if raw else []
 
 
 # The password may hold an unencoded '@' (kombu and redis-py split userinfo at the last '@'), so
@@ -167,8 +183,16 @@ def resolve_target(
     backend: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Target:
-    """Pick the target by the documented order and build the Celery app we read settings from."""
+    """Pick the target by the documented order and build the Celery app we read settings from.
+    An error raised on the way carries the passwords of every URL given (errors.carrying), so the
+    error line is scrubbed of them even when a URL did not parse."""
     env = os.environ if environ is None else environ
+    given = [broker, backend, env.get("CELERY_BROKER_URL"), env.get("CELERY_RESULT_BACKEND")]
+    with carrying(p for url in given for p in passwords_of(url)):
+        return _resolve(app, broker, backend, env)
+
+
+def _resolve(app: str | None, broker: str | None, backend: str | None, env: Mapping[str, str]) -> Target:
     if app:
         celery_app = import_app(app)
         if broker:
@@ -205,6 +229,11 @@ def _built(broker: str, backend: str, source: TargetSource) -> Target:
 
 def _checked(target: Target) -> Target:
     """Fail early, as usage, on a broker or backend scheme Celery does not know."""
+    with carrying(target.secrets()):  # the app's own password settings too
+        return _known_schemes(target)
+
+
+def _known_schemes(target: Target) -> Target:
     from celery.app.backends import by_url
     from kombu import Connection
 

@@ -50,8 +50,8 @@ class BackendProbe(Probe):
     name = "backend"
     cause = Cause.BACKEND
 
-    def applies(self, target: Target) -> str | None:
-        scheme = target.backend_scheme
+    def applies(self, ctx: ProbeContext) -> str | None:
+        scheme = ctx.target.backend_scheme
         if scheme in ("disabled", ""):
             return "no result backend configured (disabled://): there are no task states to store"
         if scheme == "rpc":
@@ -194,7 +194,7 @@ class DatabaseRun:
                 tinfo = TableInfo(self.table)
             yield from self.settings_findings(info)
             yield from self.table_findings(conn, info, tinfo)
-            ctx.progress.step(1, f"sampling lock waits for {ctx.options.get('duration', 3.0):g} s")
+            ctx.progress.step(1, f"sampling lock waits for {ctx.options.duration:g} s")
             yield from self.lock_findings(conn, info)
         ctx.progress.step(1, "contention experiment on a scratch table")
         yield from self.experiment(engine, info)
@@ -292,7 +292,7 @@ class DatabaseRun:
 
         if wait_query(info) is None:
             return
-        duration = float(self.ctx.options.get("duration", 3.0))
+        duration = self.ctx.options.duration
         interval = min(0.25, max(0.05, duration / 8))
         episodes = self.guarded(lambda: watch_waits(conn, info, self.table, duration, interval, self.stop), info)
         if episodes is None:

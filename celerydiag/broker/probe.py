@@ -137,8 +137,8 @@ class BrokerProbe(Probe):
     name = "broker"
     cause = Cause.BROKER
 
-    def applies(self, target: Target) -> str | None:
-        scheme = target.broker_scheme
+    def applies(self, ctx: ProbeContext) -> str | None:
+        scheme = ctx.target.broker_scheme
         if scheme in ("memory", ""):
             return ("broker is memory:// (the embedded default, in-process): no broker to measure; "
                     "pass --app or --broker to measure yours")
@@ -365,7 +365,7 @@ class AmqpRun:
                                     "queues": {name: _api_queue(q) for name, q in api.queues.items()}})
 
     def _api(self) -> Any:
-        url = self.ctx.options.get("rabbitmq_api")
+        url = self.ctx.options.rabbitmq_api
         if not url:
             return None
         from celerydiag.broker import api as broker_api

@@ -17,8 +17,9 @@ from typing import Any
 import click
 
 from celerydiag import __version__, interrupt
-from celerydiag.errors import DiagError, ExitCode
-from celerydiag.findings import Report, Severity
+from celerydiag.emit import silence_stdout
+from celerydiag.errors import DiagError, ExitCode, secrets_of
+from celerydiag.render import OutputFormat
 from celerydiag.target import redact
 
 # One line per command module; each defines `command`.
@@ -30,14 +31,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.bench_serialize",
     "celerydiag.cli.capture",
 )
-
-FORMAT_NAMES = ("text", "json", "markdown", "junit")
-_secrets: list[str] = []  # passwords the current command knows, scrubbed from any error line
-
-
-def remember_secrets(secrets: Sequence[str]) -> None:
-    _secrets.extend(s for s in secrets if s)
-
 
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -87,6 +80,17 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+class FormatChoice(click.Choice):
+    """``--format`` over some OutputFormat members: the user types the value, the command gets the
+    member, so no command compares format strings of its own."""
+
+    def __init__(self, formats: tuple[OutputFormat, ...]) -> None:
+        super().__init__([f.value for f in formats])
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> OutputFormat:
+        return OutputFormat(super().convert(value, param, ctx))
+
+
 def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--format / --output / --fail-on / --budget-ms / --no-color, shared by report commands."""
     fn = click.option("--no-color", is_flag=True, envvar="NO_COLOR",
@@ -98,10 +102,11 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       show_default=True,
                       help="How late a state may show up. A cause adding at least this much is "
                            "critical; at least 20% of it, a warning.")(fn)
-    fn = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-                      help="Write the report to this file instead of stdout.")(fn)
-    fn = click.option("-f", "--format", "fmt", type=click.Choice(FORMAT_NAMES),
-                      default="text", show_default=True,
+    fn = click.option("-o", "--output", type=click.Path(), metavar="FILE",
+                      help="Write the report to this file instead of stdout (checked before any work; "
+                           "replaced only when the run finishes).")(fn)
+    fn = click.option("-f", "--format", "fmt", type=FormatChoice(tuple(OutputFormat)),
+                      default=OutputFormat.TEXT.value, show_default=True,
                       help="Report format: text for people, json for scripts, markdown for "
                            "tickets, junit for CI.")(fn)
     return fn
@@ -113,9 +118,11 @@ def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = click.option("--no-color", is_flag=True, envvar="NO_COLOR",
                           help="Plain text even on a terminal.")(fn)
-        fn = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-                          help="Write the output to this file instead of stdout.")(fn)
-        fn = click.option("-f", "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+        fn = click.option("-o", "--output", type=click.Path(), metavar="FILE",
+                          help="Write the output to this file instead of stdout (checked before any "
+                               "work; replaced only when the run finishes).")(fn)
+        fn = click.option("-f", "--format", "fmt", type=FormatChoice((OutputFormat.TEXT, OutputFormat.JSON)),
+                          default=OutputFormat.TEXT.value,
                           show_default=True, help=f"text for people ({what}), json for scripts.")(fn)
         return fn
     return decorate
@@ -123,59 +130,21 @@ def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def named_target(app: str | None, broker: str | None, backend: str | None) -> Any:
     """The target the user named (--app, --broker/--backend, or CELERY_BROKER_URL /
-    CELERY_RESULT_BACKEND) with its passwords remembered for redaction, or None when nothing is
-    named. For commands that only read a target (capture, bench-serialize, poll-model): the
-    embedded default would be a temp dir for nothing."""
-    from celerydiag.target import passwords_of, resolve_target
+    CELERY_RESULT_BACKEND), or None when nothing is named. For commands that only read a target
+    (capture, bench-serialize, poll-model): the embedded default would be a temp dir for nothing.
+    The target carries its secrets (Target.secrets); a command wraps what it does with it in
+    ``errors.carrying(target.secrets())`` so any error line is scrubbed of them."""
+    from celerydiag.target import resolve_target
 
-    remember_secrets([*passwords_of(broker), *passwords_of(backend)])
     if not (app or broker or backend or os.environ.get("CELERY_BROKER_URL")
             or os.environ.get("CELERY_RESULT_BACKEND")):
         return None
-    target = resolve_target(app=app, broker=broker, backend=backend)
-    remember_secrets(target.secrets())
-    return target
+    return resolve_target(app=app, broker=broker, backend=backend)
 
 
-def fail_on_severity(value: str) -> Severity | None:
-    return None if value == "never" else Severity.parse(value)
-
-
-def emit(report: Report, fmt: str, output: str | None, fail_on: str, no_color: bool) -> ExitCode:
-    """Render to stdout or --output, print the one-line summary on stderr, pick the exit code."""
-    from celerydiag.render import render
-
-    threshold = fail_on_severity(fail_on)
-    junit_threshold = threshold or Severity.CRITICAL
-    if output:
-        try:
-            with open(output, "w", encoding="utf-8") as stream:
-                render(report, fmt, stream, fail_on=junit_threshold, color=False)
-        except OSError as exc:
-            raise DiagError(f"cannot write --output {output}: {exc.strerror}") from None
-    else:
-        color = fmt == "text" and not no_color and sys.stdout.isatty()
-        try:
-            render(report, fmt, sys.stdout, fail_on=junit_threshold, color=color)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # `| head` went away: not our error. Left to click it becomes exit 1 (= findings)
-            # with no summary; the summary and the real exit code still belong on stderr.
-            _silence_stdout()
-    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in Severity}
-    failed = [p.name for p in report.probes if str(p.status) == "failed"]
-    summary = (f"celerydiag: {counts[Severity.CRITICAL]} critical, {counts[Severity.WARNING]} "
-               f"warning, {counts[Severity.INFO]} info, {counts[Severity.OK]} ok")
-    if failed:
-        summary += f"; probes failed: {', '.join(failed)}"
-    click.echo(summary, err=True)
-    if threshold is not None and report.worst() >= threshold and report.worst() > Severity.OK:
-        return ExitCode.FINDINGS
-    return ExitCode.OK
-
-
-def _error_line(message: str) -> str:
-    return redact(message, _secrets)
+def _error_line(message: str, exc: BaseException) -> str:
+    """``message`` scrubbed of URL passwords and of every secret the error carries."""
+    return redact(message, secrets_of(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our error lines say "rerun with --traceback": accept it after the command name too, where a
     # user appends it, not only as a group option before it.
     args = [a for a in args if a != "--traceback"]
-    _secrets.clear()
     try:
         with interrupt.handled():  # Ctrl-C and kill both clean up, even inside a driver call
             result = cli.main(args=args, prog_name="celerydiag", standalone_mode=False)
@@ -193,33 +161,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        exc.message = _error_line(exc.message)
+        exc.message = _error_line(exc.message, exc)
         exc.show()
         return exc.exit_code
     except DiagError as exc:
-        click.echo(f"celerydiag: error: {_error_line(exc.message)}", err=True)
+        click.echo(f"celerydiag: error: {_error_line(exc.message, exc)}", err=True)
         if exc.hint:
-            click.echo(f"  hint: {_error_line(exc.hint)}", err=True)
+            click.echo(f"  hint: {_error_line(exc.hint, exc)}", err=True)
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
         click.echo("celerydiag: interrupted; whatever the run had created (queues, keys, scratch tables) "
                    "was removed first", err=True)
         return ExitCode.INTERRUPTED
-    except BrokenPipeError:
-        _silence_stdout()
-        return ExitCode.OK
+    except BrokenPipeError:  # what did not go through emit (probe --list | head -1): same code
+        silence_stdout()
+        click.echo("celerydiag: stdout closed before the output was complete", err=True)
+        return ExitCode.STDOUT_CLOSED
     except Exception as exc:
         if show_tb:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first)} "
+        click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first, exc)} "
                    "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
         return ExitCode.INTERNAL
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass

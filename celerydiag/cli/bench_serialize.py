@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, TextIO
 
 import click
 
 from celerydiag.cli import document_options, named_target, target_options
-from celerydiag.errors import ExitCode, InputError
+from celerydiag.emit import open_output
+from celerydiag.errors import ExitCode, InputError, carrying
+from celerydiag.render import OutputFormat
 
 EPILOG = """\b
 Examples:
@@ -72,7 +73,7 @@ class SizeType(click.ParamType):
 def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files: tuple[str, ...],
             trust_pickle: bool, max_size: int, task_ids: tuple[str, ...], app: str | None,
             broker: str | None, backend: str | None, quick: bool, bandwidth_mbit: float,
-            compare_path: str | None, timeout: float, fmt: str, output: str | None,
+            compare_path: str | None, timeout: float, fmt: OutputFormat, output: str | None,
             no_color: bool) -> ExitCode:
     """Time encode and decode of task-state payloads with each serializer, the way Celery does it.
 
@@ -81,39 +82,43 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
     spread (a warning when the machine is noisy), encoded size and peak memory. The per-update
     column adds what your result backend does with the payload (Redis: decode of the old meta,
     SETEX + PUBLISH; database: the row reads and the UPDATE) at --bandwidth-mbit.
-    Exit codes: 0 done, 2 bad input, 3 backend unreachable (--from-backend), 130 interrupted.
+    Exit codes: 0 done, 2 bad input (or an unwritable --output, before any work), 3 backend
+    unreachable (--from-backend), 130 interrupted, 141 stdout closed early (`| head`).
     """
     from celerydiag.doctor import collect_meta
     from celerydiag.serialization import harness as ser
     from celerydiag.ui import make_progress
 
-    old = ser.read_document(compare_path) if compare_path else None
-    target = _target(app, broker, backend, need=bool(task_ids))
-    names = _serializers(serializers)
-    payloads = [ser.load_payload_file(path, trust_pickle, max_size) for path in payload_files]
-    if task_ids:
-        from celerydiag.serialization.probe import read_task_meta
+    with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the benchmark
+        old = ser.read_document(compare_path) if compare_path else None
+        target = _target(app, broker, backend, need=bool(task_ids))
+        names = _serializers(serializers)
+        payloads = [ser.load_payload_file(path, trust_pickle, max_size) for path in payload_files]
+        if task_ids:
+            from celerydiag.serialization.probe import read_task_meta
 
-        payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]
-    if kinds or not payloads:
-        payloads = [ser.standard_payload(k) for k in (kinds or ser.STANDARD_KINDS)] + payloads
-    model = ser.backend_model(target.backend_scheme if target else "redis")
-    bandwidth = bandwidth_mbit * 1e6 / 8
-    progress = make_progress(enabled=fmt == "text" or output is not None, prefix="")
-    progress.start("bench-serialize", total=len(payloads) * len(names))
-    try:
-        results = ser.run_bench(payloads, names, ser.HarnessConfig.quick() if quick else ser.HarnessConfig(),
-                                on_case=lambda label: progress.step(1, label))
-    finally:
-        progress.close()
-    meta = dict(collect_meta(), target=target.to_dict() if target else None,
-                result_serializer=target.conf.result_serializer if target else None, quick=quick)
-    current = str(target.conf.result_serializer) if target else "json"
-    doc = ser.bench_document(results, model, bandwidth, payloads, meta, current)
-    if old is not None:
-        doc["compare"] = ser.compare_documents(old, doc)
-    _write(doc, fmt, output, no_color)
-    return ExitCode.OK
+            with carrying(target.secrets()):  # the only step that talks to the target
+                payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]
+        if kinds or not payloads:
+            payloads = [ser.standard_payload(k) for k in (kinds or ser.STANDARD_KINDS)] + payloads
+        model = ser.backend_model(target.backend_scheme if target else "redis")
+        bandwidth = bandwidth_mbit * 1e6 / 8
+        progress = make_progress(enabled=fmt == "text" or output is not None, prefix="")
+        progress.start("bench-serialize", total=len(payloads) * len(names))
+        try:
+            results = ser.run_bench(payloads, names, ser.HarnessConfig.quick() if quick else ser.HarnessConfig(),
+                                    on_case=lambda label: progress.step(1, label))
+        finally:
+            progress.close()
+        meta = dict(collect_meta(), target=target.to_dict() if target else None,
+                    result_serializer=target.conf.result_serializer if target else None, quick=quick)
+        current = str(target.conf.result_serializer) if target else "json"
+        doc = ser.bench_document(results, model, bandwidth, payloads, meta, current)
+        if old is not None:
+            doc["compare"] = ser.compare_documents(old, doc)
+        summary = (f"celerydiag: {len(payloads)} payload(s) x {len(names)} serializer(s) timed"
+                   + (f"; suggested: {', '.join(doc['suggested'])}" if doc["suggested"] else ""))
+        return out.emit(lambda stream, color: _write(doc, fmt, stream, color), summary, ExitCode.OK)
 
 
 def _target(app: str | None, broker: str | None, backend: str | None, need: bool) -> Any:
@@ -136,22 +141,12 @@ def _serializers(requested: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(requested)) or list(known)
 
 
-def _write(doc: dict[str, Any], fmt: str, output: str | None, no_color: bool) -> None:
-    try:
-        stream: TextIO = open(output, "w", encoding="utf-8") if output else sys.stdout
-    except OSError as exc:
-        raise InputError(f"cannot write --output {output}: {exc.strerror}") from None
-    try:
-        if fmt == "json":
-            json.dump(doc, stream, indent=2, ensure_ascii=False, allow_nan=False)
-            stream.write("\n")
-        else:
-            render_text(doc, stream, color=not output and not no_color and sys.stdout.isatty())
-    finally:
-        if output:
-            stream.close()
-        else:
-            sys.stdout.flush()
+def _write(doc: dict[str, Any], fmt: OutputFormat, stream: TextIO, color: bool) -> None:
+    if fmt is OutputFormat.JSON:
+        json.dump(doc, stream, indent=2, ensure_ascii=False, allow_nan=False)
+        stream.write("\n")
+    else:
+        render_text(doc, stream, color=color)
 
 
 def render_text(doc: dict[str, Any], stream: TextIO, color: bool = False) -> None:

@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import fail_on_severity, named_target, output_options, target_options
-from celerydiag.errors import DiagError, ExitCode, InputError
+from celerydiag.cli import named_target, output_options, target_options
+from celerydiag.emit import Output, exit_code, fail_on_severity, open_output, severity_counts
+from celerydiag.errors import ExitCode, InputError
+from celerydiag.render import OutputFormat
 
 EPILOG = """\b
 Examples:
@@ -46,7 +48,7 @@ DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
 @output_options
 def command(read_: str | None, iface: str | None, ports: tuple[int, ...], duration: float, count: int,
             write: str | None, scrub: bool, app: str | None, broker: str | None, backend: str | None,
-            fmt: str, output: str | None, fail_on: str, budget_ms: float, no_color: bool) -> ExitCode:
+            fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool) -> ExitCode:
     """Find network causes of late task states in broker and backend traffic, live or from a file.
 
     Per TCP connection: zero-window episodes (who stopped reading), retransmissions, duplicate ACKs,
@@ -55,8 +57,18 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     state path and polls per task id. Findings are ranked by the milliseconds they add.
 
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or unreadable
-    file (or no capture privileges), 130 interrupted.
+    file (or no capture privileges, or an unwritable --output), 130 interrupted, 141 stdout closed
+    early (`| head`).
     """
+    with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the capture
+        return _capture(out, read_, iface, ports, duration, count, write, scrub, app, broker, backend, fmt,
+                        output, fail_on, budget_ms)
+
+
+def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int, ...], duration: float,
+             count: int, write: str | None, scrub: bool, app: str | None, broker: str | None,
+             backend: str | None, fmt: OutputFormat, output: str | None, fail_on: str,
+             budget_ms: float) -> ExitCode:
     from celerydiag.network.capture import analyse, ports_for_target
 
     if bool(read_) == bool(iface):
@@ -64,6 +76,10 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
                          "celerydiag capture --read FILE.pcap, or sudo celerydiag capture --iface eth0")
     if read_ and not os.path.isfile(read_):
         raise InputError(f"cannot read {read_}: no such file")
+    for name, other in (("--read", read_), ("--write", write)):
+        if output and other and os.path.exists(output) and os.path.samefile(output, other):
+            raise InputError(f"--output {output} is the {name} file; the report would replace the capture",
+                             "write the report to another file")
     urls = _target_urls(app, broker, backend)
     port_set = ports_for_target(urls, ports)
     extra: dict[str, Any] = {}
@@ -82,7 +98,7 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     finally:
         if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
             os.unlink(path)  # type: ignore[arg-type]
-    return _emit(report, fmt, output, fail_on, no_color)
+    return _emit_capture(out, report, fmt, fail_on)
 
 
 def _target_urls(app: str | None, broker: str | None, backend: str | None) -> list[str]:
@@ -126,17 +142,19 @@ def _progress(fmt: str, output: str | None) -> Any:
     return show
 
 
-def _emit(report: Any, fmt: str, output: str | None, fail_on: str, no_color: bool) -> ExitCode:
+def _emit_capture(out: Output, report: Any, fmt: OutputFormat, fail_on: str) -> ExitCode:
+    """Through the one output path: capture's own document for text and json, the report renderer for
+    every other format, the connection count and severities as the summary."""
     from celerydiag.findings import Severity
     from celerydiag.network.capture.render import as_report, render_text
 
     def write(stream: Any, color: bool) -> None:
-        if fmt == "json":
+        if fmt is OutputFormat.JSON:
             import json
 
             json.dump(report.to_dict(), stream, indent=2, ensure_ascii=False, allow_nan=False)
             stream.write("\n")
-        elif fmt == "text":
+        elif fmt is OutputFormat.TEXT:
             render_text(report, stream, color=color)
         else:
             from celerydiag.render import render
@@ -145,22 +163,8 @@ def _emit(report: Any, fmt: str, output: str | None, fail_on: str, no_color: boo
 
     if sys.stderr.isatty():
         click.echo("\r", err=True, nl=False)
-    if output:
-        try:
-            with open(output, "w", encoding="utf-8") as stream:
-                write(stream, False)
-        except OSError as exc:
-            raise DiagError(f"cannot write --output {output}: {exc.strerror}") from None
-    else:
-        write(sys.stdout, fmt == "text" and not no_color and sys.stdout.isatty())
-        sys.stdout.flush()
-    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in Severity}
     trunc = "; file truncated, analysed what was readable" if report.file.get("truncated") else ""
     n = len(report.connections)
-    click.echo(f"celerydiag: {n} connection{'' if n == 1 else 's'}, {counts[Severity.CRITICAL]} critical, "
-               f"{counts[Severity.WARNING]} warning, {counts[Severity.INFO]} info, {counts[Severity.OK]} ok{trunc}",
-               err=True)
-    threshold = fail_on_severity(fail_on)
-    if threshold is not None and report.worst() >= threshold and report.worst() > Severity.OK:
-        return ExitCode.FINDINGS
-    return ExitCode.OK
+    summary = (f"celerydiag: {n} connection{'' if n == 1 else 's'}, "
+               f"{severity_counts(f.severity for f in report.findings)}{trunc}")
+    return out.emit(write, summary, exit_code(report.worst(), fail_on))

@@ -6,13 +6,10 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import (
-    emit,
-    named_target,
-    output_options,
-    target_options,
-)
-from celerydiag.errors import ExitCode
+from celerydiag.cli import named_target, output_options, target_options
+from celerydiag.emit import emit_report, open_output
+from celerydiag.errors import ExitCode, carrying
+from celerydiag.render import OutputFormat
 
 EPILOG = """\b
 Examples:
@@ -38,7 +35,7 @@ def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | Non
 
 
 def probe_options(fn: Any) -> Any:
-    """Bounds and inputs every active probe reads (through ProbeContext.limits/options)."""
+    """Bounds and inputs every active probe reads (ProbeContext.limits, ProbeContext.options)."""
     opts = [
         click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0,
                      show_default=True, help="Seconds to wait for any single network call."),
@@ -75,27 +72,30 @@ def probe_options(fn: Any) -> Any:
 
 
 def run_report(app: str | None, broker: str | None, backend: str | None, probes: Any,
-               fmt: str, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
+               fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
                static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
-               **options: Any) -> ExitCode:
+               poll_interval: float | None, poll_strategy: str | None, pcap: str | None,
+               iface: str | None, duration: float, rabbitmq_api: str | None) -> ExitCode:
     """Shared by doctor and probe: resolve, diagnose, render."""
     from celerydiag.doctor import diagnose
-    from celerydiag.probe import Limits
+    from celerydiag.probe import Limits, ProbeOptions
     from celerydiag.target import resolve_target
     from celerydiag.ui import make_progress
 
-    target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
-    progress = make_progress(enabled=fmt != "json")  # design.md: off for json and off a terminal
-    try:
-        report = diagnose(
-            target, probes, budget_ms=budget_ms, static=static, progress=progress,
-            limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
-                          updates=updates),
-            options={k: v for k, v in options.items() if v is not None},
-        )
-    finally:
-        progress.close()
-    return emit(report, fmt, output, fail_on, no_color)
+    with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before any probe
+        target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
+        options = ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
+                               iface=iface, duration=duration, rabbitmq_api=rabbitmq_api)
+        progress = make_progress(enabled=fmt is not OutputFormat.JSON)  # design.md: off for json, off a tty
+        with carrying(target.secrets()):  # any error line from here on is scrubbed of the target's passwords
+            try:
+                report = diagnose(target, probes, budget_ms=budget_ms, static=static, progress=progress,
+                                  limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
+                                                updates=updates),
+                                  options=options)
+            finally:
+                progress.close()
+            return emit_report(out, report, fmt, fail_on)
 
 
 @click.command("doctor", epilog=EPILOG)
@@ -109,7 +109,8 @@ def command(**kw: Any) -> ExitCode:
     """Run every probe that applies to the target, rank causes by milliseconds, print fixes.
 
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or
-    input, 3 target unreachable, 4 internal error, 130 interrupted (after cleanup).
+    input (an unwritable --output before any probe), 3 target unreachable, 4 internal error,
+    130 interrupted (after cleanup), 141 stdout closed early (`| head`).
     """
     from celerydiag.probe import probe_classes
 

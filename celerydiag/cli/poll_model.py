@@ -13,8 +13,10 @@ from typing import Any, TextIO
 import click
 
 from celerydiag.cli import document_options, named_target, target_options
-from celerydiag.errors import DiagError, ExitCode, InputError
+from celerydiag.emit import open_output
+from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.polling import observe as watch
+from celerydiag.render import OutputFormat
 
 EPILOG = """\b
 Examples:
@@ -145,53 +147,53 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
             request_budget: float | None, tasks: int, seed: int, explain_claim: bool,
             plot_path: str | None, task_id: str | None, watch_seconds: float, watch_interval: float,
             app: str | None, broker: str | None, backend: str | None,
-            fmt: str, output: str | None, no_color: bool) -> ExitCode:
+            fmt: OutputFormat, output: str | None, no_color: bool) -> ExitCode:
     """Model what polling AsyncResult costs: delay, missed PROGRESS states, backend load.
 
     Prints per strategy the detection delay (mean, P50, P95, P99), P(delay > --threshold), the
     chance a PROGRESS state is never seen, reads per task and req/s for --clients, a chart of the
     delay CDF, and the cheapest strategy that meets --target-delay within --request-budget.
     Needs no service, except with --from-backend TASK_ID, which measures the state durations on
-    your result backend first. Exit codes: 0 done, 2 bad input, 3 backend unreachable, 130
-    interrupted.
+    your result backend first. Exit codes: 0 done, 2 bad input (or an unwritable --output, before
+    any work), 3 backend unreachable, 130 interrupted, 141 stdout closed early (`| head`).
     """
     from celerydiag.polling import model as polling
 
-    observed = None
-    if task_id:
-        observed = _watch(task_id, app, broker, backend, watch_seconds, watch_interval, fmt)
-        if observed.durations_s:
-            given = click.get_current_context().get_parameter_source
-            durations = _observed_durations(observed)
-            if given("states") == click.core.ParameterSource.DEFAULT:
-                states = max(1, observed.progress_states)
-            if given("read_latency") == click.core.ParameterSource.DEFAULT:
-                read_latency = observed.read.p50_ms / 1000
-    elif app or broker or backend:
-        raise InputError("--app/--broker/--backend only choose where --from-backend TASK_ID reads",
-                         "add --from-backend TASK_ID, or drop them (the model alone needs no service)")
+    with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the watch
+        observed = None
+        if task_id:
+            observed = _watch(task_id, app, broker, backend, watch_seconds, watch_interval, fmt)
+            if observed.durations_s:
+                given = click.get_current_context().get_parameter_source
+                durations = _observed_durations(observed)
+                if given("states") == click.core.ParameterSource.DEFAULT:
+                    states = max(1, observed.progress_states)
+                if given("read_latency") == click.core.ParameterSource.DEFAULT:
+                    read_latency = observed.read.p50_ms / 1000
+        elif app or broker or backend:
+            raise InputError("--app/--broker/--backend only choose where --from-backend TASK_ID reads",
+                             "add --from-backend TASK_ID, or drop them (the model alone needs no service)")
 
-    chosen = [polling.parse_strategy(s, interval) for s in (strategies or polling.KINDS)]
-    scenario = polling.Scenario(durations=durations, states=states, queue_wait=queue_wait,
-                                latency_s=read_latency, threshold_s=threshold, tasks=tasks, seed=seed)
-    results = _run(chosen, scenario)
-    recommendation = polling.recommend(results, target_delay, request_budget, clients, read_latency)
-    claim_t = _claim_interval(chosen, interval, explain_claim)
-    claim = polling.explain_claim(claim_t, read_latency) if claim_t else None
-    if plot_path:
-        _write_plot(plot_path, results)
-    doc = polling.document(results, scenario, clients, recommendation, claim)
-    if observed is not None:
-        doc["observed"] = dict(observed.to_dict(), used=bool(observed.durations_s))
-    if output:
-        try:
-            with open(output, "w", encoding="utf-8") as stream:
-                _render(doc, results, fmt, stream, color=False)
-        except OSError as exc:
-            raise DiagError(f"cannot write --output {output}: {exc.strerror}") from None
-    else:
-        _render(doc, results, fmt, sys.stdout, color=fmt == "text" and not no_color and sys.stdout.isatty())
-    return ExitCode.OK
+        chosen = [polling.parse_strategy(s, interval) for s in (strategies or polling.KINDS)]
+        scenario = polling.Scenario(durations=durations, states=states, queue_wait=queue_wait,
+                                    latency_s=read_latency, threshold_s=threshold, tasks=tasks, seed=seed)
+        results = _run(chosen, scenario)
+        recommendation = polling.recommend(results, target_delay, request_budget, clients, read_latency)
+        claim_t = _claim_interval(chosen, interval, explain_claim)
+        claim = polling.explain_claim(claim_t, read_latency) if claim_t else None
+        if plot_path:
+            _write_plot(plot_path, results)
+        doc = polling.document(results, scenario, clients, recommendation, claim)
+        if observed is not None:
+            doc["observed"] = dict(observed.to_dict(), used=bool(observed.durations_s))
+        summary = f"celerydiag: {len(results)} strategies modelled; {_summary(recommendation)}"
+        return out.emit(lambda stream, color: _render(doc, results, fmt, stream, color), summary, ExitCode.OK)
+
+
+def _summary(recommendation: Any) -> str:
+    if recommendation.strategy is None:
+        return "no strategy meets --target-delay within --request-budget"
+    return f"recommended: {recommendation.strategy}"
 
 
 def _watch(task_id: str, app: str | None, broker: str | None, backend: str | None, limit_s: float,
@@ -208,7 +210,7 @@ def _watch(task_id: str, app: str | None, broker: str | None, backend: str | Non
         raise InputError("--from-backend needs the result backend the task writes to",
                          "pass --backend redis://host:6379/0 (or db+postgresql://…), or --app proj.celery:app")
     target = named_target(app, broker, backend)
-    with ExitStack() as cleanup:
+    with carrying(target.secrets()), ExitStack() as cleanup:  # error lines scrubbed of its passwords
         reader = watch.open_reader(target, task_id, cleanup)  # bad input (rpc://, disabled) before I/O
         check_backend(target, watch.READ_TIMEOUT_S)
         progress = make_progress(enabled=fmt == "text", prefix="")
@@ -246,9 +248,9 @@ def _run(strategies: list[Any], scenario: Any) -> list[Any]:
 
 
 def _claim_interval(strategies: list[Any], interval: float, asked: bool) -> float | None:
-    from celerydiag.polling.model import CLAIM_INTERVAL_S
+    from celerydiag.polling.model import CLAIM_INTERVAL_S, StrategyKind
 
-    fixed_like = [s.interval_s for s in strategies if s.kind in ("fixed", "jitter")]
+    fixed_like = [s.interval_s for s in strategies if s.kind in (StrategyKind.FIXED, StrategyKind.JITTER)]
     # Only when a fixed-interval strategy really polls every 5 s (its T defaults to --interval).
     if any(abs(t - CLAIM_INTERVAL_S) < 1e-9 for t in fixed_like):
         return CLAIM_INTERVAL_S

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
 from celerydiag.cli import output_options, target_options
 from celerydiag.cli.doctor import probe_options, run_report
+from celerydiag.emit import open_output
 from celerydiag.errors import ExitCode
+from celerydiag.render import OutputFormat
 
 
 @click.command("probe")
@@ -25,9 +27,12 @@ def command(name: str | None, list_: bool, **kw: Any) -> ExitCode:
     from celerydiag.probe import get_probe, probe_classes
 
     if list_ or not name:
-        for cls in probe_classes():
-            click.echo(f"{cls.name:<14} {cls.summary()}")
-        return ExitCode.OK if list_ else ExitCode.USAGE
+        listing = "".join(f"{cls.name:<14} {cls.summary()}\n" for cls in probe_classes())
+
+        def write(stream: TextIO, _color: bool) -> None:
+            stream.write(listing)
+
+        return open_output(None, OutputFormat.TEXT, True).emit(write, None, ExitCode.OK if list_ else ExitCode.USAGE)
     cls = get_probe(name)
     # A static probe (config, polling) needs no network, so it must not fail on reachability.
     return run_report(probes=[cls], static=cls.static, **kw)

@@ -80,8 +80,8 @@ class E2EProbe(Probe):
     name = "e2e"
     cause = Cause.E2E
 
-    def applies(self, target: Target) -> str | None:
-        if target.backend_scheme in ("disabled", ""):
+    def applies(self, ctx: ProbeContext) -> str | None:
+        if ctx.target.backend_scheme in ("disabled", ""):
             return "no result backend configured: there are no task states to see"
         return None
 

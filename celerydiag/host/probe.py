@@ -47,10 +47,10 @@ class HostProbe(Probe):
     def __init__(self) -> None:
         self._census: Census | None = None
 
-    def applies(self, target: Target) -> str | None:
+    def applies(self, ctx: ProbeContext) -> str | None:
         from celerydiag.host.workers import census, own_pids
 
-        self._census = found = census(target, exclude=own_pids())
+        self._census = found = census(ctx.target, exclude=own_pids())
         if found.matched:
             return None
         return skip_reason(found)
@@ -63,7 +63,7 @@ class HostProbe(Probe):
         found = self._census or census(ctx.target, exclude=mine)
         if not found.matched:
             return
-        seconds = min(float(ctx.options.get("duration") or DEFAULT_WINDOW_S), ctx.limits.max_seconds)
+        seconds = min(float(ctx.options.duration or DEFAULT_WINDOW_S), ctx.limits.max_seconds)
         window = sample({w.pid: w.pids for w in found.matched}, seconds, exclude=mine)
         facts = [worker_facts(w, ctx.target, window) for w in found.matched]
         yield workers_finding(found, facts, window)

@@ -8,39 +8,36 @@ from collections.abc import Iterator
 from celerydiag.findings import Cause, Finding, Severity
 from celerydiag.probe import Probe, ProbeContext
 
+# The skip reason says how to enable the probe: it is all a user without a capture needs to know.
+NOT_CAPTURED = ("no capture given: pass --pcap FILE (e.g. from `tcpdump -i any -w FILE port 5672 or port 6379`) "
+                "or --iface IFACE (live, needs root) to look for zero windows, retransmissions and missed "
+                "heartbeats")
+
 
 class NetworkProbe(Probe):
     """Zero windows, retransmissions, missed AMQP heartbeats and RTT, from a capture of the target's traffic.
 
     With ``--pcap FILE`` it analyses that file; with ``--iface IFACE`` it captures live for ``--duration``
     seconds on the broker/backend ports (BPF filter; root or CAP_NET_RAW), writes nothing but a temporary
-    pcap that is removed afterwards (also on Ctrl-C), and analyses it. Without either it measures nothing
-    and says how to enable it (an ``info`` finding, ``network.not-captured``), because a probe cannot see
-    the options in ``applies``. Load: none (passive).
+    pcap that is removed afterwards (also on Ctrl-C), and analyses it. Without either it is ``skipped``
+    with the reason and how to give it one (:data:`NOT_CAPTURED`). Load: none (passive).
     """
 
     name = "network"
     cause = Cause.NETWORK
 
+    def applies(self, ctx: ProbeContext) -> str | None:
+        return None if ctx.options.pcap or ctx.options.iface else NOT_CAPTURED
+
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         from celerydiag.network.capture import analyse, ports_for_target
 
-        opts = ctx.options
         ports = ports_for_target([ctx.target.broker_url, ctx.target.backend_url])
-        pcap, iface = opts.get("pcap"), opts.get("iface")
-        if not pcap and not iface:
-            yield Finding(
-                id="network.not-captured", cause=Cause.NETWORK, severity=Severity.INFO,
-                title="Network not checked: no capture given",
-                detail="Pass --pcap FILE (e.g. from `tcpdump -i any -w FILE port 5672 or port 6379`) or "
-                       "--iface IFACE (live, needs root) to look for zero windows, retransmissions and "
-                       "missed heartbeats.",
-            )
-            return
+        pcap, iface = ctx.options.pcap, ctx.options.iface
         if iface:
             from celerydiag.network.capture import live
 
-            duration = float(opts.get("duration") or 3.0)
+            duration = ctx.options.duration
             pcap = live.default_path()
             ctx.cleanup.callback(_unlink, pcap)  # registered before the first packet is written
             ctx.progress.start(self.name, total=duration)
@@ -52,6 +49,7 @@ class NetworkProbe(Probe):
                     done[0] = elapsed
 
             live.capture(iface, sorted(ports.servers()), pcap, duration=duration, scrub=True, progress=tick)
+        assert pcap is not None  # applies() ran: a file was given or captured above
         report = analyse(pcap, ports=ports, budget_ms=ctx.budget_ms)
         if report.file.get("truncated"):
             yield Finding(id="network.capture-truncated", cause=Cause.NETWORK, severity=Severity.INFO,

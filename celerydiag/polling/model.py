@@ -45,8 +45,10 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from celerydiag.compat import assert_never
 from celerydiag.errors import InputError
 
 SCHEMA = "celerydiag.poll-model/1"
@@ -64,7 +66,23 @@ BATCHES = 20
 T_975_19 = 2.093  # Student t, 97.5 %, 19 degrees of freedom (BATCHES - 1)
 POLL_BUDGET = 2_000_000  # simulated polls per strategy at most: bounds run time
 MIN_TASKS = 400
-KINDS = ("fixed", "jitter", "backoff", "smart", "push")
+
+
+class StrategyKind(str, Enum):
+    """How a client polls: every dispatch on it is exhaustive (assert_never), so a new kind is a
+    mypy error in each place that must learn it."""
+
+    FIXED = "fixed"
+    JITTER = "jitter"
+    BACKOFF = "backoff"
+    SMART = "smart"
+    PUSH = "push"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+KINDS = tuple(k.value for k in StrategyKind)  # poll-model's default: every kind at --interval
 PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
 
 # ---- durations ---------------------------------------------------------------------------------
@@ -188,43 +206,55 @@ class Strategy:
     """How a client polls. ``interval_s`` is T (fixed, jitter) or the first interval (backoff,
     smart); ``factor``/``cap_s`` are backoff's; ``spread`` is jitter's fraction."""
 
-    kind: str
+    kind: StrategyKind
     interval_s: float = 0.0
     factor: float = 2.0
     cap_s: float = 0.0
     spread: float = 0.2
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", StrategyKind(self.kind))  # Strategy("fixed", 2.0) still works
+
     @property
     def name(self) -> str:
         """The canonical spelling, itself a valid ``--strategy`` value."""
-        if self.kind == "push":
+        kind = self.kind
+        if kind is StrategyKind.PUSH:
             return "push"
-        if self.kind == "jitter":
+        if kind is StrategyKind.JITTER:
             return f"jitter:{fmt_s(self.interval_s)},{self.spread * 100:g}%"
-        if self.kind == "backoff":
+        if kind is StrategyKind.BACKOFF:
             return f"backoff:{fmt_s(self.interval_s)},{self.factor:g},{fmt_s(self.cap_s)}"
-        if self.kind == "smart":
+        if kind is StrategyKind.SMART:
             return f"smart:{fmt_s(self.interval_s)}"
-        return f"fixed:{fmt_s(self.interval_s)}"
+        if kind is StrategyKind.FIXED:
+            return f"fixed:{fmt_s(self.interval_s)}"
+        assert_never(kind)
 
     def params(self) -> dict[str, float]:
-        if self.kind == "push":
+        kind = self.kind
+        if kind is StrategyKind.PUSH:
             return {}
         out = {"interval_s": self.interval_s}
-        if self.kind == "backoff":
+        if kind is StrategyKind.BACKOFF:
             out.update(factor=self.factor, cap_s=self.cap_s)
-        elif self.kind == "jitter":
+        elif kind is StrategyKind.JITTER:
             out["spread_ratio"] = self.spread
-        elif self.kind == "smart":
+        elif kind is StrategyKind.SMART:
             out.update(min_s=SMART_MIN_S, max_s=SMART_MAX_S, in_progress_factor=SMART_IN_PROGRESS,
                        otherwise_factor=SMART_OTHERWISE)
+        elif kind is not StrategyKind.FIXED:
+            assert_never(kind)
         return out
 
     @property
     def closed_form(self) -> bool:
-        return self.kind in ("fixed", "push")
+        return self.kind in (StrategyKind.FIXED, StrategyKind.PUSH)
 
 
+# Values after the colon each kind accepts (STRATEGY_HELP spells them out).
+MAX_VALUES = {StrategyKind.FIXED: 1, StrategyKind.JITTER: 2, StrategyKind.BACKOFF: 3, StrategyKind.SMART: 1,
+              StrategyKind.PUSH: 0}
 STRATEGY_HELP = ("fixed[:T], jitter[:T[,SPREAD]], backoff[:START[,FACTOR[,CAP]]], smart[:START] "
                  "or push")
 
@@ -233,27 +263,29 @@ def parse_strategy(spec: str, interval_s: float, option: str = "--strategy") -> 
     """``fixed``, ``fixed:2s``, ``jitter:5s,20%``, ``backoff:0.5s,2,10s``, ``smart``, ``push``.
     Missing values default to ``interval_s`` (T, backoff's cap, smart's start), backoff START
     0.5 s and FACTOR 2, jitter SPREAD 20 %."""
-    kind, _, rest = str(spec).strip().lower().partition(":")
+    word, _, rest = str(spec).strip().lower().partition(":")
     args = [a.strip() for a in rest.split(",")] if rest else []
     what = f"{option} {spec!r}"
-    if kind not in KINDS:
+    if word not in KINDS:
         raise InputError(f"{option}: unknown strategy {spec!r}; expected {STRATEGY_HELP}")
-    limit = {"fixed": 1, "jitter": 2, "backoff": 3, "smart": 1, "push": 0}[kind]
-    if len(args) > limit:
+    kind = StrategyKind(word)
+    if len(args) > MAX_VALUES[kind]:
         raise InputError(f"{what}: too many values; expected {STRATEGY_HELP}")
 
     def seconds(i: int, default: float) -> float:
         return check_interval(parse_seconds(args[i], what) if len(args) > i else default, what)
 
-    if kind == "push":
-        return Strategy("push")
-    if kind == "fixed":
-        return Strategy("fixed", seconds(0, interval_s))
-    if kind == "smart":
-        return Strategy("smart", min(max(seconds(0, interval_s), SMART_MIN_S), SMART_MAX_S))
-    if kind == "jitter":
+    if kind is StrategyKind.PUSH:
+        return Strategy(kind)
+    if kind is StrategyKind.FIXED:
+        return Strategy(kind, seconds(0, interval_s))
+    if kind is StrategyKind.SMART:
+        return Strategy(kind, min(max(seconds(0, interval_s), SMART_MIN_S), SMART_MAX_S))
+    if kind is StrategyKind.JITTER:
         spread = _ratio(args[1], what) if len(args) > 1 else 0.2
-        return Strategy("jitter", seconds(0, interval_s), spread=spread)
+        return Strategy(kind, seconds(0, interval_s), spread=spread)
+    if kind is not StrategyKind.BACKOFF:
+        assert_never(kind)
     start = seconds(0, min(0.5, interval_s))
     try:
         factor = float(args[1]) if len(args) > 1 else 2.0
@@ -264,7 +296,7 @@ def parse_strategy(spec: str, interval_s: float, option: str = "--strategy") -> 
     cap = seconds(2, max(interval_s, start))
     if cap < start:
         raise InputError(f"{what}: the CAP ({fmt_s(cap)}) must be at least START ({fmt_s(start)})")
-    return Strategy("backoff", start, factor=factor, cap_s=cap)
+    return Strategy(StrategyKind.BACKOFF, start, factor=factor, cap_s=cap)
 
 
 def _ratio(text: str, what: str) -> float:
@@ -418,7 +450,7 @@ def _fixed_task(strategy: Strategy, changes: list[float], latency: float, rng: r
 
 
 def _first_poll(strategy: Strategy, rng: random.Random) -> float:
-    if strategy.kind == "jitter":
+    if strategy.kind is StrategyKind.JITTER:
         # Steady state: the interval covering t=0 is length-biased; t=0 falls uniformly inside it.
         a = strategy.interval_s * (1 - strategy.spread)
         b = strategy.interval_s * (1 + strategy.spread)
@@ -428,14 +460,17 @@ def _first_poll(strategy: Strategy, rng: random.Random) -> float:
 
 
 def _next_interval(strategy: Strategy, current: float, in_progress: bool, rng: random.Random) -> float:
-    if strategy.kind == "jitter":
+    kind = strategy.kind
+    if kind is StrategyKind.JITTER:
         return strategy.interval_s * (1 + strategy.spread * (2 * rng.random() - 1))
-    if strategy.kind == "backoff":
+    if kind is StrategyKind.BACKOFF:
         return min(strategy.cap_s, current * strategy.factor)
-    if strategy.kind == "smart":
+    if kind is StrategyKind.SMART:
         factor = SMART_IN_PROGRESS if in_progress else SMART_OTHERWISE
         return min(SMART_MAX_S, max(SMART_MIN_S, current * factor))
-    return strategy.interval_s
+    if kind is StrategyKind.FIXED or kind is StrategyKind.PUSH:
+        return strategy.interval_s
+    assert_never(kind)
 
 
 def _polled_task(strategy: Strategy, changes: list[float], latency: float, rng: random.Random,
@@ -477,14 +512,17 @@ def _expected_polls_per_task(strategy: Strategy, scenario: Scenario) -> float:
     """Work per simulated task: its polls, and never less than the states+1 delays it records
     (fixed and push poll 'once' in this accounting, yet --states 10000 still records 10001)."""
     runtime = scenario.queue_wait.mean_s + scenario.states * scenario.durations.mean_s
-    if strategy.kind == "jitter":
+    kind = strategy.kind
+    if kind is StrategyKind.JITTER:
         polls = runtime / (strategy.interval_s * (1 - strategy.spread)) + 2
-    elif strategy.kind == "smart":
+    elif kind is StrategyKind.SMART:
         polls = runtime / SMART_MIN_S + 2
-    elif strategy.kind == "backoff":
+    elif kind is StrategyKind.BACKOFF:
         polls = runtime / strategy.interval_s + 2  # an upper bound; intervals grow
-    else:
+    elif kind is StrategyKind.FIXED or kind is StrategyKind.PUSH:
         polls = 1.0
+    else:
+        assert_never(kind)
     return max(polls, scenario.states + 1.0)
 
 
@@ -529,7 +567,7 @@ class StrategyResult:
 
         out: dict[str, Any] = {
             "name": self.strategy.name,
-            "kind": self.strategy.kind,
+            "kind": self.strategy.kind.value,
             "params": self.strategy.params(),
             "method": self.method,
             "delay_ms": ms(self.delay_s),
@@ -613,12 +651,15 @@ def simulate(strategy: Strategy, scenario: Scenario) -> StrategyResult:
     for i in range(tasks):
         tally = batches[i % BATCHES]
         changes = _timeline(scenario, rng)
-        if strategy.kind == "fixed":
+        kind = strategy.kind
+        if kind is StrategyKind.FIXED:
             _fixed_task(strategy, changes, latency, rng, tally)
-        elif strategy.kind == "push":
+        elif kind is StrategyKind.PUSH:
             _push_task(changes, latency, tally)
-        else:
+        elif kind is StrategyKind.JITTER or kind is StrategyKind.BACKOFF or kind is StrategyKind.SMART:
             _polled_task(strategy, changes, latency, rng, tally)
+        else:
+            assert_never(kind)
         tally.tasks += 1
     s = _summaries(batches, scenario.threshold_s)
     delays = [d for b in batches for d in b.delays]
@@ -627,12 +668,12 @@ def simulate(strategy: Strategy, scenario: Scenario) -> StrategyResult:
     p_over, p_miss, requests = s["p_over"], s["p_miss"], s["requests"]
     assert isinstance(delay, dict) and isinstance(success, dict)
     assert isinstance(p_over, Estimate) and isinstance(p_miss, Estimate) and isinstance(requests, Estimate)
-    if strategy.kind == "push":
+    if strategy.kind is StrategyKind.PUSH:
         exact = {k: Estimate.exact(latency) for k in ("mean", "p50", "p95", "p99")}
         return StrategyResult(strategy, "closed-form", exact, exact,
                               Estimate.exact(1.0 if latency > scenario.threshold_s else 0.0),
                               Estimate.exact(0.0), Estimate.exact(PUSH_REQUESTS), watch, tasks, _cdf(delays))
-    if strategy.kind == "fixed":
+    if strategy.kind is StrategyKind.FIXED:
         t = strategy.interval_s
         closed = {"mean": Estimate.exact(fixed_mean_delay_s(t, latency))}
         closed.update({k: Estimate.exact(fixed_delay_quantile_s(t, q / 100, latency)) for k, q in PERCENTILES})
@@ -707,7 +748,7 @@ def recommend(results: Sequence[StrategyResult], target_delay_s: float, request_
     if cheaper:
         best = min(cheaper, key=lambda r: r.backend_rps(clients))
         also += (f" Cheapest of those: {best.strategy.name} at {best.backend_rps(clients):.4g} req/s"
-                 + (" (needs a Redis or RPC result backend)." if best.strategy.kind == "push" else "."))
+                 + (" (needs a Redis or RPC result backend)." if best.strategy.kind is StrategyKind.PUSH else "."))
     return Recommendation(
         f"Poll every {fmt_s(interval)} (fixed): P99 delay {fmt_s(target_delay_s)} at {rps:.4g} req/s for "
         f"{clients} clients{budget}.{also}", f"fixed:{fmt_s(interval)}", interval, rps, meets)

@@ -49,8 +49,8 @@ class PollingProbe(Probe):
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         from celerydiag.polling import model as polling
 
-        interval = ctx.options.get("poll_interval")
-        spec = ctx.options.get("poll_strategy")
+        interval = ctx.options.poll_interval
+        spec = ctx.options.poll_strategy
         push = push_backend(ctx.target)
         scheme = ctx.target.backend_scheme or "unknown"
         if spec is not None and str(spec).strip().lower() == "push":
@@ -68,8 +68,8 @@ class PollingProbe(Probe):
                             "--poll-interval SECONDS (and --poll-strategy) to model your clients."),
                     evidence={"backend": scheme, "get_push_based": True})
                 return
-            yield from self._modelled(ctx, polling.Strategy("fixed", polling.CELERY_GET_INTERVAL_S), scheme,
-                                      push, assumed=True)
+            get = polling.Strategy(polling.StrategyKind.FIXED, polling.CELERY_GET_INTERVAL_S)
+            yield from self._modelled(ctx, get, scheme, push, assumed=True)
             return
         strategy = polling.parse_strategy(spec or "fixed", float(interval or polling.CELERY_GET_INTERVAL_S),
                                           "--poll-strategy")

@@ -83,8 +83,8 @@ class SerializationProbe(Probe):
     name = "serialization"
     cause = Cause.SERIALIZATION
 
-    def applies(self, target: Target) -> str | None:
-        if target.backend_scheme in ("disabled", ""):
+    def applies(self, ctx: ProbeContext) -> str | None:
+        if ctx.target.backend_scheme in ("disabled", ""):
             return "no result backend: states are not stored, so nothing is serialized for them"
         return None
 
@@ -93,7 +93,7 @@ class SerializationProbe(Probe):
         deadline = time.monotonic() + min(PROBE_SECONDS, ctx.limits.max_seconds)
         serializer = conf.result_serializer or "json"
         model = backend_model(target.backend_scheme)
-        bandwidth = float(ctx.options.get("bandwidth_bytes_per_s") or DEFAULT_BANDWIDTH_BYTES_PER_S)
+        bandwidth = ctx.options.bandwidth_bytes_per_s or DEFAULT_BANDWIDTH_BYTES_PER_S
         ctx.progress.start(self.name, total=3)
         ctx.progress.step(0, "reading stored metas")
         stored, problem = None, ""

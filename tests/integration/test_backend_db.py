@@ -20,7 +20,7 @@ import pytest
 from celerydiag.backend.probe import BackendProbe
 from celerydiag.doctor import diagnose
 from celerydiag.findings import Report, Severity
-from celerydiag.probe import Limits
+from celerydiag.probe import Limits, ProbeOptions
 from celerydiag.target import Target, TargetSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -165,7 +165,7 @@ def test_lock_holder_is_named_with_its_wait(db_url: str, task_table: str) -> Non
         time.sleep(0.5)  # the writer is now queued behind our row lock
         assert writer.is_alive(), f"the second writer did not wait: {waiter_error}"
         report = diagnose(target_of(app), [BackendProbe], budget_ms=1000, limits=LIMITS,
-                          options={"duration": 2.0})
+                          options=ProbeOptions(duration=2.0))
     finally:
         holder.rollback()
         holder.close()
@@ -190,7 +190,7 @@ def test_healthy_database_gives_no_warning_and_leaves_nothing(db_url: str, task_
                                                               check_report: Any) -> None:
     app = make_app(db_url, task_table)
     app.backend  # noqa: B018 - Celery sets up on the task table, as a real deployment has it
-    report = diagnose(target_of(app), [BackendProbe], budget_ms=1000, limits=LIMITS, options={"duration": 1.0})
+    report = diagnose(target_of(app), [BackendProbe], budget_ms=1000, limits=LIMITS, options=ProbeOptions(duration=1.0))
     assert [p.status.value for p in report.probes] == ["ran"], report.probes
     check_report(report.to_dict())
     loud = [(f.id, f.title) for f in report.findings if f.severity >= Severity.WARNING]
@@ -224,7 +224,7 @@ def test_missing_date_done_index_is_measured(db_url: str, task_table: str) -> No
     finally:
         engine.dispose()
     report = diagnose(target_of(app), [BackendProbe], limits=Limits(samples=30, max_seconds=3),
-                      options={"duration": 0.3})
+                      options=ProbeOptions(duration=0.3))
     index = finding(report, "backend.date-done-index")
     assert index.severity != Severity.OK
     assert index.evidence["scan_ms"] > 0 and index.evidence["scan_cut_by_timeout"] is False

@@ -13,7 +13,7 @@ import pytest
 
 from celerydiag.broker.probe import BrokerProbe
 from celerydiag.findings import ProbeResult, ProbeStatus, Severity
-from celerydiag.probe import Limits, ProbeContext, run_probe
+from celerydiag.probe import Limits, ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import Target, resolve_target
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -28,7 +28,7 @@ SUMMARY_KEYS = {"p50", "p95", "p99", "max"}
 def probe(target: Target, scratch: str, *, samples: int = 40, max_seconds: float = 30,
           timeout_s: float = 5, progress: Any = None, **options: Any) -> ProbeResult:
     ctx = ProbeContext(target=target, limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout_s),
-                       scratch=scratch, options=options)
+                       scratch=scratch, options=ProbeOptions(**options))
     if progress is not None:
         ctx.progress = progress
     return run_probe(BrokerProbe(), ctx)

@@ -128,11 +128,14 @@ def test_network_probe_on_a_file_finds_the_missed_heartbeats() -> None:
 
 
 def test_network_probe_without_a_capture_says_how_to_enable_it() -> None:
+    """Issue 11: with nothing to analyse the probe is skipped (a value), not an info finding."""
     proc = run_probe()
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert [f["id"] for f in doc["findings"]] == ["network.not-captured"]
-    assert "--pcap" in doc["findings"][0]["detail"] and "--iface" in doc["findings"][0]["detail"]
+    assert doc["findings"] == []
+    [network] = doc["probes"]
+    assert network["status"] == "skipped"
+    assert "--pcap" in network["reason"] and "--iface" in network["reason"]
 
 
 def test_network_probe_live_leaves_no_temporary_capture(tmp_path) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from celerydiag.findings import Finding, ProbeResult, ProbeStatus
 from celerydiag.host.probe import HostProbe
-from celerydiag.probe import ProbeContext, run_probe
+from celerydiag.probe import ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import resolve_target
 from tests.conftest import CLI, REPO, clean_env
 from tests.scenarios.harness import UserConfig, Worker, send, unique, worker
@@ -45,7 +45,8 @@ def prefork_worker(tmp_path: Path, redis_url: str) -> Iterator[tuple[UserConfig,
 
 
 def probe(broker: str, backend: str, duration: str = WINDOW_S) -> ProbeResult:
-    ctx = ProbeContext(target=resolve_target(broker=broker, backend=backend), options={"duration": float(duration)})
+    ctx = ProbeContext(target=resolve_target(broker=broker, backend=backend),
+                       options=ProbeOptions(duration=float(duration)))
     return run_probe(HostProbe(), ctx)
 
 

@@ -20,6 +20,7 @@ from celerydiag.backend.probe import (
     fixed_engine_options,
 )
 from celerydiag.backend.scratch import scratch_model
+from celerydiag.probe import ProbeContext
 from celerydiag.target import Target, TargetSource
 
 CELERY_DEFAULT = {"pool_pre_ping": True, "pool_recycle": 3600}
@@ -137,7 +138,7 @@ def test_pg_seconds(value: str, seconds: float) -> None:
                                              ("redis://127.0.0.1:6379/0", False),
                                              ("db+sqlite:///results.db", False)])
 def test_applies(backend: str, skipped: bool) -> None:
-    reason = BackendProbe().applies(target(backend))
+    reason = BackendProbe().applies(ProbeContext(target(backend)))
     assert bool(reason) is skipped
     if skipped:
         assert backend in reason

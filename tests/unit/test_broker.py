@@ -17,6 +17,7 @@ from celerydiag.broker import api as broker_api
 from celerydiag.broker import probe as broker
 from celerydiag.broker import redis as broker_redis
 from celerydiag.findings import Severity
+from celerydiag.probe import ProbeContext
 from celerydiag.rank import rated  # probes leave a delay's severity to the ranking stage
 from celerydiag.target import Target, TargetSource
 
@@ -53,7 +54,7 @@ def test_confirm_fix_keeps_the_users_transport_options_and_no_secret() -> None:
     ("amqps://h//", False), ("redis://h/0", False), ("rediss://h/0", False),
 ])
 def test_applies(url: str, skipped: bool) -> None:
-    reason = broker.BrokerProbe().applies(target(url))
+    reason = broker.BrokerProbe().applies(ProbeContext(target(url)))
     assert bool(reason) is skipped
     if url == "memory://":
         assert "memory://" in reason

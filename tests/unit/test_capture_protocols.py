@@ -130,3 +130,14 @@ def test_write_copy_of_a_capture_has_no_credentials(tmp_path) -> None:
     assert b"\0guest\0guest" not in written
     _info, frames = open_capture(str(out))
     assert sum(1 for _ in frames) == n
+
+
+def test_every_protocol_has_its_round_trips_and_reaches_json_as_its_value() -> None:
+    from celerydiag.network.capture import analyse
+    from celerydiag.network.capture.analysis import Protocol
+    from celerydiag.network.capture.assess import ROUND_TRIPS
+
+    assert set(ROUND_TRIPS) == set(Protocol)
+    conns = analyse(os.path.join(FIXTURES, "amqp_healthy.pcap")).to_dict()["connections"]
+    assert conns and {type(c["protocol"]) for c in conns} == {str}
+    assert {c["protocol"] for c in conns} <= {p.value for p in Protocol}

@@ -25,8 +25,11 @@ class SwallowingProbe(Probe):
 
     interrupt_mid_run = False
 
+    def __init__(self) -> None:
+        self.cleaned: list[bool] = []  # what the cleanup stack ran
+
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        ctx.cleanup.callback(ctx.options.setdefault("cleaned", []).append, True)
+        ctx.cleanup.callback(self.cleaned.append, True)
         if self.interrupt_mid_run:
             interrupt.requested.set()  # what the SIGINT handler does, before the driver swallows it
         raise self.error
@@ -46,7 +49,7 @@ def test_an_interrupted_probe_stops_the_run_after_cleaning_up(ctx: ProbeContext,
     probe.error, probe.interrupt_mid_run = error, True
     with pytest.raises(KeyboardInterrupt):
         run_probe(probe, ctx)
-    assert ctx.options["cleaned"] == [True]
+    assert probe.cleaned == [True]
 
 
 def test_without_an_interrupt_the_same_error_is_a_failed_probe(ctx: ProbeContext, monkeypatch) -> None:
@@ -61,9 +64,10 @@ def test_without_an_interrupt_the_same_error_is_a_failed_probe(ctx: ProbeContext
 
 def test_no_probe_starts_after_an_interrupt(ctx: ProbeContext) -> None:
     interrupt.requested.set()
+    probe = SwallowingProbe()
     with pytest.raises(KeyboardInterrupt):
-        run_probe(SwallowingProbe(), ctx)
-    assert "cleaned" not in ctx.options
+        run_probe(probe, ctx)
+    assert probe.cleaned == []
 
 
 def test_a_target_that_drops_mid_probe_is_a_failed_probe_not_our_bug(ctx: ProbeContext) -> None:
@@ -77,4 +81,4 @@ def test_a_target_that_drops_mid_probe_is_a_failed_probe_not_our_bug(ctx: ProbeC
     assert result.status == ProbeStatus.FAILED
     assert result.reason.startswith("lost the connection to the target during the probe:")
     assert "reset by peer" in result.reason and "internal error" not in result.reason
-    assert ctx.options["cleaned"] == [True]
+    assert probe.cleaned == [True]

@@ -273,3 +273,17 @@ def test_the_task_budget_counts_recorded_states_not_only_polls() -> None:
     for spec in ("fixed", "push"):
         tasks = polling.task_count(polling.parse_strategy(spec, 5.0), scenario)
         assert tasks * (scenario.states + 1) <= max(polling.POLL_BUDGET, polling.MIN_TASKS * (scenario.states + 1))
+
+
+@pytest.mark.parametrize("kind", list(polling.StrategyKind))
+def test_every_strategy_kind_parses_names_and_simulates(kind):
+    """Iterates the enum: a new kind without its branch in parse/name/params/simulate fails here
+    (and in mypy, through assert_never)."""
+    strategy = polling.parse_strategy(kind.value, 1.0)
+    assert strategy.kind is kind
+    assert polling.parse_strategy(strategy.name, 1.0) == strategy  # the name is itself a valid spec
+    assert isinstance(strategy.params(), dict)
+    scenario = polling.Scenario(durations=polling.fixed_durations(0.5), states=3, tasks=100)
+    result = polling.simulate(strategy, scenario)
+    assert result.to_dict(10)["kind"] == kind.value
+    assert kind.value in polling.KINDS

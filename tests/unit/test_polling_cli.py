@@ -13,7 +13,7 @@ import pytest
 from celerydiag.polling import model as polling
 from celerydiag.polling import plot
 from celerydiag.polling.probe import PollingProbe
-from celerydiag.probe import ProbeContext, run_probe
+from celerydiag.probe import ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import resolve_target
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +154,7 @@ def test_terminal_chart_rows() -> None:
 
 def _probe(backend: str, tmp_path: Path, **options) -> list:
     target = resolve_target(broker="memory://", backend=backend)
-    result = run_probe(PollingProbe(), ProbeContext(target=target, budget_ms=1000, options=options))
+    result = run_probe(PollingProbe(), ProbeContext(target=target, budget_ms=1000, options=ProbeOptions(**options)))
     assert str(result.status) == "ran", result.reason
     return list(result.findings)
 

@@ -4,6 +4,7 @@ markdown has the summary table, text shows user strings literally."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import re
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from celerydiag.cli import FORMAT_NAMES
+from celerydiag.cli import COMMAND_MODULES
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus, Report, Severity
-from celerydiag.render import FORMATS, render
+from celerydiag.render import OutputFormat, render, renderer
 
 REPORTS = Path(__file__).resolve().parents[1] / "fixtures" / "reports"
 CANONICAL = ("full-v1", "host-b-v1", "empty-v1", "full-v2")
@@ -31,8 +32,29 @@ def rendered(report: Report, fmt: str, **kw) -> str:
     return stream.getvalue()
 
 
+FORMATS = [f.value for f in OutputFormat]
+
+
+def report_format_choices() -> set[str]:
+    """The --format choices of every command that writes a Report (all but the document ones)."""
+    found: set[str] = set()
+    for module in COMMAND_MODULES:
+        [fmt] = [p for p in importlib.import_module(module).command.params if p.name == "fmt"]
+        if len(fmt.type.choices) > 2:  # poll-model and bench-serialize write text|json documents
+            found |= set(fmt.type.choices)
+    return found
+
+
 def test_cli_formats_are_exactly_the_renderers():
-    assert set(FORMAT_NAMES) == set(FORMATS) == set(SUFFIX)
+    assert report_format_choices() == set(FORMATS) == set(SUFFIX)
+
+
+@pytest.mark.parametrize("fmt", list(OutputFormat))
+def test_to_format_is_exhaustive(fmt):
+    """Every member has a renderer that writes something (pip-audit's test of the same name): a new
+    format without its branch fails here as well as in mypy."""
+    assert callable(renderer(fmt))
+    assert rendered(load("empty-v1"), fmt).strip()
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))

@@ -214,3 +214,23 @@ def test_describe_and_to_dict_never_show_the_password():
                source=TargetSource.FLAGS)
     assert "Sup3rS3cret-xyz" not in t.describe()
     assert "Sup3rS3cret-xyz" not in repr(t.to_dict())
+
+
+def test_a_password_that_does_not_parse_is_still_a_secret():
+    """'#' ends urlsplit's netloc, '/' ends the URL pattern: the raw password is what we scrub."""
+    from celerydiag.target import passwords_of
+
+    url = "amqp://guest:Se#cr3t/Pw@127.0.0.1//"
+    assert "Se#cr3t/Pw" in passwords_of(url)
+    assert "Se%23cr3t" in passwords_of("amqp://guest:Se%23cr3t@h//") and "Se#cr3t" in passwords_of(
+        "amqp://guest:Se%23cr3t@h//")
+    t = Target(url, "disabled://", TargetSource.FLAGS)
+    assert "cr3t" not in t.redact(f"cannot parse {url}: port 'Se'")
+
+
+def test_an_error_while_resolving_carries_the_passwords_it_must_be_scrubbed_of(resolve):
+    from celerydiag.errors import secrets_of
+
+    with pytest.raises(InputError) as caught:
+        resolve(broker="foo://u:Hunter2pw@h//")
+    assert "Hunter2pw" in secrets_of(caught.value)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from celerydiag.compat import assert_never
 from celerydiag.network.capture.amqp import AmqpParser, AmqpState
 from celerydiag.network.capture.decode import tcp_segment
 from celerydiag.network.capture.reader import CaptureInfo
@@ -23,6 +25,19 @@ AMQP_PORTS = frozenset({5672, 5671})
 REDIS_PORTS = frozenset({6379, 6380})
 DB_PORTS = frozenset({5432, 3306})
 KNOWN_PORTS = AMQP_PORTS | REDIS_PORTS | DB_PORTS
+
+
+class Protocol(str, Enum):
+    """What a connection speaks, as ``celerydiag.capture/1`` spells it (``"protocol"``). Each
+    dispatch on it is exhaustive (assert_never): a new protocol is a mypy error where it must be
+    parsed and assessed."""
+
+    AMQP = "amqp"
+    REDIS = "redis"
+    TCP = "tcp"  # anything else: TCP analysis only
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -43,7 +58,7 @@ class Tracked:
 
     conn: Connection
     client_is_a: bool | None = None
-    protocol: str = "tcp"
+    protocol: Protocol = Protocol.TCP
     amqp: AmqpState | None = None
     redis: RedisState | None = None
     streams: dict[bool, Reassembler] = field(default_factory=dict)  # from_a -> reassembler
@@ -144,28 +159,29 @@ def _decide_protocol(t: Tracked, ports: Ports, from_a: bool, payload: bytes) -> 
     conn = t.conn
     server_port = conn.b[1] if t.client_is_a else conn.a[1]
     from_client = from_a == t.client_is_a
-    protocol = None
+    protocol: Protocol | None = None
     if server_port in ports.amqp:
-        protocol = "amqp"
+        protocol = Protocol.AMQP
     elif server_port in ports.redis:
-        protocol = "redis"
+        protocol = Protocol.REDIS
     elif from_client and payload[:4] == b"AMQP":
-        protocol = "amqp"
+        protocol = Protocol.AMQP
     elif from_client and payload[:1] == b"*" and b"\r\n$" in payload[:64]:
-        protocol = "redis"
+        protocol = Protocol.REDIS
     elif server_port in ports.other or from_client:
-        protocol = "tcp"
+        protocol = Protocol.TCP
     if protocol is None:
         return  # the server spoke first on a port we do not know: wait for the client's first bytes
     t.undecided = False
+    t.protocol = protocol
     client_a = bool(t.client_is_a)
-    if protocol == "amqp":
-        t.protocol = "amqp"
+    if protocol is Protocol.AMQP:
         t.amqp = AmqpState()
         t.streams = {client_a: Reassembler(AmqpParser(t.amqp, "client"), synced=conn.syn_from_a is not None),
                      not client_a: Reassembler(AmqpParser(t.amqp, "server"), synced=conn.syn_from_a is not None)}
-    elif protocol == "redis":
-        t.protocol = "redis"
+    elif protocol is Protocol.REDIS:
         t.redis = RedisState()
         t.streams = {client_a: Reassembler(RespParser(t.redis, True), synced=conn.syn_from_a is not None),
                      not client_a: Reassembler(RespParser(t.redis, False), synced=conn.syn_from_a is not None)}
+    elif protocol is not Protocol.TCP:  # TCP: the analysis of tcp.py alone, no parser
+        assert_never(protocol)

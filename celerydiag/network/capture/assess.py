@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
+from celerydiag.network.capture.analysis import Protocol
 from celerydiag.network.capture.report import ConnectionSummary
 
 RTO_MIN_MS = 200.0  # Linux TCP_RTO_MIN
 RETRANS_P99_RATIO = 0.01
-ROUND_TRIPS = {"redis": 3, "amqp": 1, "tcp": 1}
+ROUND_TRIPS = {Protocol.REDIS: 3, Protocol.AMQP: 1, Protocol.TCP: 1}  # every Protocol (a test checks)
 NOTABLE_SHARE = 0.05  # below 5 % of the budget a measured number is reported as ok
 DOCS_HEARTBEAT = "https://www.rabbitmq.com/docs/heartbeats"
 DOCS_HEARTBEAT_CELERY = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-heartbeat"

@@ -59,7 +59,7 @@ def _connections_table(report: CaptureReport) -> Any:
         a = c.amqp or {}
         rtt = [v for v in (t["rtt_ms"]["client"], t["rtt_ms"]["server"]) if v is not None]
         table.add_row(
-            str(c.stream), f"{c.client} -> {c.server}", c.protocol, str(c.packets), _pair(t["zero_window"]),
+            str(c.stream), f"{c.client} -> {c.server}", str(c.protocol), str(c.packets), _pair(t["zero_window"]),
             _pair(t["window_full"]), _pair(t["retransmission"]), _pair(t["fast_retransmission"]),
             _pair(t["duplicate_ack"]), _pair(t["reset"]), f"{max(rtt):.2f}" if rtt else "-",
             f"{a['heartbeat_s']} s" if a.get("heartbeat_s") is not None else "-",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag.findings import Finding, _jsonable
-from celerydiag.network.capture.analysis import Analysis, Tracked
+from celerydiag.network.capture.analysis import Analysis, Protocol, Tracked
 from celerydiag.network.capture.decode import address
 from celerydiag.network.capture.tcp import COUNTED
 
@@ -25,7 +25,7 @@ class ConnectionSummary:
     stream: int
     client: str
     server: str
-    protocol: str
+    protocol: Protocol
     packets: int
     start_s: float
     end_s: float | None
@@ -35,7 +35,7 @@ class ConnectionSummary:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"stream": self.stream, "client": self.client, "server": self.server,
-                             "protocol": self.protocol, "packets": self.packets, "tcp": self.tcp}
+                             "protocol": self.protocol.value, "packets": self.packets, "tcp": self.tcp}
         if self.amqp is not None:
             d["amqp"] = self.amqp
         if self.redis is not None:
