@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from celerydiag import interrupt
-from celerydiag.access.reach import describe
-from celerydiag.errors import DiagError
+from celerydiag.errors import DiagError, describe, one_line
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus
 from celerydiag.target import Target, redact
 from celerydiag.ui import NullProgress, Progress
+from celerydiag.versions import celery_version
 
 log = logging.getLogger("celerydiag")
 
@@ -70,9 +70,7 @@ class ProbeContext:
 
     @property
     def celery_version(self) -> tuple[int, ...]:
-        import celery
-
-        return version_tuple(celery.__version__)
+        return celery_version()
 
 
 class Probe:
@@ -185,11 +183,10 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
                 probe.name, ctx.target.redact(f"lost the connection to the target during the probe: {describe(exc)}"),
                 time.perf_counter() - started)
         _on_internal_error(probe, exc)
-        first = (str(exc).strip().splitlines() or [""])[0]
         return ProbeResult.failed(
             probe.name,
-            ctx.target.redact(f"internal error in probe {probe.name}: {type(exc).__name__}:"
-                              f" {first} (please report; rerun with --traceback)"),
+            ctx.target.redact(f"internal error in probe {probe.name}: {one_line(exc)}"
+                              " (please report; rerun with --traceback)"),
             time.perf_counter() - started)
     finally:
         ctx.progress.done()
@@ -198,12 +195,3 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
     return ProbeResult(probe.name, ProbeStatus.RAN, "", time.perf_counter() - started,
                        tuple(redacted(f, secrets) for f in findings), dict(ctx.latency))
 
-
-
-def version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in re.split(r"[.+-]", text):
-        if not piece.isdigit():
-            break
-        parts.append(int(piece))
-    return tuple(parts)

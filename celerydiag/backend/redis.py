@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag.errors import quietly
 from celerydiag.measure import Summary, interval_for, ms, schedule, summarize
 
 WRITE_INTERVAL_S = 0.002
@@ -46,13 +47,10 @@ class RedisFacts:
 
 def probe_app(target: Any, timeout_s: float) -> Any:
     """A Celery app with the target's result settings and our bounds (socket timeouts, one retry)."""
-    from celery import Celery
+    from celerydiag.access.app import fresh_app
 
-    app = Celery("celerydiag-backend", backend=target.backend_url, set_as_current=False)
-    conf = target.conf
-    app.conf.update({k: conf.get(k) for k in conf.keys()
-                     if isinstance(k, str) and k.islower() and k.startswith(COPIED) and k != "result_backend"})
-    options = dict(conf.get("result_backend_transport_options") or {})
+    app = fresh_app(target, "celerydiag-backend", COPIED)
+    options = dict(target.conf.get("result_backend_transport_options") or {})
     options["retry_policy"] = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
     app.conf.update(redis_socket_timeout=timeout_s, redis_socket_connect_timeout=timeout_s,
                     result_backend_transport_options=options, result_backend_always_retry=False)
@@ -75,8 +73,8 @@ def measure(target: Any, scratch: str, cleanup: Any, samples: int, seconds: floa
     client = backend.client
     task_id = f"{scratch}-backend-probe"
     key = backend.get_key_for_task(task_id).decode()
-    cleanup.callback(_quietly, client.delete, key)  # before the first write
-    cleanup.callback(_quietly, client.close)
+    cleanup.callback(quietly, client.delete, key)  # before the first write
+    cleanup.callback(quietly, client.close)
     step = on_step or (lambda: None)
 
     writes: list[float] = []
@@ -161,9 +159,3 @@ def _ttls(client: Any, prefix: str, ours: str, facts: RedisFacts) -> None:
     except Exception as exc:
         facts.notes.append(f"SCAN refused ({type(exc).__name__}): result key TTLs not sampled")
 
-
-def _quietly(fn: Any, *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        pass

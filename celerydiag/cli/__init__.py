@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from celerydiag import __version__, interrupt
-from celerydiag.errors import DiagError, ExitCode
+from celerydiag.errors import DiagError, ExitCode, one_line
 from celerydiag.findings import Report, Severity
 from celerydiag.target import redact
 
@@ -211,8 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if show_tb:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first)} "
+        click.echo(f"celerydiag: internal error: {_error_line(one_line(exc))} "
                    "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
         return ExitCode.INTERNAL
 

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.access.reach import connect_timeout_args, describe, redis_backend_client
-from celerydiag.errors import DiagError, InputError, TargetUnreachable
+from celerydiag.access.backend import readonly_engine, redis_backend_client, task_table
+from celerydiag.errors import DiagError, InputError, TargetUnreachable, describe, one_line
 from celerydiag.findings import Cause, Finding, Fix, Severity, rated
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.serialization.harness import (
     DEFAULT_BANDWIDTH_BYTES_PER_S,
     MB,
+    ONE_LINE_CHARS,
     SECURITY_PICKLE,
     BackendModel,
     HarnessConfig,
@@ -34,7 +35,6 @@ from celerydiag.serialization.harness import (
     human_size,
     known_serializers,
     measure,
-    one_line,
     pickle5_codec,
     standard_payload,
 )
@@ -173,7 +173,7 @@ class SerializationProbe(Probe):
                 data = encode(value)
             except Exception as exc:
                 raise DiagError(f"result_serializer {serializer!r} cannot encode a {kind} payload: "
-                                f"{one_line(exc)}") from None
+                                f"{one_line(exc, ONE_LINE_CHARS)}") from None
             enc, dec = _timed_pair(encode, decode, value, data)
             costs[kind] = (model.cost(enc.median_ms, dec.median_ms, len(data), bandwidth), len(data))
         small, small_size = costs["progress-meta"]
@@ -313,7 +313,7 @@ def _read_redis(target: Target, client: Any) -> StoredMetas:
                 continue  # expired between SCAN and GET
             stored.samples.append((task_id, size, backend.decode(raw)))
         except Exception as exc:  # ContentDisallowed: the user's clients would refuse it too
-            stored.skipped.append(f"task {task_id}: {one_line(exc)}")
+            stored.skipped.append(f"task {task_id}: {one_line(exc, ONE_LINE_CHARS)}")
     return stored
 
 
@@ -327,35 +327,6 @@ def _pick(sized: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
         return []
     order = [readable[-1], readable[len(readable) // 2], *reversed(readable[:-1])]
     return list(dict.fromkeys(order))[:MAX_DECODE_ATTEMPTS]
-
-
-def readonly_engine(target: Target, timeout_s: float) -> Any:
-    """An engine whose sessions cannot write (PostgreSQL default_transaction_read_only, MySQL
-    SESSION TRANSACTION READ ONLY) and time out: belt and braces for "never writes"."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    url = target.backend_url.split("+", 1)[1] if "+" in target.backend_url else target.conf.database_url
-    args = dict(connect_timeout_args(url, timeout_s))
-    if url.startswith("postgresql"):
-        args["options"] = (f"-c default_transaction_read_only=on "
-                           f"-c statement_timeout={int(timeout_s * 1000)}")
-    elif url.startswith("mysql"):
-        args["init_command"] = "SET SESSION TRANSACTION READ ONLY"
-    return create_engine(url, poolclass=NullPool, connect_args=args)
-
-
-def task_table(conf: Any) -> Any:
-    """The task table as configured (database_table_names / _schemas), as a Core Table of the
-    columns we read; not Celery's ORM model, whose configure() would rename it process-wide."""
-    from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table
-
-    names = conf.database_table_names or {}
-    schemas = conf.database_table_schemas or {}
-    return Table(names.get("task") or "celery_taskmeta", MetaData(),
-                 Column("id", Integer, primary_key=True), Column("task_id", String(155)),
-                 Column("status", String(50)), Column("result", LargeBinary),
-                 schema=schemas.get("task"))
 
 
 def _read_database(target: Target, engine: Any, model: BackendModel, limit: int = MAX_KEYS) -> StoredMetas:
@@ -376,7 +347,7 @@ def _read_database(target: Target, engine: Any, model: BackendModel, limit: int 
                 try:
                     stored.samples.append((task_id, size, decode_result_column(target, bytes(raw), model)))
                 except Exception as exc:
-                    stored.skipped.append(f"task {task_id}: {one_line(exc)}")
+                    stored.skipped.append(f"task {task_id}: {one_line(exc, ONE_LINE_CHARS)}")
             conn.rollback()
     except Exception as exc:
         if _missing_table(exc, table):
@@ -484,5 +455,6 @@ def _read_database_task(target: Target, task_id: str, timeout_s: float, max_byte
     try:
         value = decode_result_column(target, bytes(raw), model)
     except Exception as exc:
-        raise InputError(f"cannot decode the stored result of task {task_id}: {one_line(exc)}") from None
+        raise InputError(f"cannot decode the stored result of task {task_id}: "
+                         f"{one_line(exc, ONE_LINE_CHARS)}") from None
     return Payload(f"backend:{task_id}", f"stored result of task {task_id} ({row[1]})", value)

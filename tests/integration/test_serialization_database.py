@@ -33,7 +33,7 @@ def _engine(url: str):  # noqa: ANN202
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from celerydiag.access.reach import connect_timeout_args
+    from celerydiag.access.backend import connect_timeout_args
 
     return create_engine(url, poolclass=NullPool, connect_args=connect_timeout_args(url, 5))
 

@@ -23,8 +23,9 @@ from celerydiag.config.probe import (
     check_config,
 )
 from celerydiag.findings import Finding, Severity
-from celerydiag.probe import ProbeContext, run_probe, version_tuple
+from celerydiag.probe import ProbeContext, run_probe
 from celerydiag.target import Target, TargetSource, resolve_target
+from celerydiag.versions import version_tuple
 
 AMQP = "amqp://guest@127.0.0.1:5672//"
 REDIS = "redis://127.0.0.1:6379/0"
