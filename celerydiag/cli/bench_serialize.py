@@ -92,7 +92,7 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
     names = _serializers(serializers)
     payloads = [ser.load_payload_file(path, trust_pickle, max_size) for path in payload_files]
     if task_ids:
-        from celerydiag.serialization.probe import read_task_meta
+        from celerydiag.serialization.stored import read_task_meta
 
         payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]
     if kinds or not payloads:

@@ -12,7 +12,8 @@ import pytest
 
 from celerydiag.errors import InputError
 from celerydiag.probe import ProbeContext, run_probe
-from celerydiag.serialization.probe import SerializationProbe, read_task_meta
+from celerydiag.serialization.probe import SerializationProbe
+from celerydiag.serialization.stored import read_task_meta
 from celerydiag.target import resolve_target
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
