@@ -35,3 +35,19 @@ def fresh_app(target: Target, name: str, prefixes: tuple[str, ...], skip: Iterab
                  set_as_current=False)
     app.conf.update(copied_settings(target, prefixes, skip))
     return app
+
+
+REDIS_COPIED = ("result_", "redis_", "accept_content")
+NO_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
+
+
+def redis_backend_app(target: Target, timeout_s: float) -> Any:
+    """An app on the target's Redis result backend with its result settings (key prefix, TLS,
+    serializers) and our bounds: ``timeout_s`` socket timeouts instead of Celery's 120 s, one
+    retry, no always-retry. Celery's own backend code then reads and writes as the user's does."""
+    app = fresh_app(target, "celerydiag-backend", REDIS_COPIED)
+    options = dict(target.conf.get("result_backend_transport_options") or {})
+    options["retry_policy"] = dict(NO_RETRY)
+    app.conf.update(redis_socket_timeout=timeout_s, redis_socket_connect_timeout=timeout_s,
+                    result_backend_transport_options=options, result_backend_always_retry=False)
+    return app

@@ -117,9 +117,12 @@ def task_table(conf: Any) -> Any:
 
 
 def redis_backend_client(target: Target, timeout_s: float) -> Any:
-    """A client on the Redis result backend's own connection parameters (URL, TLS, prefixing),
-    with our timeouts instead of Celery's 120 s socket timeout."""
-    backend = target.app.backend
+    """A raw client (PING, SCAN, STRLEN) on the connection parameters of the backend of
+    :func:`~celerydiag.access.app.redis_backend_app` (URL, TLS, the target's redis_* settings),
+    with our timeouts forced even over URL query arguments: one way to build a bounded client."""
+    from celerydiag.access.app import redis_backend_app
+
+    backend = redis_backend_app(target, timeout_s).backend
     params = dict(backend.connparams)
     params.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     return backend.redis.StrictRedis(connection_pool=backend.redis.ConnectionPool(**params))

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag.access.app import redis_backend_app
 from celerydiag.errors import quietly
 from celerydiag.measure import Summary, interval_for, ms, schedule, summarize
 
@@ -25,7 +26,6 @@ SCAN_CALLS = 20  # SCAN round trips, at most (COUNT 100 each)
 OUR_KEY_TTL_S = 600  # our own key outlives no run by more than this, even if cleanup cannot run
 EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu",
             "volatile-random", "volatile-ttl")
-COPIED = ("result_", "redis_", "accept_content")
 
 
 @dataclass
@@ -45,18 +45,6 @@ class RedisFacts:
     notes: list[str] = field(default_factory=list)
 
 
-def probe_app(target: Any, timeout_s: float) -> Any:
-    """A Celery app with the target's result settings and our bounds (socket timeouts, one retry)."""
-    from celerydiag.access.app import fresh_app
-
-    app = fresh_app(target, "celerydiag-backend", COPIED)
-    options = dict(target.conf.get("result_backend_transport_options") or {})
-    options["retry_policy"] = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
-    app.conf.update(redis_socket_timeout=timeout_s, redis_socket_connect_timeout=timeout_s,
-                    result_backend_transport_options=options, result_backend_always_retry=False)
-    return app
-
-
 def expires_seconds(value: Any) -> float | None:
     if value is None:
         return None
@@ -68,7 +56,7 @@ def expires_seconds(value: Any) -> float | None:
 
 def measure(target: Any, scratch: str, cleanup: Any, samples: int, seconds: float, timeout_s: float,
             stop: threading.Event | None = None, on_step: Any = None) -> RedisFacts:
-    app = probe_app(target, timeout_s)
+    app = redis_backend_app(target, timeout_s)
     backend = app.backend
     client = backend.client
     task_id = f"{scratch}-backend-probe"

@@ -254,9 +254,9 @@ def open_reader(target: Any, task_id: str, cleanup: ExitStack, timeout_s: float 
     if scheme == "db":
         return _open_database(target, task_id, cleanup, timeout_s)
     if scheme in REDIS_SCHEMES:
-        from celerydiag.backend.redis import probe_app
+        from celerydiag.access.app import redis_backend_app
 
-        app = probe_app(target, timeout_s)  # the target's result settings, our timeouts, one retry
+        app = redis_backend_app(target, timeout_s)  # the target's result settings, our timeouts, one retry
         cleanup.callback(quietly, app.close)
         backend = app.backend
     else:

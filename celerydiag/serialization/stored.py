@@ -14,8 +14,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag.access.app import redis_backend_app
 from celerydiag.access.backend import readonly_engine, redis_backend_client, task_table
-from celerydiag.errors import DiagError, InputError, TargetUnreachable, describe, one_line
+from celerydiag.errors import DiagError, InputError, TargetUnreachable, describe, one_line, quietly
 from celerydiag.serialization.harness import MB, ONE_LINE_CHARS, BackendModel, Payload, backend_model
 from celerydiag.target import Target
 
@@ -166,24 +167,30 @@ def read_task_meta(target: Target, task_id: str, timeout_s: float, max_bytes: in
     key-value backends; for the database backend a read-only SELECT (Celery's backend would
     create or alter tables on first use, which we never do on a user's database)."""
     model = backend_model(target.backend_scheme)
-    name = f"backend:{task_id}"
     if model.name == "rpc" or target.backend_scheme in ("disabled", ""):
         raise InputError(f"--from-backend needs a backend that stores results; {target.backend_scheme}:// "
                          "does not", "pass --backend redis://... or --app with your result backend")
     if model.name == "db":
         return _read_database_task(target, task_id, timeout_s, max_bytes, model)
-    backend = target.app.backend
-    if model.name == "redis":
-        client = redis_backend_client(target, timeout_s)
+    if model.name != "redis":
+        return _read_meta(target, target.app.backend, task_id, max_bytes, sized=False)
+    app = redis_backend_app(target, timeout_s)  # our timeouts; the user's app stays untouched
+    try:
+        return _read_meta(target, app.backend, task_id, max_bytes, sized=True)
+    finally:
+        quietly(app.close)
+
+
+def _read_meta(target: Target, backend: Any, task_id: str, max_bytes: int, sized: bool) -> Payload:
+    """Celery's own get_task_meta; on Redis (``sized``) after a STRLEN, so a value above
+    ``max_bytes`` is never read."""
+    if sized:
         try:
-            size = client.strlen(backend.get_key_for_task(task_id))
+            size = backend.client.strlen(backend.get_key_for_task(task_id))
         except Exception as exc:
             raise TargetUnreachable(target.redact(f"cannot read from Redis: {describe(exc)}")) from None
-        finally:
-            client.close()
         if size > max_bytes:
             raise InputError(f"stored meta of task {task_id} is {size:,} bytes, above --max-size {max_bytes:,}")
-        backend.connparams.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         meta = backend.get_task_meta(task_id)
     except Exception as exc:
@@ -195,7 +202,7 @@ def read_task_meta(target: Target, task_id: str, timeout_s: float, max_bytes: in
     if isinstance(meta.get("result"), BaseException):  # get_task_meta rebuilt the exception
         meta["result"] = backend.prepare_exception(meta["result"])
     meta.setdefault("task_id", task_id)
-    return Payload(name, f"stored meta of task {task_id} ({meta.get('status')})", meta)
+    return Payload(f"backend:{task_id}", f"stored meta of task {task_id} ({meta.get('status')})", meta)
 
 
 def _read_database_task(target: Target, task_id: str, timeout_s: float, max_bytes: int,
