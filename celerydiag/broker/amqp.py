@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag import measure
+from celerydiag.errors import quietly
 from celerydiag.measure import ms
 
 BODY_BYTES = 512  # about a small Celery task message (headers + JSON body)
@@ -101,11 +102,8 @@ def drop(conn: Any, hard: bool = False) -> None:
             raw.collect()
         conn.release()
     except Exception:
-        try:
-            if raw is not None:
-                raw.collect()
-        except Exception:
-            pass
+        if raw is not None:
+            quietly(raw.collect)
 
 
 @dataclass(frozen=True)
@@ -207,10 +205,7 @@ class Consumer:
             self.raw.drain_events(timeout=left)
 
     def cancel(self) -> None:
-        try:
-            self.channel.basic_cancel(self.tag)
-        except Exception:
-            pass
+        quietly(self.channel.basic_cancel, self.tag)
 
 
 @dataclass(frozen=True)
@@ -236,8 +231,5 @@ def passive_states(conn: Any, names: Iterable[str]) -> list[QueueState]:
         except NotFound:
             out.append(QueueState(name, False))
         finally:
-            try:
-                channel.close()
-            except Exception:
-                pass
+            quietly(channel.close)
     return out
