@@ -197,3 +197,25 @@ def test_version_tuple_keeps_the_leading_numbers() -> None:
     assert version_tuple("5.7.0") == (5, 7, 0)
     assert version_tuple("2.1.9+local") == (2, 1, 9)
     assert version_tuple("5.7.0rc1") == (5, 7)
+
+
+def test_apps_of_our_own_copy_only_the_named_settings() -> None:
+    from celerydiag.access.app import copied_settings, fresh_app, redis_backend_app
+
+    t = target(broker="redis://127.0.0.1:6379/0", backend="redis://127.0.0.1:6379/1",
+               result_serializer="msgpack", task_routes={"a": {"queue": "b"}},
+               database_table_names={"task": "jobs"},
+               result_backend_transport_options={"global_keyprefix": "myapp:"})
+    copied = copied_settings(t, ("result_", "database_"), skip=("database_table_names",))
+    assert copied["result_serializer"] == "msgpack"
+    assert "result_backend" not in copied and "task_routes" not in copied
+    assert "database_table_names" not in copied
+    app = fresh_app(t, "ours", ("result_",), broker=True)
+    assert app is not t.app and app.conf.broker_url == t.broker_url
+
+    bounded = redis_backend_app(t, 0.5)
+    assert bounded.conf.redis_socket_timeout == 0.5 and bounded.conf.redis_socket_connect_timeout == 0.5
+    options = bounded.conf.result_backend_transport_options
+    assert options["global_keyprefix"] == "myapp:" and options["retry_policy"]["max_retries"] == 1
+    assert "retry_policy" not in t.conf.result_backend_transport_options  # the user's stays as it was
+    assert t.conf.redis_socket_timeout == 120.0
