@@ -160,6 +160,16 @@ def passwords_of(url: str | None) -> list[str]:
 NOT_SECRET_SUFFIXES = ("routing_key", "keyprefix", "key_prefix")
 
 
+def hidden_setting(key: Any) -> bool:
+    """A setting (or nested option) whose value is secret: one Celery itself hides when it prints
+    the config (``celery.app.utils.HIDDEN_SETTINGS``: API, TOKEN, KEY, SECRET, PASS, DATABASE, …,
+    the list ``app.conf.table(censored=True)`` uses), less NOT_SECRET_SUFFIXES."""
+    from celery.app.utils import HIDDEN_SETTINGS
+
+    name = str(key)
+    return bool(HIDDEN_SETTINGS.search(name)) and not name.lower().endswith(NOT_SECRET_SUFFIXES)
+
+
 def user_settings(conf: Any) -> dict[Any, Any]:
     """The settings whose value is not Celery's default (``celery.app.defaults.DEFAULTS``): a
     default holds no secret, and some defaults look like one to HIDDEN_SETTINGS
@@ -170,12 +180,9 @@ def user_settings(conf: Any) -> dict[Any, Any]:
 
 
 def hidden_values(settings: Mapping[Any, Any]) -> list[str]:
-    """Every secret in the settings the user set: the values Celery itself hides when it prints
-    them (``celery.app.utils.HIDDEN_SETTINGS``, what ``app.conf.table(censored=True)`` masks), at
+    """Every secret in the settings the user set: the values of :func:`hidden_setting` names at
     any depth of nested options, and the password of every URL anywhere in them (broker_read_url,
     database_url, a Sentinel URL in transport options...). A URL contributes only its password."""
-    from celery.app.utils import HIDDEN_SETTINGS
-
     found: list[str] = []
     for key, value in settings.items():
         if isinstance(value, Mapping):
@@ -185,7 +192,7 @@ def hidden_values(settings: Mapping[Any, Any]) -> list[str]:
         elif isinstance(value, str) and value:
             if "://" in value:
                 found += passwords_of(value)
-            elif HIDDEN_SETTINGS.search(str(key)) and not str(key).lower().endswith(NOT_SECRET_SUFFIXES):
+            elif hidden_setting(key):
                 found.append(value)
     return found
 

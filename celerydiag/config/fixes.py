@@ -14,22 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from celerydiag.access.backend import TableRef, database_url, dialect
-from celerydiag.target import AMQP_SCHEMES, Family, Target, family_of
+from celerydiag.target import AMQP_SCHEMES, Family, Target, family_of, hidden_setting
 
 NULLPOOL_FILTER_FROM = (5, 6, 3)  # A.2 / G.5: max_overflow/echo_pool crashed the NullPool path before
 CONNECT_TIMEOUT_S = 5
 
 
 # ---- pasteable Python -------------------------------------------------------------------------
-
-def is_secret(key: Any) -> bool:
-    """A setting (or nested option) Celery itself hides when it prints the config: its own
-    ``HIDDEN_SETTINGS`` (API, TOKEN, KEY, SECRET, PASS, DATABASE, …), the list
-    ``app.conf.table(censored=True)`` uses."""
-    from celery.app.utils import HIDDEN_SETTINGS
-
-    return bool(HIDDEN_SETTINGS.search(str(key)))
-
 
 def _literal(value: Any) -> str | None:
     """Python source for a value that round-trips through ast.literal_eval, else None."""
@@ -41,8 +32,9 @@ def _literal(value: Any) -> str | None:
 
 
 def _source(value: Any, indent: int = 0) -> str:
-    """Source for a (possibly nested) dict; values we must not or cannot print become comments
-    telling the user to keep their own, so the text stays valid Python and leaks no secret."""
+    """Source for a (possibly nested) dict; values we must not (a :func:`hidden_setting`, as Celery
+    would hide it) or cannot print become comments telling the user to keep their own, so the
+    text stays valid Python and leaks no secret."""
     if not isinstance(value, Mapping):
         return _literal(value) or "None"
     if not value:
@@ -50,7 +42,7 @@ def _source(value: Any, indent: int = 0) -> str:
     pad = " " * (indent + 4)
     lines = ["{"]
     for key, item in value.items():
-        text = None if is_secret(key) else (
+        text = None if hidden_setting(key) else (
             _source(item, indent + 4) if isinstance(item, Mapping) else _literal(item))
         if text is None or _literal(key) is None:
             lines.append(f"{pad}# {str(key)!r}: keep your existing value")

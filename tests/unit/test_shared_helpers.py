@@ -219,3 +219,14 @@ def test_apps_of_our_own_copy_only_the_named_settings() -> None:
     assert options["global_keyprefix"] == "myapp:" and options["retry_policy"]["max_retries"] == 1
     assert "retry_policy" not in t.conf.result_backend_transport_options  # the user's stays as it was
     assert t.conf.redis_socket_timeout == 120.0
+
+
+def test_fixes_hide_what_celery_hides_and_keep_key_prefixes() -> None:
+    from celerydiag.config.fixes import assignments
+
+    text = assignments(broker_transport_options={"global_keyprefix": "myapp:", "sentinel_kwargs":
+                                                 {"password": "pw-1234"}, "aws_secret_access_key": "s"})
+    assert "'global_keyprefix': 'myapp:'," in text
+    assert "pw-1234" not in text and "# 'password': keep your existing value" in text
+    assert "# 'aws_secret_access_key': keep your existing value" in text
+    compile(text, "<fix>", "exec")
