@@ -2,14 +2,17 @@
 
 Every exit code is named here once, so the CLI, the tests and the README agree. Exceptions carry
 a one-line message and an optional hint (the fix); the CLI prints both and never a traceback.
-Probes never import click, so DiagError is not a click exception.
+Probes never import click, so DiagError is not a click exception. Also here, once each: how an
+exception becomes one line (:func:`one_line`, :func:`describe`) and how cleanup swallows the
+failure of a close that must not hide the real error (:func:`quietly`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -85,3 +88,39 @@ H_BROKER_SCHEME = "use a transport kombu knows: amqp://, amqps://, redis://, red
 E_BROKER_UNREACHABLE = "broker {url} unreachable: {error}"
 E_BACKEND_UNREACHABLE = "result backend {url} unreachable: {error}"
 H_UNREACHABLE = "check host, port, credentials and vhost/database; is the service running and reachable from here?"
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: first line of the message`` (just ``Type`` when it has none), cut at ``limit``
+    characters: some libraries embed a whole payload in the message (YAML's repr of an array)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if limit is not None and len(first) > limit:
+        first = first[:limit - 1] + "\u2026"
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def describe(exc: BaseException) -> str:
+    """A driver error as one line: the innermost cause (SQLAlchemy's ``orig``, else the end of
+    the ``__cause__`` chain), without SQLAlchemy's "(Background on this error ...)" tail."""
+    root: BaseException = exc
+    seen = set()
+    while root.__cause__ is not None and id(root) not in seen:
+        seen.add(id(root))
+        root = root.__cause__
+    orig = getattr(exc, "orig", None)
+    inner = orig if isinstance(orig, BaseException) else root
+    text = str(inner).strip()
+    line = text.splitlines()[0] if text else ""
+    # An empty message is what a driver's socket timeout carries (py-amqp re-raises a bare one).
+    line = line.split("(Background on this error")[0].strip() or "timed out"
+    return f"{type(inner).__name__}: {line}"
+
+
+def quietly(fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    """Call ``fn`` and swallow any Exception: for cleanup (close, delete, dispose) whose failure
+    must not replace the error or the result the run already has. Ctrl-C still propagates."""
+    try:
+        fn(*args, **kw)
+    except Exception:
+        pass

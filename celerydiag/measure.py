@@ -92,6 +92,32 @@ def schedule(count: int, interval_s: float, deadline_s: float,
         yield intended
 
 
+def scheduled(op: Callable[[int], Any], count: int, interval_s: float, deadline_s: float,
+              step: Callable[[], None] = lambda: None) -> list[float]:
+    """Latency in ms of each ``op(seq)`` from its intended send time on :func:`schedule`
+    (coordinated omission avoided). What ``op`` raises propagates: the caller names it."""
+    out: list[float] = []
+    for seq, intended in enumerate(schedule(count, interval_s, deadline_s)):
+        op(seq)
+        out.append(ms(time.perf_counter() - intended))
+        step()
+    return out
+
+
+def back_to_back(op: Callable[[], Any], count: int, within_s: float = math.inf) -> list[float]:
+    """Durations in ms of up to ``count`` calls of ``op`` one after the other, stopping once
+    ``within_s`` has passed (a 200 ms path would take 10 s for 50): round-trip baselines."""
+    out: list[float] = []
+    stop = time.perf_counter() + within_s
+    for _ in range(count):
+        started = time.perf_counter()
+        op()
+        out.append(ms(time.perf_counter() - started))
+        if time.perf_counter() >= stop:
+            break
+    return out
+
+
 def interval_for(op: Callable[[int], Any], floor_s: float = 0.002, warmups: int = 5) -> float:
     """Run ``op`` a few times unscheduled and return twice its median duration (at least
     ``floor_s``): the spacing for a fixed schedule that measures per-operation latency rather than

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from celerydiag import interrupt
-from celerydiag.access.reach import describe
-from celerydiag.errors import DiagError
+from celerydiag.compat import celery_version
+from celerydiag.errors import DiagError, describe, one_line
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus
 from celerydiag.rank import rated
 from celerydiag.target import Target, redact
@@ -84,9 +84,7 @@ class ProbeContext:
 
     @property
     def celery_version(self) -> tuple[int, ...]:
-        import celery
-
-        return version_tuple(celery.__version__)
+        return celery_version()
 
 
 class Probe:
@@ -210,11 +208,10 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
                 probe.name, ctx.target.redact(f"lost the connection to the target during the probe: {describe(exc)}"),
                 time.perf_counter() - started)
         _on_internal_error(probe, exc)
-        first = (str(exc).strip().splitlines() or [""])[0]
         return ProbeResult.failed(
             probe.name,
-            ctx.target.redact(f"internal error in probe {probe.name}: {type(exc).__name__}:"
-                              f" {first} (please report; rerun with --traceback)"),
+            ctx.target.redact(f"internal error in probe {probe.name}: {one_line(exc)}"
+                              " (please report; rerun with --traceback)"),
             time.perf_counter() - started)
     finally:
         ctx.progress.done()
@@ -225,12 +222,3 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
                        tuple(rated(redacted(f, secrets), ctx.budget_ms) for f in findings),
                        dict(ctx.latency))
 
-
-
-def version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in re.split(r"[.+-]", text):
-        if not piece.isdigit():
-            break
-        parts.append(int(piece))
-    return tuple(parts)

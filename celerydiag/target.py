@@ -28,6 +28,7 @@ from celerydiag.errors import (
     H_BROKER_SCHEME,
     InputError,
     carrying,
+    one_line,
 )
 
 MASK = "**"
@@ -71,11 +72,7 @@ class Target:
         """Every password this target knows, so any text can be scrubbed of them."""
         found = [*passwords_of(self.broker_url), *passwords_of(self.backend_url)]
         if self.app is not None:
-            for key in ("broker_password", "broker_write_url", "broker_read_url",
-                        "redis_password", "database_url"):
-                value = self.conf.get(key)
-                if isinstance(value, str) and value:
-                    found += [value] if key.endswith("password") else passwords_of(value)
+            found += hidden_values(user_settings(self.conf))
         return tuple(sorted({s for s in found if s}, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
@@ -107,10 +104,41 @@ def scheme_of(url: str) -> str:
     return head.split("+", 1)[0].lower()
 
 
-def password_of(url: str | None) -> str | None:
-    """The password of a URL (the first of a ``;`` failover list), percent-decoded."""
-    found = passwords_of(url)
-    return found[0] if found else None
+class Family(str, Enum):
+    """What a URL scheme speaks, for every module that branches on it (probes, reach, capture).
+
+    The one table of schemes, because the copies drifted: kombu's transport aliases
+    (``kombu.transport.TRANSPORT_ALIASES``: amqp/amqps/pyamqp/librabbitmq are AMQP 0-9-1,
+    redis/rediss/sentinel are Redis) and Celery's backend schemes (``db+...``, ``rpc``,
+    ``disabled``). A scheme outside the table is OTHER, never guessed."""
+
+    AMQP = "amqp"
+    REDIS = "redis"
+    SQS = "sqs"
+    MEMORY = "memory"
+    DATABASE = "db"
+    RPC = "rpc"
+    DISABLED = "disabled"
+    OTHER = "other"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SCHEME_FAMILIES: Mapping[str, Family] = {
+    "amqp": Family.AMQP, "amqps": Family.AMQP, "pyamqp": Family.AMQP, "librabbitmq": Family.AMQP,
+    "redis": Family.REDIS, "rediss": Family.REDIS, "sentinel": Family.REDIS,
+    "sqs": Family.SQS, "memory": Family.MEMORY, "db": Family.DATABASE, "rpc": Family.RPC,
+    "disabled": Family.DISABLED,
+}
+AMQP_SCHEMES = frozenset(s for s, f in SCHEME_FAMILIES.items() if f is Family.AMQP)
+REDIS_SCHEMES = frozenset(s for s, f in SCHEME_FAMILIES.items() if f is Family.REDIS)
+
+
+def family_of(scheme_or_url: str) -> Family:
+    """The family of a scheme (``rediss``) or of a whole URL (``db+postgresql://…``)."""
+    scheme = scheme_of(scheme_or_url) if "://" in scheme_or_url else scheme_or_url.split("+", 1)[0].lower()
+    return SCHEME_FAMILIES.get(scheme, Family.OTHER)
 
 
 def passwords_of(url: str | None) -> list[str]:
@@ -128,7 +156,7 @@ def passwords_of(url: str | None) -> list[str]:
             continue
         if pw:
             found.append(unquote(pw))
-    return found
+    return list(dict.fromkeys(found))  # each spelling once, in the order found
 
 
 def _raw_password(url: str) -> list[str]:
@@ -141,6 +169,46 @@ def _raw_password(url: str) -> list[str]:
         return []
     raw = userinfo.split(":", 1)[1]
     return [raw, unquote(raw)] if raw else []
+# Names Celery's HIDDEN_SETTINGS matches (by "KEY") that hold no secret: their values are common
+# words ("celery", "tasks", "myapp:") that must not be masked everywhere a report says them.
+NOT_SECRET_SUFFIXES = ("routing_key", "keyprefix", "key_prefix")
+
+
+def hidden_setting(key: Any) -> bool:
+    """A setting (or nested option) whose value is secret: one Celery itself hides when it prints
+    the config (``celery.app.utils.HIDDEN_SETTINGS``: API, TOKEN, KEY, SECRET, PASS, DATABASE, …,
+    the list ``app.conf.table(censored=True)`` uses), less NOT_SECRET_SUFFIXES."""
+    from celery.app.utils import HIDDEN_SETTINGS
+
+    name = str(key)
+    return bool(HIDDEN_SETTINGS.search(name)) and not name.lower().endswith(NOT_SECRET_SUFFIXES)
+
+
+def user_settings(conf: Any) -> dict[Any, Any]:
+    """The settings whose value is not Celery's default (``celery.app.defaults.DEFAULTS``): a
+    default holds no secret, and some defaults look like one to HIDDEN_SETTINGS
+    (``cosmosdbsql_database_name = 'celerydb'``)."""
+    from celery.app.defaults import DEFAULTS
+
+    return {k: v for k, v in conf.items() if k not in DEFAULTS or DEFAULTS[k] != v}
+
+
+def hidden_values(settings: Mapping[Any, Any]) -> list[str]:
+    """Every secret in the settings the user set: the values of :func:`hidden_setting` names at
+    any depth of nested options, and the password of every URL anywhere in them (broker_read_url,
+    database_url, a Sentinel URL in transport options...). A URL contributes only its password."""
+    found: list[str] = []
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            found += hidden_values(value)
+        elif isinstance(value, (list, tuple)):  # a failover list of broker URLs
+            found += [pw for item in value if isinstance(item, str) for pw in passwords_of(item)]
+        elif isinstance(value, str) and value:
+            if "://" in value:
+                found += passwords_of(value)
+            elif hidden_setting(key):
+                found.append(value)
+    return found
 
 
 # The password may hold an unencoded '@' (kombu and redis-py split userinfo at the last '@'), so
@@ -241,14 +309,14 @@ def _known_schemes(target: Target) -> Target:
         Connection(target.broker_url)  # resolves the transport class; no network
     except Exception as exc:  # KeyError 'No such transport', ImportError of a missing library
         raise InputError(
-            E_BROKER_SCHEME.format(url=redact_url(target.broker_url), error=_one_line(exc)),
+            E_BROKER_SCHEME.format(url=redact_url(target.broker_url), error=one_line(exc)),
             H_BROKER_SCHEME,
         ) from None
     try:
         by_url(target.backend_url, target.app.loader)
     except Exception as exc:  # ImproperlyConfigured, ValueError, ImportError of a missing driver
         raise InputError(
-            E_BACKEND_SCHEME.format(url=redact_url(target.backend_url), error=_one_line(exc)),
+            E_BACKEND_SCHEME.format(url=redact_url(target.backend_url), error=one_line(exc)),
             H_BACKEND_SCHEME,
         ) from None
     return target
@@ -265,10 +333,5 @@ def import_app(spec: str) -> Any:
     except BaseException as exc:  # the user's module may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise InputError(E_APP_IMPORT.format(app=spec, error=_one_line(exc)), H_APP_IMPORT) from None
+        raise InputError(E_APP_IMPORT.format(app=spec, error=one_line(exc)), H_APP_IMPORT) from None
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

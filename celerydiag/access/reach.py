@@ -7,15 +7,16 @@ port that accepts and never answers, wrong credentials, a wrong vhost or databas
 
 from __future__ import annotations
 
-from typing import Any
-
+from celerydiag.access.backend import database_url, engine, redis_backend_client
 from celerydiag.errors import (
     E_BACKEND_UNREACHABLE,
     E_BROKER_UNREACHABLE,
     H_UNREACHABLE,
     TargetUnreachable,
+    describe,
+    quietly,
 )
-from celerydiag.target import Target, redact_url
+from celerydiag.target import REDIS_SCHEMES, Target, redact_url
 
 
 def check_broker(target: Target, timeout_s: float) -> None:
@@ -38,16 +39,16 @@ def check_broker(target: Target, timeout_s: float) -> None:
                                                       error=describe(exc))),
             H_UNREACHABLE) from None
     finally:
-        _quietly(conn.release)
+        quietly(conn.release)
 
 
 def check_backend(target: Target, timeout_s: float) -> None:
     scheme = target.backend_scheme
     try:
-        if scheme in ("redis", "rediss", "sentinel"):
+        if scheme in REDIS_SCHEMES:
             _ping_redis(target, timeout_s)
         elif scheme == "db":
-            ping_database(target.backend_url.split("+", 1)[1], timeout_s)
+            ping_database(database_url(target), timeout_s)
     except TargetUnreachable:
         raise
     except Exception as exc:
@@ -65,60 +66,13 @@ def _ping_redis(target: Target, timeout_s: float) -> None:
         client.close()
 
 
-def redis_backend_client(target: Target, timeout_s: float) -> Any:
-    """A client on the Redis result backend's own connection parameters (URL, TLS, prefixing),
-    with our timeouts instead of Celery's 120 s socket timeout."""
-    backend = target.app.backend
-    params = dict(backend.connparams)
-    params.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return backend.redis.StrictRedis(connection_pool=backend.redis.ConnectionPool(**params))
-
-
 def ping_database(sqlalchemy_url: str, timeout_s: float) -> None:
     """One SELECT 1 on a fresh connection with driver-level timeouts; raises what the driver raises."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
+    from sqlalchemy import text
 
-    engine = create_engine(sqlalchemy_url, poolclass=NullPool,
-                           connect_args=connect_timeout_args(sqlalchemy_url, timeout_s))
+    db = engine(sqlalchemy_url, timeout_s)
     try:
-        with engine.connect() as conn:
+        with db.connect() as conn:
             conn.execute(text("SELECT 1"))
     finally:
-        engine.dispose()
-
-
-def connect_timeout_args(sqlalchemy_url: str, timeout_s: float) -> dict[str, object]:
-    """Driver-level timeouts so a silent server cannot hang us (SQLAlchemy has none of its own)."""
-    seconds = max(1, int(round(timeout_s)))
-    if sqlalchemy_url.startswith("mysql"):
-        return {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
-    if sqlalchemy_url.startswith("postgresql"):
-        return {"connect_timeout": seconds}
-    if sqlalchemy_url.startswith("sqlite"):
-        return {"timeout": timeout_s}
-    return {}
-
-
-def describe(exc: BaseException) -> str:
-    """The innermost useful line of a driver error, without the SQLAlchemy boilerplate."""
-    root: BaseException = exc
-    seen = set()
-    while getattr(root, "__cause__", None) is not None and id(root) not in seen:
-        seen.add(id(root))
-        root = root.__cause__  # type: ignore[assignment]
-    text = str(getattr(exc, "orig", None) or root).strip()
-    line = text.splitlines()[0] if text else ""
-    if "(Background on this error" in line:
-        line = line.split("(Background on this error")[0].strip()
-    name = type(getattr(exc, "orig", None) or root).__name__
-    if isinstance(exc, TimeoutError) or "timed out" in line.lower() or not line:
-        line = line or "timed out"
-    return f"{name}: {line}"
-
-
-def _quietly(fn: object) -> None:
-    try:
-        fn()  # type: ignore[operator]
-    except Exception:
-        pass
+        db.dispose()

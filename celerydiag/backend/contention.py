@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag.backend import scratch as scratch_db
+from celerydiag.errors import quietly
 from celerydiag.measure import Summary, ms, summarize
 
 MAX_WRITERS = 16
@@ -105,8 +106,7 @@ class Experiment:
     def drop(self, engine: Any) -> None:
         """DROP TABLE IF EXISTS, bounded: a lock we cannot get in a few seconds is reported, not waited."""
 
-        from celerydiag.access.reach import describe
-        from celerydiag.errors import DiagError
+        from celerydiag.errors import DiagError, describe
 
         if not self.created:
             return
@@ -168,7 +168,7 @@ class Experiment:
                 thread.join(10.0)
             for backend in backends:
                 for engine in backend.session_manager._engines.values():
-                    _quietly(engine.dispose)
+                    quietly(engine.dispose)
         return phase
 
     def _loop(self, backend: Any, task_id: str, count: int, end: float, phase: Phase, lock: threading.Lock,
@@ -191,7 +191,7 @@ class Experiment:
             with lock:
                 phase.errors[kind] += 1
                 if not phase.first_error:
-                    from celerydiag.access.reach import describe
+                    from celerydiag.errors import describe
 
                     phase.first_error = describe(exc)
             return
@@ -222,12 +222,6 @@ class Experiment:
                 self.on_write()
         finally:
             for engine in pooled.session_manager._engines.values():
-                _quietly(engine.dispose)
+                quietly(engine.dispose)
         return summarize(out["fresh"]), summarize(out["pooled"])
 
-
-def _quietly(fn: Any) -> None:
-    try:
-        fn()
-    except Exception:
-        pass

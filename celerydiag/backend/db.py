@@ -19,31 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag.access.backend import TableRef
+from celerydiag.compat import version_tuple
+
 # Settings that decide how long a blocked Celery write can wait, per dialect (reference E).
 PG_SETTINGS = ("default_transaction_isolation", "lock_timeout", "deadlock_timeout", "log_lock_waits",
                "idle_in_transaction_session_timeout", "statement_timeout")
 MYSQL_SETTINGS = ("tx_isolation", "transaction_isolation", "innodb_lock_wait_timeout",
                   "innodb_deadlock_detect", "innodb_rollback_on_timeout", "lock_wait_timeout")
 QUERY_CHARS = 200  # enough of a query to recognise it, short enough for a report
-DEFAULT_TASK_TABLE = "celery_taskmeta"
-
-
-@dataclass(frozen=True)
-class TableRef:
-    """The task table Celery writes (``database_table_names``/``_schemas`` aware)."""
-
-    name: str = DEFAULT_TASK_TABLE
-    schema: str | None = None
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
-
-    @classmethod
-    def from_conf(cls, conf: Any) -> TableRef:
-        names = conf.get("database_table_names") or {}
-        schemas = conf.get("database_table_schemas") or {}
-        return cls(names.get("task") or DEFAULT_TASK_TABLE, schemas.get("task"))
 
 
 @dataclass
@@ -260,14 +244,10 @@ def is_permission(exc: BaseException) -> bool:
 
 
 def mysql8(info: ServerInfo) -> bool:
-    from celerydiag.probe import version_tuple
-
     return info.dialect == "mysql" and version_tuple(info.version) >= (8,)
 
 
 def wait_query(info: ServerInfo) -> str | None:
-    from celerydiag.probe import version_tuple
-
     if info.dialect == "postgresql":
         newer = version_tuple(info.version) >= (14,)
         return PG_WAITS.format(wait_start=PG_WAIT_START_14 if newer else PG_WAIT_START_OLD)
@@ -355,7 +335,7 @@ def visibility_notes(conn: Any, info: ServerInfo) -> list[str]:
 
 def degrade_note(info: ServerInfo, exc: BaseException) -> str:
     """A one-line note for a lock view we may not read."""
-    from celerydiag.access.reach import describe
+    from celerydiag.errors import describe
 
     what = describe(exc)
     if info.is_mysql_family:

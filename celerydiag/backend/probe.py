@@ -25,7 +25,7 @@ from celerydiag.backend.db import is_permission
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
-from celerydiag.target import Target
+from celerydiag.target import REDIS_SCHEMES, Target
 
 DB_DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#database-backend-settings"
 FAQ_DEADLOCK = "https://docs.celeryq.dev/en/stable/faq.html#mysql-is-throwing-deadlock-errors-what-can-i-do"
@@ -34,7 +34,6 @@ PG_LOCK_TIMEOUT_MS = 2000
 MYSQL_LOCK_WAIT_S = 5
 LONG_LOCK_WAIT_S = 10  # a server that lets a write wait longer than this gets the lock-timeout fix
 WRITERS = 4
-REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 class BackendProbe(Probe):
@@ -102,16 +101,13 @@ def engine_fix(dialect: str, target: Target) -> Fix | None:
     """One database_engine_options for every probe: the config probe's recommendation (the user's
     options, what crashes removed, secrets never printed) with the lock-wait bounds added, so
     pasting both probes' fixes cannot leave two different dicts."""
-    import celery
-
-    from celerydiag.config.probe import Facts, assignments, recommended_engine_options
-    from celerydiag.probe import version_tuple
+    from celerydiag.compat import celery_version
+    from celerydiag.config.fixes import assignments, recommended_engine_options
 
     current = current_engine_options(target)
     if fixed_engine_options(dialect, current) == current:
         return None
-    facts = Facts.installed(version_tuple(celery.__version__))
-    options = fixed_engine_options(dialect, recommended_engine_options(target.conf, target, facts))
+    options = fixed_engine_options(dialect, recommended_engine_options(target.conf, target, celery_version()))
     if dialect == "postgresql":
         summary = (f"give Celery's connections a {PG_LOCK_TIMEOUT_MS} ms lock_timeout: a blocked update_state"
                    " fails fast (Celery retries it, result_backend_max_retries=3) instead of waiting without"
@@ -136,33 +132,33 @@ class DatabaseRun:
     STAGES = 4
 
     def __init__(self, ctx: ProbeContext) -> None:
-        from celerydiag.backend.db import TableRef
+        from celerydiag.access.backend import TableRef, database_url, dialect
 
         self.ctx = ctx
         self.target = ctx.target
-        self.url = ctx.target.backend_url.split("+", 1)[1]
+        self.url = database_url(ctx.target)
+        self.dialect = dialect(self.url)
         self.table = TableRef.from_conf(ctx.target.conf)
         self.stop = threading.Event()
         self.notes: list[str] = []
 
-    def engine(self, **kw: Any) -> Any:
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
+    def engine(self) -> Any:
+        from celerydiag.access.backend import engine
 
         # No statement_timeout here: pg_settings would then report ours instead of the server's.
-        engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
-                               connect_args=self.bounded_args({}, statements=False), **kw)
-        self.ctx.cleanup.callback(engine.dispose)
-        return engine
+        db = engine(self.url, self.ctx.limits.timeout_s, self.bounded_args({}, statements=False),
+                    isolation_level="AUTOCOMMIT")
+        self.ctx.cleanup.callback(db.dispose)
+        return db
 
     def bounded_args(self, args: dict[str, Any], statements: bool = True) -> dict[str, Any]:
         """Driver timeouts (and, on PostgreSQL, our name and, for the writers, a statement bound) merged
         into connect_args."""
-        from celerydiag.access.reach import connect_timeout_args
+        from celerydiag.access.backend import connect_timeout_args
 
         out = dict(connect_timeout_args(self.url, self.ctx.limits.timeout_s))
         out.update(args)
-        if self.url.startswith("postgresql"):
+        if self.dialect == "postgresql":
             from celerydiag.backend.contention import APPLICATION_NAME
 
             out.setdefault("application_name", APPLICATION_NAME)
@@ -329,8 +325,7 @@ class DatabaseRun:
 
     # -- the experiment --------------------------------------------------------------------------------
     def experiment(self, engine: Any, info: Any) -> Iterator[Finding]:
-        from celery import Celery
-
+        from celerydiag.access.app import fresh_app
         from celerydiag.backend.contention import Experiment, scratch_table_name
         from celerydiag.backend.scratch import scratch_model
 
@@ -338,10 +333,8 @@ class DatabaseRun:
         conf = self.target.conf
         name = scratch_table_name(ctx.scratch)
         model = scratch_model(name, self.table.schema, bool(conf.get("result_extended")))
-        app = Celery("celerydiag-backend", backend=self.target.backend_url, set_as_current=False)
-        app.conf.update({k: conf.get(k) for k in conf.keys()
-                         if isinstance(k, str) and k.startswith(("result_", "database_", "accept_content"))
-                         and k not in ("result_backend", "database_table_names", "database_table_schemas")})
+        app = fresh_app(self.target, "celerydiag-backend", ("result_", "database_", "accept_content"),
+                        skip=("database_table_names", "database_table_schemas"))
         deadline = time.monotonic() + ctx.limits.max_seconds
         exp = Experiment(app, self.url, model, deadline, self.stop)
         ctx.cleanup.callback(exp.drop, engine)  # registered before the CREATE
@@ -351,7 +344,7 @@ class DatabaseRun:
         except Exception as exc:
             if not is_permission(exc):
                 raise
-            from celerydiag.access.reach import describe
+            from celerydiag.errors import describe
 
             yield Finding("backend.experiment", Cause.BACKEND, Severity.INFO,
                           "contention experiment skipped: the database user may not create a table"

@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag.access.app import redis_backend_app
+from celerydiag.errors import quietly
 from celerydiag.measure import Summary, interval_for, ms, schedule, summarize
 
 WRITE_INTERVAL_S = 0.002
@@ -24,7 +26,6 @@ SCAN_CALLS = 20  # SCAN round trips, at most (COUNT 100 each)
 OUR_KEY_TTL_S = 600  # our own key outlives no run by more than this, even if cleanup cannot run
 EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu",
             "volatile-random", "volatile-ttl")
-COPIED = ("result_", "redis_", "accept_content")
 
 
 @dataclass
@@ -44,21 +45,6 @@ class RedisFacts:
     notes: list[str] = field(default_factory=list)
 
 
-def probe_app(target: Any, timeout_s: float) -> Any:
-    """A Celery app with the target's result settings and our bounds (socket timeouts, one retry)."""
-    from celery import Celery
-
-    app = Celery("celerydiag-backend", backend=target.backend_url, set_as_current=False)
-    conf = target.conf
-    app.conf.update({k: conf.get(k) for k in conf.keys()
-                     if isinstance(k, str) and k.islower() and k.startswith(COPIED) and k != "result_backend"})
-    options = dict(conf.get("result_backend_transport_options") or {})
-    options["retry_policy"] = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
-    app.conf.update(redis_socket_timeout=timeout_s, redis_socket_connect_timeout=timeout_s,
-                    result_backend_transport_options=options, result_backend_always_retry=False)
-    return app
-
-
 def expires_seconds(value: Any) -> float | None:
     if value is None:
         return None
@@ -70,13 +56,13 @@ def expires_seconds(value: Any) -> float | None:
 
 def measure(target: Any, scratch: str, cleanup: Any, samples: int, seconds: float, timeout_s: float,
             stop: threading.Event | None = None, on_step: Any = None) -> RedisFacts:
-    app = probe_app(target, timeout_s)
+    app = redis_backend_app(target, timeout_s)
     backend = app.backend
     client = backend.client
     task_id = f"{scratch}-backend-probe"
     key = backend.get_key_for_task(task_id).decode()
-    cleanup.callback(_quietly, client.delete, key)  # before the first write
-    cleanup.callback(_quietly, client.close)
+    cleanup.callback(quietly, client.delete, key)  # before the first write
+    cleanup.callback(quietly, client.close)
     step = on_step or (lambda: None)
 
     writes: list[float] = []
@@ -161,9 +147,3 @@ def _ttls(client: Any, prefix: str, ours: str, facts: RedisFacts) -> None:
     except Exception as exc:
         facts.notes.append(f"SCAN refused ({type(exc).__name__}): result key TTLs not sampled")
 
-
-def _quietly(fn: Any, *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        pass

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag import measure
-from celerydiag.measure import ms, schedule
+from celerydiag.errors import quietly
+from celerydiag.measure import ms
 
 BODY_BYTES = 512  # about a small Celery task message (headers + JSON body)
 WARMUP = 5  # unscheduled operations before each series: primes confirm.select and sizes the interval
@@ -101,11 +102,8 @@ def drop(conn: Any, hard: bool = False) -> None:
             raw.collect()
         conn.release()
     except Exception:
-        try:
-            if raw is not None:
-                raw.collect()
-        except Exception:
-            pass
+        if raw is not None:
+            quietly(raw.collect)
 
 
 @dataclass(frozen=True)
@@ -141,10 +139,6 @@ def seq_of(payload: Any) -> int:
         return -1
 
 
-class Stalled(Exception):
-    """An operation hit its timeout: the broker stopped answering (often a blocked connection)."""
-
-
 def declare_scratch(channel: Any, name: str, expires_ms: int) -> bool:
     """Our own queue: exclusive + auto-delete (gone with our connection) and ``x-expires`` (gone
     even if RabbitMQ keeps it). Durable when the broker allows it, so persistent messages take
@@ -165,38 +159,9 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, AmqpConnectionError))
 
 
-def rtt_series(declare_passive: Callable[[], Any], count: int, within_s: float = float("inf")) -> list[float]:
-    """AMQP-level round trips: a passive declare of our own queue is one request and one reply
-    with no broker work to speak of, so it is the network + protocol baseline. At most ``count``
-    of them, and no more than fit in ``within_s`` (a 200 ms path would take 10 s for 50)."""
-    out: list[float] = []
-    stop = time.perf_counter() + within_s
-    for _ in range(count):
-        started = time.perf_counter()
-        declare_passive()
-        out.append(ms(time.perf_counter() - started))
-        if time.perf_counter() >= stop:
-            break
-    return out
-
-
 def interval_for(op: Callable[[int], Any], floor_s: float = MIN_INTERVAL_S) -> float:
     """measure.interval_for with WARMUP calls, which also prime confirm.select on the channel."""
     return measure.interval_for(op, floor_s, WARMUP)
-
-
-def scheduled(op: Callable[[int], Any], count: int, interval_s: float, deadline_s: float,
-              step: Callable[[], None]) -> list[float]:
-    """Latency of each ``op(seq)`` from its intended send time (coordinated omission avoided)."""
-    out: list[float] = []
-    for seq, intended in enumerate(schedule(count, interval_s, deadline_s)):
-        try:
-            op(seq)
-        except OSError as exc:  # socket.timeout is an OSError: the broker stopped answering
-            raise Stalled(str(exc) or "timed out") from None
-        out.append(ms(time.perf_counter() - intended))
-        step()
-    return out
 
 
 def publisher(channel: Any, queue: str, *, persistent: bool, confirm_timeout: float | None = None
@@ -240,10 +205,7 @@ class Consumer:
             self.raw.drain_events(timeout=left)
 
     def cancel(self) -> None:
-        try:
-            self.channel.basic_cancel(self.tag)
-        except Exception:
-            pass
+        quietly(self.channel.basic_cancel, self.tag)
 
 
 @dataclass(frozen=True)
@@ -269,8 +231,5 @@ def passive_states(conn: Any, names: Iterable[str]) -> list[QueueState]:
         except NotFound:
             out.append(QueueState(name, False))
         finally:
-            try:
-                channel.close()
-            except Exception:
-                pass
+            quietly(channel.close)
     return out

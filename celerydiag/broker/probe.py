@@ -19,17 +19,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from celerydiag.access.reach import describe
 from celerydiag.broker import amqp as amqp_m
 from celerydiag.broker import redis as redis_m
-from celerydiag.errors import DiagError, TargetUnreachable
+from celerydiag.errors import DiagError, TargetUnreachable, describe, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
-from celerydiag.measure import Summary, summarize
+from celerydiag.measure import Summary, back_to_back, scheduled, summarize
 from celerydiag.probe import Probe, ProbeContext
-from celerydiag.target import Target, redact_url
+from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Target, redact_url
 
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
-REDIS_SCHEMES = ("redis", "rediss")
 RTT_SAMPLES = 50
 RTT_SHARE = 0.1  # of --max-seconds, for the round-trip baseline
 HANDSHAKES = 3
@@ -56,7 +53,7 @@ result_backend = 'redis://REDIS-HOST:6379/0'
 def fix_confirm_on(target: Target) -> str:
     """``broker_transport_options`` with confirms on and the user's other keys kept: the config
     probe's renderer (it keeps secrets out and drops keys that do nothing), so both print one text."""
-    from celerydiag.config.probe import assignments, recommended_transport_options
+    from celerydiag.config.fixes import assignments, recommended_transport_options
 
     options = recommended_transport_options(target.conf, target)
     options["confirm_publish"] = True
@@ -142,8 +139,11 @@ class BrokerProbe(Probe):
         if scheme in ("memory", ""):
             return ("broker is memory:// (the embedded default, in-process): no broker to measure; "
                     "pass --app or --broker to measure yours")
-        if scheme not in AMQP_SCHEMES + REDIS_SCHEMES:
+        if scheme not in AMQP_SCHEMES | REDIS_SCHEMES:
             return f"broker transport {scheme}:// is not measured (RabbitMQ and Redis are)"
+        if scheme == "sentinel":  # a Redis broker, but reached through Sentinel: no one URL to connect
+            return ("broker is sentinel://: the Redis measurement connects to one server; pass "
+                    "--broker redis://MASTER-HOST:6379/0 to measure the current master")
         return None
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
@@ -195,7 +195,7 @@ class AmqpRun:
         plain = self._open(confirm=False)
         channel = plain.channel()
         expires_ms = int((ctx.limits.max_seconds + 4 * self.timeout + 60) * 1000)
-        ctx.cleanup.callback(_quietly, lambda: channel.queue_delete(self.queue))
+        ctx.cleanup.callback(quietly, lambda: channel.queue_delete(self.queue))
         durable = amqp_m.declare_scratch(channel, self.queue, expires_ms)
         if not durable:  # the failed declare closed that channel
             channel = plain.channel()
@@ -303,8 +303,10 @@ class AmqpRun:
         ctx = self.ctx
         samples = ctx.limits.samples
         step = lambda: ctx.progress.step(1)  # noqa: E731
-        rtt = summarize(amqp_m.rtt_series(lambda: channel.queue_declare(self.queue, passive=True), RTT_SAMPLES,
-                                          within_s=RTT_SHARE * ctx.limits.max_seconds))
+        # A passive declare of our own queue is one request and one reply with no broker work to
+        # speak of: the network + protocol baseline.
+        rtt = summarize(back_to_back(lambda: channel.queue_declare(self.queue, passive=True), RTT_SAMPLES,
+                                     within_s=RTT_SHARE * ctx.limits.max_seconds))
         left = max(1.0, ctx.limits.max_seconds - (time.monotonic() - self.started))
         share = left / 5
         series: dict[str, Summary] = {}
@@ -321,7 +323,7 @@ class AmqpRun:
             for key, op in plan:
                 ctx.progress.step(0, key.replace("_", " "))
                 intervals[key] = amqp_m.interval_for(op)
-                series[key] = summarize(amqp_m.scheduled(op, samples, intervals[key], share, step))
+                series[key] = summarize(scheduled(op, samples, intervals[key], share, step))
                 channel.queue_purge(self.queue)  # keep the broker's footprint to one series
             ctx.progress.step(0, "publish→consume")
             consumer = amqp_m.Consumer(plain.connection, channel, self.queue, self.timeout)
@@ -332,10 +334,9 @@ class AmqpRun:
                 consumer.wait_for(seq)
 
             intervals["roundtrip"] = amqp_m.interval_for(round_trip)
-            series["roundtrip"] = summarize(amqp_m.scheduled(round_trip, samples, intervals["roundtrip"],
-                                                             share, step))
+            series["roundtrip"] = summarize(scheduled(round_trip, samples, intervals["roundtrip"], share, step))
             consumer.cancel()
-        except (amqp_m.Stalled, OSError, *plain.connection_errors, *plain.channel_errors) as exc:
+        except (OSError, *plain.connection_errors, *plain.channel_errors) as exc:  # socket.timeout included
             raise DiagError(self.target.redact(
                 f"the broker stopped answering mid-measurement ({describe(exc)}); "
                 "rerun to see whether it is blocked")) from None
@@ -389,13 +390,6 @@ def _vhost(url: str) -> str:
     from kombu.utils.url import parse_url
 
     return str(parse_url(url.split(";", 1)[0]).get("virtual_host") or "/")
-
-
-def _quietly(fn: Any) -> None:
-    try:
-        fn()
-    except Exception:
-        pass
 
 
 def backlog_findings(depths: dict[str, tuple[int | None, int] | Any], rates: dict[str, Any],
@@ -537,7 +531,7 @@ class RedisRun:
 
     def _client(self) -> Any:
         client = redis_m.client(self.target, self.timeout, name=self.ctx.scratch)
-        self.ctx.cleanup.callback(_quietly, client.close)
+        self.ctx.cleanup.callback(quietly, client.close)
         return client
 
     def run(self) -> Iterator[Finding]:
@@ -551,7 +545,7 @@ class RedisRun:
             connect = (time.perf_counter() - started) * 1000
             # registered before the key is first written: Ctrl-C at any point removes it
             # (LIFO: runs before the clients are closed)
-            ctx.cleanup.callback(_quietly, lambda: publisher.delete(self.key))
+            ctx.cleanup.callback(quietly, lambda: publisher.delete(self.key))
             facts = redis_m.ServerFacts.read(publisher)
         except Exception as exc:
             raise TargetUnreachable(self.target.redact(
@@ -560,7 +554,7 @@ class RedisRun:
         options = dict(self.target.conf.broker_transport_options or {})
         depths = redis_m.backlog(publisher, app_queues(self.target.conf), options)
         yield from backlog_findings({n: (m, -1) for n, m in depths.items()}, {}, ctx.budget_ms, self.target)
-        rtt = summarize(redis_m.ping_series(publisher, RTT_SAMPLES))
+        rtt = summarize(back_to_back(publisher.ping, RTT_SAMPLES))
         ctx.progress.step(5, "LPUSH→BRPOP")
         left = max(1.0, ctx.limits.max_seconds - (time.perf_counter() - started))
         try:
@@ -569,7 +563,7 @@ class RedisRun:
         except TimeoutError as exc:
             raise DiagError(f"Redis stopped answering mid-measurement: {exc}") from None
         finally:
-            _quietly(lambda: publisher.delete(self.key))
+            quietly(lambda: publisher.delete(self.key))
         publish, roundtrip = summarize(trips.publish_ms), summarize(trips.roundtrip_ms)
         rpc = on_rpc(self.target)
         impact = _p(roundtrip)

@@ -135,15 +135,6 @@ def round_trips(publisher: Any, consumer: Any, key: str, count: int, deadline_s:
         waiter.join(BRPOP_WAIT_S + timeout_s)
 
 
-def ping_series(redis_client: Any, count: int) -> list[float]:
-    out = []
-    for _ in range(count):
-        started = time.perf_counter()
-        redis_client.ping()
-        out.append(ms(time.perf_counter() - started))
-    return out
-
-
 @dataclass(frozen=True)
 class ServerFacts:
     used_memory_bytes: int

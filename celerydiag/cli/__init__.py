@@ -18,7 +18,7 @@ import click
 
 from celerydiag import __version__, interrupt
 from celerydiag.emit import silence_stdout
-from celerydiag.errors import DiagError, ExitCode, secrets_of
+from celerydiag.errors import DiagError, ExitCode, one_line, secrets_of
 from celerydiag.render import OutputFormat
 from celerydiag.target import redact
 
@@ -180,7 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if show_tb:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"celerydiag: internal error: {type(exc).__name__}: {_error_line(first, exc)} "
+        click.echo(f"celerydiag: internal error: {_error_line(one_line(exc), exc)} "
                    "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
         return ExitCode.INTERNAL

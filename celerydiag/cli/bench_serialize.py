@@ -95,7 +95,7 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
         names = _serializers(serializers)
         payloads = [ser.load_payload_file(path, trust_pickle, max_size) for path in payload_files]
         if task_ids:
-            from celerydiag.serialization.probe import read_task_meta
+            from celerydiag.serialization.stored import read_task_meta
 
             with carrying(target.secrets()):  # the only step that talks to the target
                 payloads += [read_task_meta(target, tid, timeout, max_size) for tid in task_ids]

@@ -202,7 +202,8 @@ def _watch(task_id: str, app: str | None, broker: str | None, backend: str | Non
     import os
     from contextlib import ExitStack
 
-    from celerydiag.access.reach import check_backend, describe
+    from celerydiag.access.reach import check_backend
+    from celerydiag.errors import describe
     from celerydiag.target import redact_url
     from celerydiag.ui import make_progress
 

@@ -24,33 +24,40 @@ setting are computed from one recommendation, so two findings never give contrad
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from celerydiag.compat import sqlalchemy_version
+from celerydiag.config.fixes import (
+    CONNECT_TIMEOUT_S,
+    NULLPOOL_FILTER_FROM,
+    assignments,
+    db_dialect,
+    engine_options,
+    has_connect_timeout,
+    index_ddl,
+    recommended_engine_options,
+    recommended_transport_options,
+    transport_options,
+)
 from celerydiag.findings import Cause, Finding, Fix, Kind, Severity, delay, hazard
-from celerydiag.probe import Probe, ProbeContext, redacted, version_tuple
-from celerydiag.target import Target
+from celerydiag.probe import Probe, ProbeContext
+from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Target
 
 # ---- version facts (celery-facts.md; the unit tests check them against the installed code) ----
 RETRY_EFFECTIVE_FROM = {"redis": (5, 5, 0), "rediss": (5, 5, 0), "sentinel": (5, 5, 0),
                         "db": (5, 6, 3)}  # A.1, A.2: exception_safe_to_retry exists from these
 DB_RETRY_DEFAULT_ON_FROM = (5, 7, 0)  # installed code: DatabaseBackend defaults always_retry on, 3 tries
 DATE_DONE_INDEX_FROM = (5, 6, 3)  # A.2 / E / G.1: celery#10097, PR #10098
-NULLPOOL_FILTER_FROM = (5, 6, 3)  # A.2 / G.5: max_overflow/echo_pool crashed the NullPool path before
 SQLALCHEMY_NO_AUTOCOMMIT_FROM = (2, 0)  # E: create_engine(autocommit=True) -> TypeError
 
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
-REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 PUBLISH_RETRY_KEYS = ("max_retries", "interval_start", "interval_step", "interval_max")
 PICKLE_MARKERS = ("pickle", "python-serialize")
-SECRET_MARKERS = ("password", "passwd", "secret", "token", "credential")
 INNODB_LOCK_WAIT_S = 50.0  # E: innodb_lock_wait_timeout default
 SANE_REDIS_TIMEOUT_S = 10.0  # a healthy Redis answers in milliseconds; above this a stall is the risk
 RECOMMENDED_REDIS = {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0,
                      "redis_retry_on_timeout": True, "redis_backend_health_check_interval": 25}
-CONNECT_TIMEOUT_S = 5
 NOMINAL_BROKER_RTT_MS = 1.0  # one LAN round trip plus broker enqueue; the broker probe measures yours
 
 DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#"
@@ -114,9 +121,7 @@ class Facts:
 
     @classmethod
     def installed(cls, celery: tuple[int, ...]) -> Facts:
-        import sqlalchemy  # heavy-ish; only when the probe runs
-
-        return cls(celery, version_tuple(sqlalchemy.__version__))
+        return cls(celery, sqlalchemy_version())
 
 
 def _v(version: tuple[int, ...]) -> str:
@@ -151,92 +156,13 @@ def _hazard(facts: Facts, slug: str, stall_s: float | None, title: str, detail: 
                   title, detail=detail, evidence=evidence, fix=fix)
 
 
-# ---- pasteable Python -------------------------------------------------------------------------
-
-def _is_secret(key: Any) -> bool:
-    return any(m in str(key).lower() for m in SECRET_MARKERS)
-
-
-def _literal(value: Any) -> str | None:
-    """Python source for a value that round-trips through ast.literal_eval, else None."""
-    text = repr(value)
-    try:
-        return text if ast.literal_eval(text) == value else None
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
-
-
-def _source(value: Any, indent: int = 0) -> str:
-    """Source for a (possibly nested) dict; values we must not or cannot print become comments
-    telling the user to keep their own, so the text stays valid Python and leaks no secret."""
-    if not isinstance(value, Mapping):
-        return _literal(value) or "None"
-    if not value:
-        return "{}"
-    pad = " " * (indent + 4)
-    lines = ["{"]
-    for key, item in value.items():
-        text = None if _is_secret(key) else (
-            _source(item, indent + 4) if isinstance(item, Mapping) else _literal(item))
-        if text is None or _literal(key) is None:
-            lines.append(f"{pad}# {str(key)!r}: keep your existing value")
-        else:
-            lines.append(f"{pad}{_literal(key)}: {text},")
-    lines.append(" " * indent + "}")
-    return "\n".join(lines)
-
-
-def assignments(**settings: Any) -> str:
-    """``name = value`` lines, one per setting, in the order given."""
-    return "".join(f"{name} = {_source(value)}\n" for name, value in settings.items())
-
-
 # ---- the checks -------------------------------------------------------------------------------
 
 Check = Callable[[Any, Target, Facts], Iterator[Finding]]
 
 
-def _db_url(target: Target) -> str:
-    """The SQLAlchemy URL behind ``db+...`` ('' for other backends)."""
-    return target.backend_url.split("+", 1)[1] if target.backend_scheme == "db" else ""
-
-
-def _db_dialect(target: Target) -> str:
-    url = _db_url(target)
-    return url.split("://", 1)[0].split("+", 1)[0].lower() if url else ""
-
-
-def _is_mysql(target: Target) -> bool:
-    return _db_dialect(target) in ("mysql", "mariadb")
-
-
-def _engine_options(conf: Any) -> dict[str, Any]:
-    return dict(conf.get("database_engine_options") or {})
-
-
-def _has_connect_timeout(options: Mapping[str, Any]) -> bool:
-    return "connect_timeout" in dict(options.get("connect_args") or {})
-
-
-def recommended_engine_options(conf: Any, target: Target, facts: Facts) -> dict[str, Any]:
-    """The one database_engine_options every database fix shows: the user's options (Celery's
-    defaults when unset) minus what crashes, plus READ COMMITTED on MySQL and a connect timeout."""
-    options = _engine_options(conf)
-    options.pop("autocommit", None)
-    if facts.celery < NULLPOOL_FILTER_FROM:
-        options.pop("max_overflow", None)
-        options.pop("echo_pool", None)
-    if _is_mysql(target):
-        options["isolation_level"] = "READ COMMITTED"
-    dialect = _db_dialect(target)
-    if dialect in ("mysql", "mariadb", "postgresql") and not _has_connect_timeout(options):
-        options["connect_args"] = dict(options.get("connect_args") or {},
-                                       connect_timeout=CONNECT_TIMEOUT_S)
-    return options
-
-
 def _engine_fix(summary: str, conf: Any, target: Target, facts: Facts, *docs: str) -> Fix:
-    options = recommended_engine_options(conf, target, facts)
+    options = recommended_engine_options(conf, target, facts.celery)
     return Fix(summary, assignments(database_engine_options=options), docs)
 
 
@@ -247,7 +173,7 @@ def _isolation(value: Any) -> str:
 def check_isolation(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     """E, H.4: MySQL/MariaDB default to REPEATABLE READ; Celery's FAQ says READ COMMITTED.
     PostgreSQL already runs READ COMMITTED and must never get this advice."""
-    dialect = _db_dialect(target)
+    dialect = db_dialect(target)
     if dialect == "postgresql":
         yield _ok("db-isolation", "PostgreSQL result backend: already READ COMMITTED by default",
                   "PostgreSQL's default isolation is READ COMMITTED; the READ COMMITTED advice in "
@@ -255,7 +181,7 @@ def check_isolation(conf: Any, target: Target, facts: Facts) -> Iterator[Finding
         return
     if dialect not in ("mysql", "mariadb"):
         return
-    level = _isolation(_engine_options(conf).get("isolation_level"))
+    level = _isolation(engine_options(conf).get("isolation_level"))
     if level == "READ COMMITTED":
         yield _ok("db-isolation", "MySQL result backend runs at READ COMMITTED")
         return
@@ -282,7 +208,7 @@ def check_autocommit(conf: Any, target: Target, facts: Facts) -> Iterator[Findin
     """E, H.4: create_engine(autocommit=True) raises TypeError on SQLAlchemy 2."""
     if target.backend_scheme != "db":
         return
-    if "autocommit" not in _engine_options(conf):
+    if "autocommit" not in engine_options(conf):
         yield _ok("db-autocommit", "database_engine_options has no 'autocommit' key")
         return
     fix = _engine_fix(S_AUTOCOMMIT, conf, target, facts, D_ENGINE_OPTIONS)
@@ -307,7 +233,7 @@ def check_nullpool_options(conf: Any, target: Target, facts: Facts) -> Iterator[
     """A.2 / G.5: before 5.6.3, max_overflow/echo_pool reach create_engine(poolclass=NullPool)."""
     if target.backend_scheme != "db" or facts.celery >= NULLPOOL_FILTER_FROM:
         return
-    bad = sorted(k for k in ("max_overflow", "echo_pool") if k in _engine_options(conf))
+    bad = sorted(k for k in ("max_overflow", "echo_pool") if k in engine_options(conf))
     if not bad:
         return
     yield _fixed("db-nullpool-option-crash", Severity.CRITICAL,
@@ -319,27 +245,10 @@ def check_nullpool_options(conf: Any, target: Target, facts: Facts) -> Iterator[
                  celery_version=_v(facts.celery))
 
 
-def _transport_options(conf: Any) -> dict[str, Any]:
-    return dict(conf.get("broker_transport_options") or {})
-
-
-def recommended_transport_options(conf: Any, target: Target) -> dict[str, Any]:
-    """The one broker_transport_options the confirm fixes show: no ignored or unknown keys."""
-    options = _transport_options(conf)
-    amqp = target.broker_scheme in AMQP_SCHEMES
-    if "confirm_delivery" in options:
-        wanted = options.pop("confirm_delivery")
-        if amqp and "confirm_publish" not in options:
-            options["confirm_publish"] = bool(wanted)
-    if not amqp:
-        options.pop("confirm_publish", None)
-    return options
-
-
 def check_rpc_confirm(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     """A.3, C.1, H.1/H.2: only rpc:// puts update_state on the broker; confirms then wait per update."""
     amqp = target.broker_scheme in AMQP_SCHEMES
-    confirm = bool(_transport_options(conf).get("confirm_publish")) and amqp
+    confirm = bool(transport_options(conf).get("confirm_publish")) and amqp
     if target.backend_scheme != "rpc":
         if confirm:
             yield _ok("rpc-confirm-publish",
@@ -367,7 +276,7 @@ def check_rpc_confirm(conf: Any, target: Target, facts: Facts) -> Iterator[Findi
 
 def check_publish_retry_keys(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     """C.3, C.4: these keys in broker_transport_options mean connection retry, not publish retry."""
-    options = _transport_options(conf)
+    options = transport_options(conf)
     found = [k for k in PUBLISH_RETRY_KEYS if k in options]
     if not found:
         return
@@ -393,7 +302,7 @@ def check_publish_retry_keys(conf: Any, target: Target, facts: Facts) -> Iterato
 
 def check_confirm_options(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     """C.1, H.2: confirm_publish is pyamqp-only; confirm_delivery exists nowhere in kombu."""
-    options = _transport_options(conf)
+    options = transport_options(conf)
     amqp = target.broker_scheme in AMQP_SCHEMES
     fixed = recommended_transport_options(conf, target)
     docs = (D_TRANSPORT_OPTIONS, D_CONFIRMS)
@@ -467,11 +376,6 @@ def check_redis_timeout(conf: Any, target: Target, facts: Facts) -> Iterator[Fin
                   detail, fix, **evidence)
 
 
-def _retry_effective(scheme: str, version: tuple[int, ...]) -> bool:
-    start = RETRY_EFFECTIVE_FROM.get(scheme)
-    return start is not None and version >= start
-
-
 def check_always_retry(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     """A.0-A.2, B: result_backend_always_retry only works where exception_safe_to_retry exists."""
     scheme = target.backend_scheme
@@ -519,26 +423,9 @@ def check_always_retry(conf: Any, target: Target, facts: Facts) -> Iterator[Find
               max_sleep_between_retries_ms=max_sleep_ms)
 
 
-def _table(conf: Any, kind: str, default: str) -> tuple[str, str]:
-    names = conf.get("database_table_names") or {}
-    schemas = conf.get("database_table_schemas") or {}
-    name = names.get(kind) or default
-    schema = schemas.get(kind)
-    return (f"{schema}.{name}" if schema else name), name
-
-
-def index_ddl(conf: Any) -> str:
-    """The DDL for the indexes SQLAlchemy's index=True creates on fresh tables (ix_<table>_<col>)."""
-    lines = []
-    for kind, default in (("task", "celery_taskmeta"), ("group", "celery_tasksetmeta")):
-        qualified, name = _table(conf, kind, default)
-        lines.append(f"CREATE INDEX ix_{name}_date_done ON {qualified} (date_done);")
-    return "\n".join(lines)
-
-
 def check_date_done_index(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     """E, G.1: tables created before 5.6.3 lack the date_done index; create_all() never adds it."""
-    dialect = _db_dialect(target)
+    dialect = db_dialect(target)
     if target.backend_scheme != "db" or not dialect or dialect == "sqlite":
         return
     ddl = index_ddl(conf)
@@ -684,10 +571,10 @@ def check_ignore_result(conf: Any, target: Target, facts: Facts) -> Iterator[Fin
 
 def check_db_connection_per_read(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     """A.2, B, G.3/G.4: outside forked pool children every DB backend operation opens a connection."""
-    dialect = _db_dialect(target)
+    dialect = db_dialect(target)
     if target.backend_scheme != "db" or not dialect or dialect == "sqlite":
         return
-    bounded = _has_connect_timeout(_engine_options(conf))
+    bounded = has_connect_timeout(engine_options(conf))
     detail = (
         "Celery's SessionManager caches an engine only in forked prefork children. Everywhere else "
         "(web servers and other clients, solo/threads/gevent/eventlet workers) it builds a new engine "
@@ -789,10 +676,10 @@ CHECKS: tuple[Check, ...] = (
 
 
 def check_config(target: Target, facts: Facts) -> list[Finding]:
-    """Every check against one target, secrets scrubbed from every string they produce."""
+    """Every check against one target. Secrets: the fixes print no secret setting (config.fixes),
+    and the probe guard scrubs the target's passwords from every finding of every probe."""
     conf = target.conf
-    secrets = target.secrets()
-    return [redacted(f, secrets) for check in CHECKS for f in check(conf, target, facts)]
+    return [f for check in CHECKS for f in check(conf, target, facts)]
 
 
 class ConfigProbe(Probe):

@@ -25,13 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.errors import TargetUnreachable
+from celerydiag.errors import TargetUnreachable, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.measure import ms, summarize
 from celerydiag.probe import Probe, ProbeContext, log
-from celerydiag.target import Target, redact_url
+from celerydiag.target import REDIS_SCHEMES, Target, redact_url
 
-PUSH_BACKENDS = ("redis", "rediss", "sentinel", "rpc")
+PUSH_BACKENDS = REDIS_SCHEMES | {"rpc"}  # get(on_message=...) is woken by each write
 POLL_INTERVAL_S = 0.002  # a client polling as fast as it sensibly can: we want the backend's delay
 UPDATE_SPACING_S = 0.010  # least time between two update_state calls in the probe task
 MAX_SPACING_S = 0.2
@@ -49,7 +49,7 @@ WORKER_STOP_S = 5.0
 COPIED_PREFIXES = ("broker_", "result_", "redis_", "database_", "accept_content", "task_serializer",
                    "task_compression", "task_track_started", "task_default_delivery_mode",
                    "security_", "mongodb_", "cache_")
-NOT_COPIED = {"broker_url", "result_backend", "broker_connection_retry_on_startup",
+NOT_COPIED = {"broker_connection_retry_on_startup",
               "broker_connection_max_retries", "database_table_names", "database_table_schemas",
               "database_url", "database_create_tables_at_setup", "result_expires"}
 
@@ -139,14 +139,13 @@ class E2ERun:
         prefork child (pooled connections); the client's as a web process (a new connection per
         read when not forked: reference A.2).
         """
-        from celery import Celery
         from kombu import Exchange, Queue
+
+        from celerydiag.access.app import fresh_app
 
         apps = []
         for role in ("worker", "client"):
-            app = Celery(f"celerydiag-e2e-{role}", broker=self.target.broker_url,
-                         backend=self.target.backend_url, set_as_current=False)
-            app.conf.update(_copied_settings(self.target))
+            app = fresh_app(self.target, f"celerydiag-e2e-{role}", COPIED_PREFIXES, NOT_COPIED, broker=True)
             exchange = Exchange(self.queue_name, "direct", durable=False, auto_delete=True)
             app.conf.update(
                 task_queues=[Queue(self.queue_name, exchange, routing_key=self.queue_name,
@@ -179,13 +178,10 @@ class E2ERun:
         """Database backend: Celery's own backend on a scratch copy of its task table (never the
         user's, see scratch_db). The worker pools connections as a prefork child does; the client
         opens one per read, as a web process does (reference A.2)."""
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
-        from celerydiag.access.reach import connect_timeout_args
+        from celerydiag.access.backend import database_url, engine
         from celerydiag.backend.scratch import scratch_backend_class, scratch_model
 
-        url = self.target.backend_url.split("+", 1)[1]
+        url = database_url(self.target)
         conf = self.target.conf
         model = scratch_model(f"{self.table_prefix}_e2e_taskmeta",
                                    (conf.database_table_schemas or {}).get("task"),
@@ -194,11 +190,10 @@ class E2ERun:
             app.backend_cls = scratch_backend_class(model, forked)
             app.conf.database_url = url
             app.conf.database_create_tables_at_setup = False
-        engine = create_engine(url, poolclass=NullPool,
-                               connect_args=connect_timeout_args(url, self.ctx.limits.timeout_s))
-        self.ctx.cleanup.callback(engine.dispose)
-        self.ctx.cleanup.callback(model.__table__.drop, engine, checkfirst=True)  # before create
-        model.__table__.create(engine, checkfirst=True)
+        db = engine(url, self.ctx.limits.timeout_s)
+        self.ctx.cleanup.callback(db.dispose)
+        self.ctx.cleanup.callback(model.__table__.drop, db, checkfirst=True)  # before create
+        model.__table__.create(db, checkfirst=True)
 
     def _register_tasks(self, app: Any) -> None:
         trace = self.trace
@@ -430,7 +425,7 @@ class E2ERun:
 
     def _forget_results(self, client: Any) -> None:
         for task_id in self.task_ids:
-            _quietly(client.backend.forget, task_id)
+            quietly(client.backend.forget, task_id)
 
     def _delete_queue(self, client: Any) -> None:
         if self.target.broker_scheme == "memory":
@@ -443,9 +438,9 @@ class E2ERun:
                 if conn.transport.driver_type != "amqp":
                     # Virtual transports (Redis) unbind from the channel's own memory of the
                     # bindings; a fresh channel has none until it declares the queue itself.
-                    _quietly(bound.declare)
-                _quietly(bound.delete)
-                _quietly(queue.exchange(channel).delete)
+                    quietly(bound.declare)
+                quietly(bound.delete)
+                quietly(queue.exchange(channel).delete)
 
 
 @contextmanager
@@ -491,17 +486,6 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Itera
         log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)
 
 
-def _copied_settings(target: Target) -> dict[str, Any]:
-    conf = target.conf
-    out = {}
-    for key in conf.keys():
-        if not isinstance(key, str) or not key.islower() or key in NOT_COPIED:
-            continue
-        if key.startswith(COPIED_PREFIXES):
-            out[key] = conf.get(key)
-    return out
-
-
 def _where(target: Target) -> str:
     return f"broker {redact_url(target.broker_url)} and backend {redact_url(target.backend_url)}"
 
@@ -518,9 +502,3 @@ def _visibility_fix(target: Target, mode: str, p99_ms: float, budget_ms: float) 
     return Fix("See the broker, backend and network findings for what adds the delay; the e2e "
                "number is their sum as a client sees it.")
 
-
-def _quietly(fn: Any, *args: Any, **kw: Any) -> None:
-    try:
-        fn(*args, **kw)
-    except Exception:
-        pass

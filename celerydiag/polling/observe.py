@@ -27,8 +27,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from celerydiag.errors import InputError, TargetUnreachable
+from celerydiag.errors import InputError, TargetUnreachable, quietly
 from celerydiag.measure import Summary, ms, summarize
+from celerydiag.target import REDIS_SCHEMES
 
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})  # celery.states.READY_STATES
 PENDING = "PENDING"
@@ -252,11 +253,11 @@ def open_reader(target: Any, task_id: str, cleanup: ExitStack, timeout_s: float 
                          "watch it from a Redis or database result backend, or pass --durations")
     if scheme == "db":
         return _open_database(target, task_id, cleanup, timeout_s)
-    if scheme in ("redis", "rediss", "sentinel"):
-        from celerydiag.backend.redis import probe_app
+    if scheme in REDIS_SCHEMES:
+        from celerydiag.access.app import redis_backend_app
 
-        app = probe_app(target, timeout_s)  # the target's result settings, our timeouts, one retry
-        cleanup.callback(_quietly, app.close)
+        app = redis_backend_app(target, timeout_s)  # the target's result settings, our timeouts, one retry
+        cleanup.callback(quietly, app.close)
         backend = app.backend
     else:
         backend = target.app.backend
@@ -264,8 +265,8 @@ def open_reader(target: Any, task_id: str, cleanup: ExitStack, timeout_s: float 
 
 
 def _open_database(target: Any, task_id: str, cleanup: ExitStack, timeout_s: float) -> Reader:
-    from celerydiag.access.reach import describe
-    from celerydiag.serialization.probe import readonly_engine, task_table
+    from celerydiag.access.backend import readonly_engine, task_table
+    from celerydiag.errors import describe
 
     table = task_table(target.conf)
     engine = readonly_engine(target, timeout_s)
@@ -274,7 +275,7 @@ def _open_database(target: Any, task_id: str, cleanup: ExitStack, timeout_s: flo
         conn = engine.connect()
     except Exception as exc:
         raise TargetUnreachable(target.redact(f"cannot connect to the result backend: {describe(exc)}")) from None
-    cleanup.callback(_quietly, conn.close)
+    cleanup.callback(quietly, conn.close)
     reader = _DatabaseReader(conn, table, task_id)
     try:
         reader.read()
@@ -285,13 +286,6 @@ def _open_database(target: Any, task_id: str, cleanup: ExitStack, timeout_s: flo
                              "pass --app so they are read") from None
         raise TargetUnreachable(target.redact(f"cannot read {table.fullname}: {describe(exc)}")) from None
     return reader
-
-
-def _quietly(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception:
-        pass
 
 
 def watch(reader: Reader, task_id: str, backend: str, *, interval_s: float = DEFAULT_INTERVAL_S,

@@ -27,9 +27,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag.errors import one_line
+from celerydiag.target import REDIS_SCHEMES
+
 MAX_LOOPS = 2**20
 UNSTABLE_SPREAD = 0.10  # pyperf warns when stdev >= 10 % of the mean
 MB = 1024 * 1024
+ONE_LINE_CHARS = 120  # of an error message: YAML's embeds the repr of a whole array
 DEFAULT_BANDWIDTH_BYTES_PER_S = 125_000_000  # 1 Gbit/s, a LAN between worker, store and client
 BENCH_SCHEMA = "celerydiag.bench-serialize/1"
 # JSON history (celerydiag.bench-serialize/N): 1 = first release.
@@ -399,7 +403,7 @@ def run_case(payload: Payload, serializer: str, config: HarnessConfig,
         data = encode(payload.stored)
         decoded = decode(data)
     except Exception as exc:  # EncodeError, SerializerNotInstalled, RepresenterError, ...
-        return CaseResult(payload.name, serializer, error=one_line(exc))
+        return CaseResult(payload.name, serializer, error=one_line(exc, ONE_LINE_CHARS))
     enc = measure(lambda: encode(payload.stored), config)
     dec = measure(lambda: decode(data), config)
     peak = peak_memory_bytes(lambda: encode(payload.stored)) if with_memory else None
@@ -419,15 +423,6 @@ def _roundtrip_note(original: Any, decoded: Any) -> str | None:
     if has_array(original) and not has_array(decoded):
         return "NumPy arrays come back as nested lists"
     return None
-
-
-def one_line(exc: BaseException, limit: int = 120) -> str:
-    """The exception's first line, cut short: YAML's error embeds the repr of a whole array."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else ""
-    if len(first) > limit:
-        first = first[:limit - 1] + "…"
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- cost model
@@ -473,7 +468,7 @@ class BackendModel:
 
 def backend_model(scheme: str) -> BackendModel:
     """The model for a backend scheme, checked against the installed Celery where it changed."""
-    if scheme in ("redis", "rediss", "sentinel"):
+    if scheme in REDIS_SCHEMES:
         return BackendModel("redis", decodes=2, wire_copies=4, steps=(
             "worker GET + decode of the old meta (skip-after-SUCCESS guard)",
             "worker encode", "SETEX + PUBLISH: the payload twice", "client GET/message + decode"))
@@ -548,7 +543,7 @@ def load_payload_file(path: str, trust_pickle: bool, max_size_bytes: int) -> Pay
         try:
             meta = pickle.loads(raw)
         except Exception as exc:
-            raise InputError(f"--payload {path} is not a readable pickle: {one_line(exc)}") from None
+            raise InputError(f"--payload {path} is not a readable pickle: {one_line(exc, ONE_LINE_CHARS)}") from None
         return Payload(name, f"your pickle file ({size:,} bytes)", envelope(meta))
     import json
 

@@ -9,24 +9,20 @@ nothing the user's clients would refuse.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.access.reach import connect_timeout_args, describe, redis_backend_client
-from celerydiag.errors import DiagError, InputError, TargetUnreachable
+from celerydiag.errors import DiagError, one_line
 from celerydiag.findings import Cause, Finding, Fix, delay
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.serialization.harness import (
     DEFAULT_BANDWIDTH_BYTES_PER_S,
-    MB,
+    ONE_LINE_CHARS,
     SECURITY_PICKLE,
     BackendModel,
     HarnessConfig,
-    Payload,
     Timing,
     backend_model,
     codec,
@@ -34,18 +30,12 @@ from celerydiag.serialization.harness import (
     human_size,
     known_serializers,
     measure,
-    one_line,
     pickle5_codec,
     standard_payload,
 )
-from celerydiag.target import Target
+from celerydiag.serialization.stored import MAX_READ_BYTES, StoredMetas, read_stored_metas
 
 PROBE_SECONDS = 4.0  # the whole probe, reading included: doctor must stay quick
-MAX_KEYS = 500  # stored metas whose size we look at
-SCAN_CALLS = 20  # SCAN round trips at most
-MAX_READ_BYTES = 16 * MB  # the largest single value we GET/SELECT and decode
-PICKED = 1  # stored metas decoded and measured: the largest that decodes (the P99 stand-in)
-MAX_DECODE_ATTEMPTS = 8
 LARGE_META_BYTES = 64 * 1024  # above this a progress meta is carrying data, not progress
 NEGLIGIBLE_RATIO = 0.01  # with nothing to fix, a cost under 1 % of the budget is ok
 ALTERNATIVES = ("json", "msgpack", "orjson", "pickle5", "pickle")
@@ -59,17 +49,6 @@ FIX_SUMMARY = """\
 # and keep arrays/tables in your own store (or return them once as the task result),
 # putting only their id in the meta.
 """
-
-
-@dataclass
-class StoredMetas:
-    """What we could see of the target's stored states: sizes of up to MAX_KEYS values and the
-    largest one that decodes."""
-
-    source: str
-    sizes: list[int] = field(default_factory=list)
-    samples: list[tuple[str, int, Any]] = field(default_factory=list)  # (task id, size, decoded)
-    skipped: list[str] = field(default_factory=list)  # one line per value we could not use
 
 
 class SerializationProbe(Probe):
@@ -98,7 +77,7 @@ class SerializationProbe(Probe):
         ctx.progress.step(0, "reading stored metas")
         stored, problem = None, ""
         try:
-            stored = read_stored_metas(ctx, model)
+            stored = read_stored_metas(ctx.target, ctx.limits.timeout_s, ctx.cleanup, model)
         except DiagError as exc:
             problem = exc.message
         ctx.progress.step(1, "timing encode/decode")
@@ -174,7 +153,7 @@ class SerializationProbe(Probe):
                 data = encode(value)
             except Exception as exc:
                 raise DiagError(f"result_serializer {serializer!r} cannot encode a {kind} payload: "
-                                f"{one_line(exc)}") from None
+                                f"{one_line(exc, ONE_LINE_CHARS)}") from None
             enc, dec = _timed_pair(encode, decode, value, data)
             costs[kind] = (model.cost(enc.median_ms, dec.median_ms, len(data), bandwidth), len(data))
         small, small_size = costs["progress-meta"]
@@ -261,228 +240,3 @@ def _serializer_config(spec: Any) -> str:
     if spec.pickle_family:
         text = "# " + SECURITY_PICKLE + "\n" + text
     return text
-
-
-# --------------------------------------------------------------------------- reading stored metas
-
-
-def read_stored_metas(ctx: ProbeContext, model: BackendModel) -> StoredMetas | None:
-    """The target's recent stored metas, read-only and bounded; None for backends we cannot read."""
-    target, timeout = ctx.target, ctx.limits.timeout_s
-    if model.name == "redis":
-        client = redis_backend_client(target, timeout)
-        ctx.cleanup.callback(client.close)
-        return _read_redis(target, client)
-    if model.name == "db":
-        engine = readonly_engine(target, timeout)
-        ctx.cleanup.callback(engine.dispose)
-        return _read_database(target, engine, model)
-    return None
-
-
-def _read_redis(target: Target, client: Any) -> StoredMetas:
-    backend = target.app.backend
-    prefix = backend.task_keyprefix  # already carries global_keyprefix
-    prefix = prefix if isinstance(prefix, bytes) else prefix.encode()
-    pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", prefix) + b"*"
-    stored = StoredMetas(source="Redis result backend")
-    keys: list[bytes] = []
-    try:
-        cursor = 0
-        for _ in range(SCAN_CALLS):
-            cursor, batch = client.scan(cursor, match=pattern, count=200)
-            keys.extend(batch)
-            if not cursor or len(keys) >= MAX_KEYS:
-                break
-        keys = keys[:MAX_KEYS]
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.strlen(key)
-        lengths = pipe.execute(raise_on_error=False)
-    except Exception as exc:
-        raise TargetUnreachable(target.redact(f"cannot read stored metas from Redis: {describe(exc)}")) from None
-    sized = [(k, n) for k, n in zip(keys, lengths) if isinstance(n, int) and n > 0]
-    stored.sizes = [n for _, n in sized]
-    for key, size in _pick(sized):
-        if len(stored.samples) >= PICKED:
-            break
-        task_id = key[len(prefix):].decode(errors="replace")
-        try:
-            raw = client.get(key)
-            if raw is None:
-                continue  # expired between SCAN and GET
-            stored.samples.append((task_id, size, backend.decode(raw)))
-        except Exception as exc:  # ContentDisallowed: the user's clients would refuse it too
-            stored.skipped.append(f"task {task_id}: {one_line(exc)}")
-    return stored
-
-
-def _pick(sized: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
-    """Values to try, best first: the largest we may read, the median (what a typical update
-    carries), then the rest from large to small, at most MAX_DECODE_ATTEMPTS. Readers stop at
-    PICKED decoded samples; the later candidates stand in for metas that do not decode (written
-    before a result_serializer change, or in a format the user's clients refuse)."""
-    readable = sorted((p for p in sized if p[1] <= MAX_READ_BYTES), key=lambda p: p[1])
-    if not readable:
-        return []
-    order = [readable[-1], readable[len(readable) // 2], *reversed(readable[:-1])]
-    return list(dict.fromkeys(order))[:MAX_DECODE_ATTEMPTS]
-
-
-def readonly_engine(target: Target, timeout_s: float) -> Any:
-    """An engine whose sessions cannot write (PostgreSQL default_transaction_read_only, MySQL
-    SESSION TRANSACTION READ ONLY) and time out: belt and braces for "never writes"."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    url = target.backend_url.split("+", 1)[1] if "+" in target.backend_url else target.conf.database_url
-    args = dict(connect_timeout_args(url, timeout_s))
-    if url.startswith("postgresql"):
-        args["options"] = (f"-c default_transaction_read_only=on "
-                           f"-c statement_timeout={int(timeout_s * 1000)}")
-    elif url.startswith("mysql"):
-        args["init_command"] = "SET SESSION TRANSACTION READ ONLY"
-    return create_engine(url, poolclass=NullPool, connect_args=args)
-
-
-def task_table(conf: Any) -> Any:
-    """The task table as configured (database_table_names / _schemas), as a Core Table of the
-    columns we read; not Celery's ORM model, whose configure() would rename it process-wide."""
-    from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table
-
-    names = conf.database_table_names or {}
-    schemas = conf.database_table_schemas or {}
-    return Table(names.get("task") or "celery_taskmeta", MetaData(),
-                 Column("id", Integer, primary_key=True), Column("task_id", String(155)),
-                 Column("status", String(50)), Column("result", LargeBinary),
-                 schema=schemas.get("task"))
-
-
-def _read_database(target: Target, engine: Any, model: BackendModel, limit: int = MAX_KEYS) -> StoredMetas:
-    from sqlalchemy import func, select
-
-    table = task_table(target.conf)
-    stored = StoredMetas(source=f"database table {table.fullname}")
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(table.c.id, table.c.task_id, func.length(table.c.result))
-                                .order_by(table.c.id.desc()).limit(limit)).all()
-            sized = [((row[0], row[1]), int(row[2])) for row in rows if row[2]]
-            stored.sizes = [n for _, n in sized]
-            for (row_id, task_id), size in _pick(sized):
-                if len(stored.samples) >= PICKED:
-                    break
-                raw = conn.execute(select(table.c.result).where(table.c.id == row_id)).scalar()
-                try:
-                    stored.samples.append((task_id, size, decode_result_column(target, bytes(raw), model)))
-                except Exception as exc:
-                    stored.skipped.append(f"task {task_id}: {one_line(exc)}")
-            conn.rollback()
-    except Exception as exc:
-        if _missing_table(exc, table):
-            stored.skipped.append(f"no task table {table.fullname} yet")
-            return stored
-        raise TargetUnreachable(target.redact(f"cannot read {table.fullname}: {describe(exc)}")) from None
-    return stored
-
-
-def _missing_table(exc: Exception, table: Any) -> bool:
-    """The task table is missing: the error names it. PostgreSQL's 'role "x" does not exist' and
-    'database "x" does not exist' are login failures (the target is unreachable), not this."""
-    text = describe(exc).lower()
-    return table.name.lower() in text and any(
-        s in text for s in ("does not exist", "doesn't exist", "no such table"))
-
-
-def decode_result_column(target: Target, raw: bytes, model: BackendModel) -> Any:
-    """Decode a ``result`` value the way the installed Celery's database backend reads it, but
-    never unpickle what the user's own clients would not: a pre-5.7 PickleType column (their
-    clients unpickle it anyway) or pickle in their accept list."""
-    import pickle
-
-    from kombu.serialization import loads, prepare_accept_content
-
-    conf = target.conf
-    accept = prepare_accept_content(conf.result_accept_content or conf.accept_content)
-    if model.pickles_result:
-        return pickle.loads(raw)
-    serializer = conf.result_serializer or "json"
-    from kombu.serialization import registry
-
-    ctype, cenc, _ = registry._encoders[serializer]
-    try:
-        return loads(raw, ctype, cenc, accept=accept)
-    except Exception:
-        if raw[:1] == b"\x80" and "application/x-python-serialize" in (accept or ()):
-            return pickle.loads(raw)  # a row written before Celery 5.7 (PickleType)
-        raise
-
-
-def read_task_meta(target: Target, task_id: str, timeout_s: float, max_bytes: int) -> Payload:
-    """One stored meta for ``bench-serialize --from-backend``: Celery's own ``get_task_meta`` on
-    key-value backends; for the database backend a read-only SELECT (Celery's backend would
-    create or alter tables on first use, which we never do on a user's database)."""
-    model = backend_model(target.backend_scheme)
-    name = f"backend:{task_id}"
-    if model.name == "rpc" or target.backend_scheme in ("disabled", ""):
-        raise InputError(f"--from-backend needs a backend that stores results; {target.backend_scheme}:// "
-                         "does not", "pass --backend redis://... or --app with your result backend")
-    if model.name == "db":
-        return _read_database_task(target, task_id, timeout_s, max_bytes, model)
-    backend = target.app.backend
-    if model.name == "redis":
-        client = redis_backend_client(target, timeout_s)
-        try:
-            size = client.strlen(backend.get_key_for_task(task_id))
-        except Exception as exc:
-            raise TargetUnreachable(target.redact(f"cannot read from Redis: {describe(exc)}")) from None
-        finally:
-            client.close()
-        if size > max_bytes:
-            raise InputError(f"stored meta of task {task_id} is {size:,} bytes, above --max-size {max_bytes:,}")
-        backend.connparams.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    try:
-        meta = backend.get_task_meta(task_id)
-    except Exception as exc:
-        raise TargetUnreachable(target.redact(f"cannot read task {task_id}: {describe(exc)}")) from None
-    if meta.get("status") == "PENDING" and meta.get("result") is None:
-        raise InputError(f"no stored state for task {task_id} in the result backend",
-                         "check the id; results expire after result_expires (default 1 day) or when forgotten")
-    meta = dict(meta)
-    if isinstance(meta.get("result"), BaseException):  # get_task_meta rebuilt the exception
-        meta["result"] = backend.prepare_exception(meta["result"])
-    meta.setdefault("task_id", task_id)
-    return Payload(name, f"stored meta of task {task_id} ({meta.get('status')})", meta)
-
-
-def _read_database_task(target: Target, task_id: str, timeout_s: float, max_bytes: int,
-                        model: BackendModel) -> Payload:
-    from sqlalchemy import func, select
-
-    table = task_table(target.conf)
-    engine = readonly_engine(target, timeout_s)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(select(table.c.id, table.c.status, func.length(table.c.result))
-                               .where(table.c.task_id == task_id)).first()
-            if row is None or not row[2]:
-                raise InputError(f"no stored result for task {task_id} in {table.fullname}")
-            if row[2] > max_bytes:
-                raise InputError(f"stored result of task {task_id} is {row[2]:,} bytes, above --max-size {max_bytes:,}")
-            raw = conn.execute(select(table.c.result).where(table.c.id == row[0])).scalar()
-            conn.rollback()
-    except DiagError:
-        raise
-    except Exception as exc:
-        if _missing_table(exc, table):
-            raise InputError(f"no task table {table.fullname} in the result backend's database",
-                             "nothing stored there yet, or your app sets database_table_names/"
-                             "database_table_schemas: pass --app so they are read") from None
-        raise TargetUnreachable(target.redact(f"cannot read {table.fullname}: {describe(exc)}")) from None
-    finally:
-        engine.dispose()
-    try:
-        value = decode_result_column(target, bytes(raw), model)
-    except Exception as exc:
-        raise InputError(f"cannot decode the stored result of task {task_id}: {one_line(exc)}") from None
-    return Payload(f"backend:{task_id}", f"stored result of task {task_id} ({row[1]})", value)

@@ -39,7 +39,7 @@ def engine_for(url: str) -> Any:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from celerydiag.access.reach import connect_timeout_args
+    from celerydiag.access.backend import connect_timeout_args
 
     return create_engine(url, poolclass=NullPool, connect_args=connect_timeout_args(url, 10))
 

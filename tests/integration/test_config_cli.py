@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from celerydiag.config.probe import Facts, check_config, index_ddl, recommended_engine_options
+from celerydiag.config.fixes import index_ddl, recommended_engine_options
+from celerydiag.config.probe import Facts, check_config
 from celerydiag.target import Target, TargetSource
 
 REPO = Path(__file__).resolve().parents[2]  # fixtures.apps.* import from the repository root
@@ -113,7 +114,7 @@ def test_isolation_fix_gives_read_committed_on_mariadb(mysql_url: str) -> None:
     import celery
     import sqlalchemy
 
-    from celerydiag.probe import version_tuple
+    from celerydiag.compat import version_tuple
 
     target = _app_target("db+" + mysql_url)
     facts = Facts(version_tuple(celery.__version__), version_tuple(sqlalchemy.__version__))
@@ -129,7 +130,7 @@ def test_isolation_fix_gives_read_committed_on_mariadb(mysql_url: str) -> None:
 def test_postgres_fix_keeps_read_committed_and_connects(pg_url: str) -> None:
     target = _app_target("db+" + pg_url)
     facts = Facts((5, 7, 0), (2, 1, 9))
-    options = recommended_engine_options(target.conf, target, facts)
+    options = recommended_engine_options(target.conf, target, facts.celery)
     assert "isolation_level" not in options and options["connect_args"] == {"connect_timeout": 5}
     assert _client_isolation(pg_url, options) == "READ COMMITTED"
 
@@ -147,7 +148,7 @@ def _index_ddl_runs(sqlalchemy_url: str) -> None:
     from sqlalchemy import create_engine, inspect, text
     from sqlalchemy.pool import NullPool
 
-    from celerydiag.access.reach import connect_timeout_args
+    from celerydiag.access.backend import connect_timeout_args
 
     prefix = f"celerydiag_test_{uuid.uuid4().hex[:8]}"
     names = {"task": f"{prefix}_task", "group": f"{prefix}_group"}

@@ -12,7 +12,8 @@ import pytest
 
 from celerydiag.errors import InputError
 from celerydiag.probe import ProbeContext, run_probe
-from celerydiag.serialization.probe import SerializationProbe, read_task_meta
+from celerydiag.serialization.probe import SerializationProbe
+from celerydiag.serialization.stored import read_task_meta
 from celerydiag.target import resolve_target
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -33,7 +34,7 @@ def _engine(url: str):  # noqa: ANN202
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from celerydiag.access.reach import connect_timeout_args
+    from celerydiag.access.backend import connect_timeout_args
 
     return create_engine(url, poolclass=NullPool, connect_args=connect_timeout_args(url, 5))
 

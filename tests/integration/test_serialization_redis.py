@@ -137,3 +137,19 @@ def test_an_undecodable_largest_meta_gives_way_to_the_next_ones(target, scratch:
     for task_id in (f"{scratch}-old", f"{scratch}-older", f"{scratch}-10", f"{scratch}-5000"):
         backend.forget(task_id)
     old_writer.close()
+
+
+def test_reading_a_meta_leaves_the_users_backend_untouched(target, scratch: str) -> None:  # noqa: ANN001
+    """bench-serialize --from-backend reads through an app of our own with our timeouts: the
+    user's backend keeps its own socket settings (the old code overwrote them), and the read
+    still goes through the user's global_keyprefix."""
+    from celerydiag.serialization.stored import read_task_meta
+
+    backend = target.app.backend
+    before = dict(backend.connparams)
+    backend.store_result(f"{scratch}-one", _meta(10), "PROGRESS")
+
+    payload = read_task_meta(target, f"{scratch}-one", timeout_s=0.5, max_bytes=1 << 20)
+
+    assert payload.stored["status"] == "PROGRESS" and payload.stored["result"]["current"] == 10
+    assert backend.connparams == before

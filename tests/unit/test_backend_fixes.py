@@ -11,8 +11,9 @@ import ast
 
 import pytest
 
+from celerydiag.access.backend import TableRef
 from celerydiag.backend.contention import classify, scratch_table_name
-from celerydiag.backend.db import ServerInfo, TableRef, is_permission, wait_query
+from celerydiag.backend.db import ServerInfo, is_permission, wait_query
 from celerydiag.backend.probe import (
     BackendProbe,
     _pg_seconds,
@@ -87,7 +88,7 @@ def test_no_fix_when_already_applied_and_none_for_sqlite() -> None:
 
 
 def test_render_options_round_trips() -> None:
-    from celerydiag.config.probe import assignments
+    from celerydiag.config.fixes import assignments
 
     options = {"isolation_level": "READ COMMITTED", "connect_args": {"init_command": "SET SESSION x=1"}}
     text = assignments(database_engine_options=options)

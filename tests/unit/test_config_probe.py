@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from celerydiag.compat import version_tuple
 from celerydiag.config.probe import (
     DATE_DONE_INDEX_FROM,
     DB_RETRY_DEFAULT_ON_FROM,
@@ -23,7 +24,7 @@ from celerydiag.config.probe import (
     check_config,
 )
 from celerydiag.findings import Finding, Severity
-from celerydiag.probe import ProbeContext, run_probe, version_tuple
+from celerydiag.probe import ProbeContext, run_probe
 from celerydiag.rank import rated
 from celerydiag.target import Target, TargetSource, resolve_target
 

@@ -45,21 +45,24 @@ def ports_for_target(urls: Iterable[str], extra: Iterable[int] = ()) -> Ports:
     """Default ports plus the broker/backend ports named in the target's URLs and ``--port``."""
     from urllib.parse import urlsplit
 
+    from celerydiag.target import Family, family_of, scheme_of
+
     ports = Ports()
     for url in urls:
         if not url or "://" not in url:
             continue
-        scheme = url.split("://", 1)[0].split("+")
+        scheme = scheme_of(url)
+        family = family_of(scheme)
         for part in url.split(";"):
             try:
                 port = urlsplit(part).port
             except ValueError:
                 port = None
-            if scheme[0] in ("amqp", "amqps", "pyamqp", "librabbitmq"):
-                ports.amqp.add(port or (5671 if scheme[0] == "amqps" else 5672))
-            elif scheme[0] in ("redis", "rediss", "sentinel"):
+            if family is Family.AMQP:
+                ports.amqp.add(port or (5671 if scheme == "amqps" else 5672))
+            elif family is Family.REDIS:
                 ports.redis.add(port or 6379)
-            elif scheme[0] == "db" and port:
+            elif family is Family.DATABASE and port:
                 ports.other.add(port)
     ports.other.update(p for p in extra if p not in ports.amqp and p not in ports.redis)
     return ports
