@@ -161,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        exc.message = _error_line(exc.message, exc)
+        # click's own message (a bad option value may quote a URL): scrubbed, then shown the same
+        # way click would, "Error: ..." on stderr with its usage line
+        exc.message = _error_line(exc.message, exc)  # type: ignore[misc]  # Final in click's stubs only
         exc.show()
         return exc.exit_code
     except DiagError as exc:

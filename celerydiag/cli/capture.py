@@ -83,21 +83,23 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
     urls = _target_urls(app, broker, backend)
     port_set = ports_for_target(urls, ports)
     extra: dict[str, Any] = {}
-    path = read_
     if iface:
         path, extra = _live(iface, port_set, duration, count, write, scrub)
-    elif write:
+    else:
+        assert read_ is not None  # exactly one of --read/--iface, checked above
+        path = read_
+    if not iface and write:
         from celerydiag.network.capture.live import scrub_file
 
-        if os.path.exists(write) and os.path.samefile(read_, write):  # type: ignore[arg-type]
+        if os.path.exists(write) and os.path.samefile(path, write):
             raise InputError(f"--write {write} is the file being read; it would be destroyed",
                              "write the scrubbed copy to another file")
-        scrub_file(read_, write) if scrub else _copy(read_, write)  # type: ignore[arg-type]
+        scrub_file(path, write) if scrub else _copy(path, write)
     try:
         report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=_progress(fmt, output), extra=extra)
     finally:
         if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
-            os.unlink(path)  # type: ignore[arg-type]
+            os.unlink(path)
     return _emit_capture(out, report, fmt, fail_on)
 
 

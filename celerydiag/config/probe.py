@@ -354,7 +354,7 @@ def check_redis_timeout(conf: Any, target: Target, facts: Facts) -> Iterator[Fin
     params = _redis_params(conf, target)
     timeout = _seconds(params.get("socket_timeout"))
     connect = _seconds(params.get("socket_connect_timeout"))
-    evidence = {"socket_timeout_s": timeout, "socket_connect_timeout_s": connect}
+    evidence: dict[str, Any] = {"socket_timeout_s": timeout, "socket_connect_timeout_s": connect}
     if timeout is not None and timeout <= SANE_REDIS_TIMEOUT_S and connect is not None \
             and connect <= SANE_REDIS_TIMEOUT_S:
         yield _ok("redis-socket-timeout", f"Redis result backend socket waits are bounded ({timeout:g} s)",

@@ -605,6 +605,8 @@ def recommend(results: list[CaseResult], model: BackendModel,
     for payload in dict.fromkeys(r.payload for r in results):
         rows = [r for r in results if r.payload == payload]
         def per_update(r: CaseResult) -> float:
+            if r.encode is None or r.decode is None:  # a case that could not encode costs "never"
+                return math.inf
             return model.cost(r.encode.median_ms, r.decode.median_ms, r.size_bytes or 0,
                               bandwidth_bytes_per_s).total_ms
 
