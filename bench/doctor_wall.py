@@ -99,7 +99,7 @@ def e2e_lines(run: Run) -> list[str]:
     assert run.report is not None
     probe = run.probes.get("e2e")
     if probe is None:
-        return ["e2e: not registered in this build (celerydiag.probe.PROBE_PATHS has no e2e): no sample count"]
+        return ["e2e: not registered in this build (findings.Cause has no E2E member): no sample count"]
     if probe["status"] != "ran":
         return [f"e2e: {probe['status']}: {probe.get('reason') or 'no reason given'}"]
     lines = []
