@@ -450,9 +450,14 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Itera
     Celery's own embedded test worker (TestWorkController) is what we start, without its
     logging setup and ping task, and with a start timeout so a dead broker cannot hang us.
     """
+    from celery import _state as celery_state
     from celery.contrib.testing.worker import TestWorkController
     from celery.worker import state
 
+    # Starting a worker's pool sets a process-wide flag ("task joins will block") that makes every
+    # later AsyncResult.get() in this process raise "Never call result.get() within a task!":
+    # restore it on the way out, so the worker leaves nothing behind in the caller's process.
+    join_will_block = celery_state.task_join_will_block()
     app.finalize()
     # Celery warns, with a traceback on stderr, when our probe task's own result write fails
     # (e.g. SQLite still locked by a read that Ctrl-C interrupted); the user sees one line only.
@@ -483,6 +488,7 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Itera
             hub.call_soon(lambda: None)
         thread.join(WORKER_STOP_S)  # a daemon thread: one stuck in a driver call cannot hold us
         state.should_terminate = None
+        celery_state._set_task_join_will_block(join_will_block)
         log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)
 
 

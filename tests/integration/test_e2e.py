@@ -183,3 +183,15 @@ def test_a_real_celery_table_survives_an_e2e_run(amqp_url: str, pg_url: str, scr
             conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin.dispose()
     _assert_models_restored()
+
+
+def test_the_in_process_worker_leaves_result_get_usable(redis_url: str, scratch: str) -> None:
+    """Starting a worker's pool sets Celery's process-wide "task joins will block" flag; left set,
+    every later AsyncResult.get() in the process raises "Never call result.get() within a task!"
+    (a user's `probe e2e` from their own code, or the next test here). The probe restores it."""
+    from celery import _state as celery_state
+
+    assert not celery_state.task_join_will_block()
+    result = _run(redis_url, redis_url, scratch)
+    assert result.status == ProbeStatus.RAN, result.reason
+    assert not celery_state.task_join_will_block()
