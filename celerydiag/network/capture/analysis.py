@@ -8,6 +8,7 @@ array).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -82,57 +83,58 @@ def run(info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], ports: Po
     first_ts = last_ts = None
     non_tcp = 0
     count = 0
+    tick = progress or _no_progress
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is not None:
+        first_ts = first[0]
+        frames = itertools.chain((first,), frames)
+    # The per-packet hot path: inline except where a call is rare (a new connection, a SYN).
     for ts, link, frame in frames:
         count += 1
-        if progress is not None and not count & 0xFFFF:
-            progress(count)
-        if first_ts is None:
-            first_ts = ts
+        if not count & 0xFFFF:
+            tick(count)
         last_ts = ts
         seg = tcp_segment(link, frame)
         if seg is None:
             non_tcp += 1
             continue
         src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale = seg
-        t, from_a = _connection_of(table, tracked, ts, src, sport, dst, dport, seq, flags)
+        entry = table.get((src, sport, dst, dport))
+        if entry is None or flags & SYN:
+            entry = _connection_of(table, tracked, entry, ts, src, sport, dst, dport, seq, flags)
+        t, from_a = entry
         t.conn.segment(from_a, ts, seq, ack, flags, window, seglen, wscale)
         if t.client_is_a is None:
             _decide_client(t, servers)
         if seglen:
-            _payload(t, ports, from_a, ts, seq, seglen, payload)
+            if t.undecided:
+                _decide_protocol(t, ports, from_a, payload)
+            if t.amqp is not None or t.redis is not None:
+                t.streams[from_a].segment(ts, seq, seglen, payload)
+                if t.amqp is not None:
+                    t.amqp.activity("client" if from_a == t.client_is_a else "server", ts)
     return Analysis(info, tracked, first_ts, last_ts, non_tcp)
 
 
-def _connection_of(table: dict[tuple, tuple[Tracked, bool]], tracked: list[Tracked], ts: float,
-                   src: bytes, sport: int, dst: bytes, dport: int, seq: int,
-                   flags: int) -> tuple[Tracked, bool]:
-    """The tracked connection of a segment and whether it goes a -> b; a new one for a new
-    4-tuple, or for a SYN reusing the ports of a connection that already ended."""
-    entry = table.get((src, sport, dst, dport))
-    if entry is not None and flags & SYN and not flags & ACK:
+def _no_progress(count: int) -> None:
+    """No progress bar: nothing to tell."""
+
+
+def _connection_of(table: dict[tuple, tuple[Tracked, bool]], tracked: list[Tracked],
+                   entry: tuple[Tracked, bool] | None, ts: float, src: bytes, sport: int, dst: bytes,
+                   dport: int, seq: int, flags: int) -> tuple[Tracked, bool]:
+    """For a new 4-tuple or a SYN: the connection it belongs to. A SYN that reuses the ports of a
+    connection that already ended starts a new one (Wireshark does the same)."""
+    if entry is not None:
         t, _ = entry
-        if (t.conn.end_ts is not None) and seq != _syn_seq(t):
-            entry = None  # the ports were reused for a new connection (Wireshark does the same)
-    if entry is None:
-        t = Tracked(Connection(len(tracked), (src, sport), (dst, dport), ts))
-        tracked.append(t)
-        table[(src, sport, dst, dport)] = (t, True)
-        table[(dst, dport, src, sport)] = (t, False)
-        entry = (t, True)
-    return entry
-
-
-def _payload(t: Tracked, ports: Ports, from_a: bool, ts: float, seq: int, seglen: int,
-             payload: bytes) -> None:
-    """Hand a data segment to its protocol's reassembler, deciding the protocol first."""
-    if t.undecided:
-        _decide_protocol(t, ports, from_a, payload)
-    if t.amqp is not None:
-        side = "client" if from_a == t.client_is_a else "server"
-        t.streams[from_a].segment(ts, seq, seglen, payload)
-        t.amqp.activity(side, ts)
-    elif t.redis is not None:
-        t.streams[from_a].segment(ts, seq, seglen, payload)
+        if flags & ACK or t.conn.end_ts is None or seq == _syn_seq(t):
+            return entry
+    t = Tracked(Connection(len(tracked), (src, sport), (dst, dport), ts))
+    tracked.append(t)
+    table[(src, sport, dst, dport)] = (t, True)
+    table[(dst, dport, src, sport)] = (t, False)
+    return t, True
 
 
 def _syn_seq(t: Tracked) -> int | None:
