@@ -1,8 +1,10 @@
 """Run the probes that apply to a target and build the ranked Report (the `doctor` engine).
 
 The CLI calls :func:`diagnose`; so do `probe NAME` (with one probe) and the tests. It owns the
-order of things: reachability first (one clear exit 3 instead of every probe failing), then the
-probes under the guard, then ranking.
+order of things: reachability of what the selected probes need first (one line per dead side
+instead of every probe failing the same way), then the probes under the guard, then ranking. A
+probe that needs a dead side fails with that side's line; every other probe still runs, and the
+report's ``unreachable`` names the side (exit 3, README "Output, exit codes, CI").
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from celerydiag import __version__
-from celerydiag.access.reach import check_backend, check_broker
+from celerydiag.access.reach import unreachable_sides
+from celerydiag.errors import TargetUnreachable
 from celerydiag.findings import ProbeResult, Report
 from celerydiag.probe import Limits, Probe, ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import Target
@@ -36,20 +39,25 @@ def diagnose(
     ctx = ProbeContext(target=target, budget_ms=budget_ms, limits=limits,
                        progress=progress or NullProgress(), options=options or ProbeOptions())
     try:
-        # Only probes that talk to the target need it reachable: `probe config` works offline.
-        if not static and not all(cls.static for cls in probes):
-            check_broker(target, limits.timeout_s)
-            check_backend(target, limits.timeout_s)
+        active = [cls for cls in probes if not (static or cls.static)]
+        down = unreachable_sides(target, {side for cls in active for side in cls.needs}, limits.timeout_s)
         results: list[ProbeResult] = []
         for cls in probes:
             if static and not cls.static:
                 results.append(ProbeResult.skipped(cls.name, "--static: this probe needs the network"))
                 continue
-            results.append(run_probe(cls(), ctx))
+            dead = [down[side] for side in sorted(cls.needs) if side in down]
+            results.append(_unreachable(cls, dead) if dead else run_probe(cls(), ctx))
     finally:
         if target.scratch_dir:
             shutil.rmtree(target.scratch_dir, ignore_errors=True)
-    return Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__)
+    return Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__,
+                        unreachable={str(side): target.redact(exc.message) for side, exc in down.items()})
+
+
+def _unreachable(cls: type[Probe], dead: Sequence[TargetUnreachable]) -> ProbeResult:
+    """A probe not run because what it needs is down: failed (the user asked for it), with why."""
+    return ProbeResult.failed(cls.name, "; ".join(exc.message for exc in dead))
 
 
 def collect_meta() -> dict[str, Any]:

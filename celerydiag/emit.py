@@ -26,7 +26,7 @@ from typing import TextIO, cast
 
 import click
 
-from celerydiag.errors import DiagError, ExitCode
+from celerydiag.errors import H_UNREACHABLE, DiagError, ExitCode
 from celerydiag.findings import Report, Severity
 from celerydiag.render import OutputFormat
 
@@ -212,5 +212,9 @@ def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str) ->
     failed = [p.name for p in report.probes if str(p.status) == "failed"]
     if failed:
         summary += f"; probes failed: {', '.join(failed)}"
+    # The target's fault outranks its findings: first on stderr, and exit 3.
+    errors = [f"celerydiag: error: {line}\n  hint: {H_UNREACHABLE}\n" for line in report.unreachable.values()]
+    summary = "".join(errors) + summary
+    code = ExitCode.UNREACHABLE if report.unreachable else exit_code(report.worst(), fail_on)
     return out.emit(lambda stream, color: render(report, fmt, stream, fail_on=junit_threshold, color=color),
-                    summary, exit_code(report.worst(), fail_on))
+                    summary, code)

@@ -245,17 +245,21 @@ class Report:
     latency: Mapping[str, Any] = field(default_factory=dict)
     version: str = ""
     schema: str = REPORT_SCHEMA
+    # "broker"/"backend" -> the one line saying why it could not be reached (exit 3); the probes
+    # that need it failed with that line, the others ran.
+    unreachable: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, target: Mapping[str, str], budget_ms: float,
               results: Iterable[ProbeResult], meta: Mapping[str, Any],
-              version: str) -> Report:
+              version: str, unreachable: Mapping[str, str] | None = None) -> Report:
         from celerydiag.rank import rank
 
         results = tuple(results)
         findings = rank((f for r in results for f in r.findings), budget_ms)
         return cls(target=target, budget_ms=budget_ms, probes=results, findings=findings,
-                   meta=meta, latency=latency_block(results, findings), version=version)
+                   meta=meta, latency=latency_block(results, findings), version=version,
+                   unreachable=dict(unreachable or {}))
 
     def worst(self) -> Severity:
         return max((f.severity for f in self.findings), default=Severity.OK)
@@ -270,6 +274,7 @@ class Report:
             "probes": [p.to_dict() for p in self.probes],
             "findings": [f.to_dict() for f in self.findings],
             "latency": _jsonable(dict(self.latency)),
+            "unreachable": dict(self.unreachable),
         }
 
     def rerated(self, budget_ms: float) -> Report:
@@ -307,6 +312,7 @@ class Report:
             meta=dict(data.get("meta") or {}),
             latency=dict(data.get("latency") or {}),
             version=data.get("version", ""),
+            unreachable=dict(data.get("unreachable") or {}),
         )
 
 

@@ -26,9 +26,12 @@ def merge_reports(reports: Sequence[Report], budget_ms: float | None = None) -> 
     findings: list[Finding] = []
     probes: list[ProbeResult] = []
     hosts = []
+    down: dict[str, list[str]] = {}
     for report in reports:
         host = str(report.meta.get("hostname", "?"))
         hosts.append(host)
+        for side, why in report.unreachable.items():
+            down.setdefault(side, []).append(f"[{host}] {why}")
         findings += [replace(f, evidence={"host": host, **dict(f.evidence)})
                      for f in report.findings]
         probes += [replace(p, reason=f"[{host}] {p.reason}".rstrip()) for p in report.probes]
@@ -51,7 +54,8 @@ def merge_reports(reports: Sequence[Report], budget_ms: float | None = None) -> 
                        observed_p99_ms=worst["observed_p99_ms"])
     meta = {**first.meta, "hostname": ", ".join(hosts), "merged_from": len(reports)}
     return Report(target=target, budget_ms=budget, probes=tuple(probes),
-                  findings=ranked, meta=meta, latency=latency, version=first.version)
+                  findings=ranked, meta=meta, latency=latency, version=first.version,
+                  unreachable={side: "; ".join(lines) for side, lines in down.items()})
 
 
 def distinct(reports: Sequence[Report]) -> list[Report]:

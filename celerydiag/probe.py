@@ -29,7 +29,7 @@ from celerydiag.compat import celery_version
 from celerydiag.errors import DiagError, describe, one_line
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus
 from celerydiag.rank import rated
-from celerydiag.target import Target, redact
+from celerydiag.target import Side, Target, redact
 from celerydiag.ui import NullProgress, Progress
 
 log = logging.getLogger("celerydiag")
@@ -94,6 +94,9 @@ class Probe:
     name: ClassVar[str]
     cause: ClassVar[Cause]
     static: ClassVar[bool] = False  # True when it needs no network (doctor --static)
+    # What must be reachable for it to run: checked once before any probe (access/reach.py); a probe
+    # whose side is down fails with that side's one line and the others still run.
+    needs: ClassVar[frozenset[Side]] = frozenset()
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

@@ -44,6 +44,16 @@ class TargetSource(str, Enum):
         return self.value
 
 
+class Side(str, Enum):
+    """The two things a target names and a probe may need reachable (``Probe.needs``)."""
+
+    BROKER = "broker"
+    BACKEND = "backend"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Target:
     """The deployment under test. ``app`` is the Celery app whose conf we read (the user's own
@@ -80,8 +90,9 @@ class Target:
 
     def to_dict(self) -> dict[str, str]:
         return {
-            "broker": redact_url(self.broker_url),
-            "backend": redact_url(self.backend_url),
+            # redact() too: a password urllib cannot split ('#', '/') escapes the URL pattern
+            "broker": self.redact(redact_url(self.broker_url)),
+            "backend": self.redact(redact_url(self.backend_url)),
             "source": str(self.source),
         }
 

@@ -186,6 +186,11 @@ def check_report_document(doc: Any) -> None:
     by_cause = _typed(latency, "by_cause_ms", dict, "latency")
     for cause, value in by_cause.items():
         assert cause in CAUSES and _number(value), f"latency.by_cause_ms.{cause}"
+    if v2 or "unreachable" in doc:  # side -> why; a probe failed for each dead side
+        down = _typed(doc, "unreachable", dict, "report")
+        assert set(down) <= {"broker", "backend"} and all(isinstance(v, str) and v for v in down.values()), down
+        if down:
+            assert any(p["status"] == "failed" for p in doc["probes"]), "a dead side fails the probes that need it"
     _assert_finite(doc, "report")
 
 

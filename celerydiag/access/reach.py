@@ -1,11 +1,15 @@
 """One connect to the broker and the result backend, before any probe runs.
 
 Without this, an unreachable target would show up as every active probe failing the same way.
-Here it becomes one line and exit 3, within the timeout, whatever the failure: a closed port, a
-port that accepts and never answers, wrong credentials, a wrong vhost or database.
+Here it becomes one line per side and exit 3, within the timeout, whatever the failure: a closed
+port, a port that accepts and never answers, wrong credentials, a wrong vhost or database. Only
+the sides the selected probes need are checked (:func:`unreachable_sides`), so `probe backend`
+works with the broker down and doctor still runs every probe that does not need the dead side.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 from celerydiag.access.backend import database_url, engine, redis_backend_client
 from celerydiag.errors import (
@@ -16,7 +20,23 @@ from celerydiag.errors import (
     describe,
     quietly,
 )
-from celerydiag.target import REDIS_SCHEMES, Target, redact_url
+from celerydiag.target import REDIS_SCHEMES, Side, Target, redact_url
+
+
+def unreachable_sides(target: Target, sides: Iterable[Side], timeout_s: float) -> dict[Side, TargetUnreachable]:
+    """Each of ``sides`` that cannot be reached, with the one-line error saying why (checked in
+    Side order, each within ``timeout_s``)."""
+    checks: dict[Side, Callable[[Target, float], None]] = {Side.BROKER: check_broker,
+                                                            Side.BACKEND: check_backend}
+    wanted = set(sides)
+    down: dict[Side, TargetUnreachable] = {}
+    for side in Side:
+        if side in wanted:
+            try:
+                checks[side](target, timeout_s)
+            except TargetUnreachable as exc:
+                down[side] = exc
+    return down
 
 
 def check_broker(target: Target, timeout_s: float) -> None:

@@ -25,7 +25,7 @@ from celerydiag.backend.db import is_permission
 from celerydiag.errors import DiagError
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
-from celerydiag.target import REDIS_SCHEMES, Target
+from celerydiag.target import REDIS_SCHEMES, Side, Target
 
 DB_DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#database-backend-settings"
 FAQ_DEADLOCK = "https://docs.celeryq.dev/en/stable/faq.html#mysql-is-throwing-deadlock-errors-what-can-i-do"
@@ -48,6 +48,7 @@ class BackendProbe(Probe):
 
     name = "backend"
     cause = Cause.BACKEND
+    needs = frozenset({Side.BACKEND})
 
     def applies(self, ctx: ProbeContext) -> str | None:
         scheme = ctx.target.backend_scheme

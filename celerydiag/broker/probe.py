@@ -25,7 +25,7 @@ from celerydiag.errors import DiagError, TargetUnreachable, describe, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.measure import Summary, back_to_back, scheduled, summarize
 from celerydiag.probe import Probe, ProbeContext
-from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Target, redact_url
+from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Side, Target, redact_url
 
 RTT_SAMPLES = 50
 RTT_SHARE = 0.1  # of --max-seconds, for the round-trip baseline
@@ -133,6 +133,7 @@ class BrokerProbe(Probe):
 
     name = "broker"
     cause = Cause.BROKER
+    needs = frozenset({Side.BROKER})
 
     def applies(self, ctx: ProbeContext) -> str | None:
         scheme = ctx.target.broker_scheme

@@ -29,7 +29,7 @@ from celerydiag.errors import TargetUnreachable, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.measure import ms, summarize
 from celerydiag.probe import Probe, ProbeContext, log
-from celerydiag.target import REDIS_SCHEMES, Target, redact_url
+from celerydiag.target import REDIS_SCHEMES, Side, Target, redact_url
 
 PUSH_BACKENDS = REDIS_SCHEMES | {"rpc"}  # get(on_message=...) is woken by each write
 POLL_INTERVAL_S = 0.002  # a client polling as fast as it sensibly can: we want the backend's delay
@@ -80,6 +80,7 @@ class E2EProbe(Probe):
 
     name = "e2e"
     cause = Cause.E2E
+    needs = frozenset({Side.BROKER, Side.BACKEND})
 
     def applies(self, ctx: ProbeContext) -> str | None:
         if ctx.target.backend_scheme in ("disabled", ""):

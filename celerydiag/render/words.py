@@ -17,6 +17,8 @@ def headline(report: Report) -> str:
             f"(source: {t.get('source', '?')}). Budget {report.budget_ms:g} ms.")
     if t.get("source") == "embedded":
         line += f"\n{EMBEDDED_NOTE}"
+    for side, why in report.unreachable.items():  # the first thing to fix: before any finding
+        line += f"\nUNREACHABLE: {why}. The probes that need the {side} did not run."
     return line
 
 

@@ -34,6 +34,7 @@ from celerydiag.serialization.harness import (
     standard_payload,
 )
 from celerydiag.serialization.stored import MAX_READ_BYTES, StoredMetas, read_stored_metas
+from celerydiag.target import Side
 
 PROBE_SECONDS = 4.0  # the whole probe, reading included: doctor must stay quick
 LARGE_META_BYTES = 64 * 1024  # above this a progress meta is carrying data, not progress
@@ -61,6 +62,7 @@ class SerializationProbe(Probe):
 
     name = "serialization"
     cause = Cause.SERIALIZATION
+    needs = frozenset({Side.BACKEND})  # reads stored metas
 
     def applies(self, ctx: ProbeContext) -> str | None:
         if ctx.target.backend_scheme in ("disabled", ""):

@@ -7,6 +7,7 @@ port, a port that accepts and never answers, wrong credentials, a wrong vhost or
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,16 +35,32 @@ def with_path(url: str, path: str) -> str:
 
 
 def assert_unreachable(proc, *needles: str, secret: str = WRONG_PW) -> None:
+    """Exit 3; stderr starts with the one error line and its hint, then the summary line; stdout is
+    still the JSON report (`| jq` works), naming the dead side, with its probes failed."""
     assert proc.returncode == ExitCode.UNREACHABLE, (proc.returncode, proc.stdout[-500:], proc.stderr)
-    assert proc.stdout == ""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 2, proc.stderr
-    assert lines[0].startswith("celerydiag: error: ") and "unreachable" in lines[0], lines[0]
-    assert lines[1].startswith("  hint: "), lines[1]
+    if not proc.stdout.startswith("{"):  # text: the report says it before any finding
+        assert 0 < proc.stdout.find("UNREACHABLE: ") < proc.stdout.find("Findings"), proc.stdout[:500]
+        report = {"unreachable": {s: e.split("error: ", 1)[1] for s, e in
+                                  (("backend" if "result backend" in x else "broker", x)
+                                   for x in lines[:-1:2])}, "probes": []}
+    else:
+        report = json.loads(proc.stdout)
+    down = report["unreachable"]
+    assert lines[-1].startswith("celerydiag: ") and "probes failed: " in lines[-1], lines[-1]
+    assert len(lines) == 2 * len(down) + 1, proc.stderr  # per dead side: its error and its hint
+    errors, hints = lines[:-1:2], lines[1:-1:2]
+    assert all(e.startswith("celerydiag: error: ") and "unreachable" in e for e in errors), errors
+    assert all(h.startswith("  hint: ") for h in hints), hints
+    side = "backend" if "result backend" in needles else "broker"
+    [line] = [e for e in errors if down[side] in e]
     for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert secret not in proc.stderr
+        assert needle in line, line
+    for p in report["probes"]:  # a failed probe failed for a dead side; one that needs neither ran
+        if p["status"] == "failed":
+            assert any(why in p["reason"] for why in down.values()), p
+    assert secret not in proc.stderr + proc.stdout
 
 
 def doctor(run_cli, *args: str):

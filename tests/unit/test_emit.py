@@ -84,15 +84,13 @@ def test_an_unwritable_output_fails_before_any_work(capsys, silent_port, tmp_pat
 
 
 def test_an_existing_output_survives_a_failed_run(capsys, tmp_path):
-    """Exit 3 (closed broker port): the old report must still be there, untouched, with no temp file."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """An --app that does not import fails the run after --output was opened (exit 2): the old
+    report must still be there, untouched, with no temp file. (An unreachable target is not a
+    failed run: its report, naming the dead side, is written; see test_reach.)"""
     target = tmp_path / "report.json"
     target.write_text("the previous report\n", encoding="utf-8")
-    code = main(["doctor", "--broker", f"amqp://guest@127.0.0.1:{port}//", "--backend", f"redis://127.0.0.1:{port}/0",
-                 "--timeout", "1", "--output", str(target)])
-    assert code == ExitCode.UNREACHABLE, capsys.readouterr().err
+    code = main(["doctor", "--app", "celerydiag_no_such_module_xyz:app", "--output", str(target)])
+    assert code == ExitCode.USAGE, capsys.readouterr().err
     assert target.read_text(encoding="utf-8") == "the previous report\n"
     assert os.listdir(tmp_path) == ["report.json"]
 

@@ -202,16 +202,17 @@ def test_from_dict_refuses_other_schemas(schema):
 def test_saved_v1_reports_load_forever(path, check_report):
     """pyperf's habit: documents written by 0.1 must keep loading and re-serialise unchanged.
     Since report/2 "unchanged" means: every v1 key keeps its value; the v2 document only adds
-    what v1 did not say (kind, by_impact, at_least, a hazard's worst_case_ms) and may reorder
-    findings by kind."""
+    what v1 did not say (kind, by_impact, at_least, a hazard's worst_case_ms, the report's
+    ``unreachable`` sides) and may reorder findings by kind."""
     data = json.loads(path.read_text(encoding="utf-8"))
     check_report(data)
     report = Report.from_dict(data)
     again = report.to_dict()
     check_report(again)
     assert again["schema"] == REPORT_SCHEMA
-    assert {k: v for k, v in again.items() if k not in ("schema", "findings")} == \
-        {k: v for k, v in data.items() if k not in ("schema", "findings")}
+    assert again["unreachable"] == data.get("unreachable", {})
+    assert {k: v for k, v in again.items() if k not in ("schema", "findings", "unreachable")} == \
+        {k: v for k, v in data.items() if k not in ("schema", "findings", "unreachable")}
     old = {f["id"] + repr(f["evidence"].get("host")): f for f in data["findings"]}
     new = {f["id"] + repr(f["evidence"].get("host")): f for f in again["findings"]}
     assert old.keys() == new.keys()
