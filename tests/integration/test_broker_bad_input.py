@@ -3,6 +3,8 @@ timeout, no traceback, no password. Runs the real console script in a subprocess
 
 from __future__ import annotations
 
+import json
+
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,5 +51,7 @@ def test_bad_target_is_one_line_exit_3(case: str, closed_port: int, silent_port:
     assert PASSWORD not in done.stderr + done.stdout
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith("celerydiag: error: broker ") and EXPECT[case].lower() in lines[0].lower(), lines
-    assert len(lines) == 2 and lines[1].startswith("  hint: "), lines
-    assert done.stdout == ""
+    assert len(lines) == 3 and lines[1].startswith("  hint: "), lines
+    assert lines[2].startswith("celerydiag: ") and lines[2].endswith("probes failed: broker"), lines
+    doc = json.loads(done.stdout)  # the report still comes, naming the dead side (`| jq` works)
+    assert doc["unreachable"]["broker"] in lines[0] and doc["probes"][0]["status"] == "failed"
