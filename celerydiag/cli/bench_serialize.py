@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 import click
 
-from celerydiag.cli import document_options, named_target, target_options
+from celerydiag.cli import FiniteRange, document_options, named_target, target_options
 from celerydiag.emit import open_output
 from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.render import OutputFormat
@@ -62,12 +62,12 @@ class SizeType(click.ParamType):
 @target_options
 @click.option("--quick", is_flag=True,
               help="Shorter calibration and 3 values per timing (~10 s); spreads get wider.")
-@click.option("--bandwidth-mbit", type=click.FloatRange(min=1), default=1000.0, show_default=True,
+@click.option("--bandwidth-mbit", type=FiniteRange(min=1), default=1000.0, show_default=True,
               help="Network speed assumed for the 'per update' column (the payload crosses the "
                    "network several times per update; see the backend model line).")
 @click.option("--compare", "compare_path", type=click.Path(dir_okay=False),
               help="A JSON file from an earlier run (--format json -o FILE): show before/after.")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0, show_default=True,
+@click.option("--timeout", type=FiniteRange(min=0.1, max=300), default=5.0, show_default=True,
               help="Seconds to wait for the result backend (--from-backend).")
 @document_options("table + recommendation; json also feeds --compare")
 def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files: tuple[str, ...],

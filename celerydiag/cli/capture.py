@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import named_target, output_options, target_options
+from celerydiag.cli import FiniteRange, named_target, output_options, target_options
 from celerydiag.emit import Output, exit_code, fail_on_severity, open_output, severity_counts
 from celerydiag.errors import ExitCode, InputError
 from celerydiag.render import OutputFormat
@@ -35,7 +35,7 @@ DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
 @click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
               help="Another server port to capture and analyse (repeatable). Defaults: 5672, 5671, 6379, 5432, "
                    "3306, plus the ports of --app/--broker/--backend.")
-@click.option("-d", "--duration", type=click.FloatRange(min=0.1, max=86400), default=10.0, show_default=True,
+@click.option("-d", "--duration", type=FiniteRange(min=0.1, max=86400), default=10.0, show_default=True,
               help="Live: seconds to capture (Ctrl-C stops earlier and still analyses).")
 @click.option("-c", "--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Live: stop after this many packets (0 = no limit).")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import named_target, output_options, target_options
+from celerydiag.cli import FiniteRange, named_target, output_options, target_options
 from celerydiag.emit import emit_report, open_output
 from celerydiag.errors import ExitCode, carrying
 from celerydiag.render import OutputFormat
@@ -37,9 +37,9 @@ def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | Non
 def probe_options(fn: Any) -> Any:
     """Bounds and inputs every active probe reads (ProbeContext.limits, ProbeContext.options)."""
     opts = [
-        click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0,
+        click.option("--timeout", type=FiniteRange(min=0.1, max=300), default=5.0,
                      show_default=True, help="Seconds to wait for any single network call."),
-        click.option("--max-seconds", type=click.FloatRange(min=1, max=3600), default=30.0,
+        click.option("--max-seconds", type=FiniteRange(min=1, max=3600), default=30.0,
                      show_default=True, help="Upper bound on each active probe's run time."),
         click.option("--samples", type=click.IntRange(min=10, max=100_000), default=500,
                      show_default=True,
@@ -48,7 +48,7 @@ def probe_options(fn: Any) -> Any:
                      show_default=True,
                      help="update_state() calls the e2e probe's task makes and the client "
                           "watches (at least 200 for a trustworthy P99)."),
-        click.option("--poll-interval", type=click.FloatRange(min=0.001, max=3600),
+        click.option("--poll-interval", type=FiniteRange(min=0.001, max=3600),
                      metavar="SECONDS",
                      help="How often your clients poll AsyncResult.state (polling probe)."),
         click.option("--poll-strategy", metavar="NAME", callback=_check_strategy,
@@ -59,7 +59,7 @@ def probe_options(fn: Any) -> Any:
         click.option("--iface", metavar="IFACE",
                      help="Capture live on this interface during the run (network probe; "
                           "needs root or CAP_NET_RAW)."),
-        click.option("--duration", type=click.FloatRange(min=0.1, max=3600), default=3.0,
+        click.option("--duration", type=FiniteRange(min=0.1, max=3600), default=3.0,
                      show_default=True,
                      help="Seconds to sample lock waits and live traffic."),
         click.option("--rabbitmq-api", metavar="URL",

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import click
 
-from celerydiag.cli import document_options, named_target, target_options
+from celerydiag.cli import FiniteRange, document_options, named_target, target_options
 from celerydiag.emit import open_output
 from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.polling import observe as watch
@@ -120,7 +120,7 @@ def _bounded(what: str, bounds: tuple[float, float]) -> Any:
 @click.option("--target-delay", default="1s", show_default=True, metavar="DURATION",
               callback=_seconds("--target-delay"),
               help="P99 delay you want; the recommendation picks the cheapest way to meet it.")
-@click.option("--request-budget", type=click.FloatRange(min=0, min_open=True), metavar="REQ/S",
+@click.option("--request-budget", type=FiniteRange(min=0, min_open=True), metavar="REQ/S",
               help="Backend reads per second all --clients together may cost (default: no limit).")
 @click.option("--tasks", default=4000, show_default=True, type=click.IntRange(100, 200_000),
               help="Tasks to simulate per strategy (fewer when intervals are tiny, to bound run time).")

@@ -1,0 +1,81 @@
+"""Exit codes as documented (issue 12, point 7): a user's mistake is exit 2 with one line, never
+4 "a bug of ours"; --traceback shows our bug and keeps its exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from celerydiag.cli import main
+from celerydiag.errors import ExitCode
+
+TESTS = Path(__file__).resolve().parents[1]
+REPORTS = TESTS / "fixtures" / "reports"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return int(code), out, err
+
+
+def one_line(err: str, *needles: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("  hint:")]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("celerydiag: error:"), err
+    for needle in needles:
+        assert needle in err, err
+    return lines[0]
+
+
+# ---- --traceback -----------------------------------------------------------------------------------
+
+def test_traceback_is_in_the_top_level_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == ExitCode.OK
+    assert "--traceback" in out and "exit 4" in out, out
+
+
+@pytest.fixture
+def our_bug(monkeypatch):
+    """A bug of ours where a command does its work: merging saved reports raises."""
+    import celerydiag.merge
+
+    def broken(*args, **kw):
+        raise RuntimeError("an invariant of ours broke")
+
+    monkeypatch.setattr(celerydiag.merge, "merge_reports", broken)
+
+
+def test_an_internal_error_is_exit_4_with_one_line(capsys, our_bug):
+    code, out, err = run(capsys, "report", str(REPORTS / "full-v2.json"))
+    assert code == ExitCode.INTERNAL, err
+    assert "Traceback" not in err and "an invariant of ours broke" in err and "--traceback" in err
+
+
+@pytest.mark.parametrize("how", ["before", "after", "env"])
+def test_traceback_shows_the_traceback_and_keeps_exit_4(capsys, monkeypatch, our_bug, how):
+    args = ["report", str(REPORTS / "full-v2.json")]
+    if how == "env":
+        monkeypatch.setenv("CELERYDIAG_TRACEBACK", "1")
+    else:
+        args = ["--traceback", *args] if how == "before" else [*args, "--traceback"]
+    code, out, err = run(capsys, *args)
+    assert code == ExitCode.INTERNAL, err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: an invariant of ours broke" in err
+    assert out == ""
+
+
+def test_a_traceback_is_scrubbed_of_the_targets_password(capsys, monkeypatch):
+    """The traceback a user pastes into a bug report holds no password either."""
+    import celerydiag.doctor
+
+    def broken(target, *args, **kw):
+        raise RuntimeError(f"cannot use {target.broker_url}")
+
+    monkeypatch.setattr(celerydiag.doctor, "diagnose", broken)
+    code, out, err = run(capsys, "--traceback", "doctor", "--broker", "redis://:Sup3rSecretPw@127.0.0.1:6379/0",
+                         "--backend", "redis://:Sup3rSecretPw@127.0.0.1:6379/0")
+    assert code == ExitCode.INTERNAL, err
+    assert "Traceback" in err and "Sup3rSecretPw" not in err, err
