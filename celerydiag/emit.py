@@ -39,8 +39,19 @@ class StdoutClosed(Exception):
     "findings" here; this passes through both to :meth:`Output.emit`."""
 
 
+class StdoutFailed(Exception):
+    """stdout refused the document for another reason: a full disk (``> /dev/full``, ENOSPC), a
+    quota, an I/O error. The user's environment, not our bug: :meth:`Output.emit` makes it exit 2
+    with one line. Not an OSError, for the same reason as :class:`StdoutClosed`."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
 class _Stdout:
-    """sys.stdout for a renderer, with a broken pipe raised as :class:`StdoutClosed`."""
+    """sys.stdout for a renderer, with a broken pipe raised as :class:`StdoutClosed` and any
+    other write error as :class:`StdoutFailed`."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -50,12 +61,16 @@ class _Stdout:
             return self._stream.write(text)
         except BrokenPipeError:
             raise StdoutClosed from None
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
             raise StdoutClosed from None
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
 
     def __getattr__(self, name: str) -> object:  # isatty, fileno, encoding: the real stream's
         return getattr(self._stream, name)
@@ -99,6 +114,10 @@ class Output:
             except StdoutClosed:
                 closed = True
                 silence_stdout()
+            except StdoutFailed as exc:
+                silence_stdout()  # what is still buffered must not fail again at exit (exit 120)
+                raise DiagError(f"cannot write the output to stdout: {exc}",
+                                "free space where stdout goes, or write it elsewhere with --output FILE") from None
         if closed:
             cut = "stdout closed before the output was complete"
             summary = f"{summary}; {cut}" if summary else f"celerydiag: {cut}"

@@ -79,3 +79,45 @@ def test_a_traceback_is_scrubbed_of_the_targets_password(capsys, monkeypatch):
                          "--backend", "redis://:Sup3rSecretPw@127.0.0.1:6379/0")
     assert code == ExitCode.INTERNAL, err
     assert "Traceback" in err and "Sup3rSecretPw" not in err, err
+
+
+# ---- a full disk (/dev/full: every write is ENOSPC) ------------------------------------------------
+
+FULL = "/dev/full"
+# One cheap run of each command that writes a document (no service needed).
+DOCUMENTS = {
+    "doctor": ["doctor", "--static", "--app", "tapp_clean:app"],
+    "probe": ["probe", "config", "--app", "tapp_clean:app", "--format", "json"],
+    "probe-list": ["probe", "--list"],
+    "report": ["report", str(REPORTS / "full-v2.json"), "--format", "markdown"],
+    "poll-model": ["poll-model", "--tasks", "100", "--strategy", "fixed"],
+    "bench-serialize": ["bench-serialize", "--quick", "-k", "progress-meta", "-s", "json", "--format", "json"],
+}
+
+
+def _full(cli_argv, args, **kw):
+    import subprocess
+
+    from tests.conftest import clean_env
+
+    with open(FULL, "w") as full:
+        return subprocess.run([*cli_argv, *args], cwd=TESTS / "fixtures" / "apps", env=clean_env(),
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, **kw)
+
+
+@pytest.mark.skipif(not Path(FULL).exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("name", sorted(DOCUMENTS))
+def test_stdout_on_a_full_disk_is_exit_2_with_one_line(cli_argv, name):
+    done = _full(cli_argv, DOCUMENTS[name])
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    line = one_line(done.stderr, "No space left on device")
+    assert "stdout" in line and "bug" not in done.stderr
+    assert "Exception ignored" not in done.stderr  # the interpreter's last flush did not fail again
+
+
+@pytest.mark.skipif(not Path(FULL).exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("name", ["doctor", "report", "poll-model", "bench-serialize"])
+def test_output_on_a_full_disk_is_exit_2_with_one_line(cli_argv, name):
+    done = _full(cli_argv, [*DOCUMENTS[name], "--output", FULL])
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    one_line(done.stderr, f"--output {FULL}", "No space left on device")
