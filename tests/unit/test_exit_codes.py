@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,25 @@ def test_output_on_a_full_disk_is_exit_2_with_one_line(cli_argv, name):
     done = _full(cli_argv, [*DOCUMENTS[name], "--output", FULL])
     assert done.returncode == ExitCode.USAGE, done.stderr
     one_line(done.stderr, f"--output {FULL}", "No space left on device")
+
+
+# ---- -A module:attr where attr is not a Celery app -------------------------------------------------
+
+NOT_APPS = {"an_int": ("x", "an int"), "a_function": ("f", "a function"), "a_module": ("os", "a module"),
+            "a_class": ("Celery", "a type"), "none": ("nothing", "is None")}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_APPS))
+@pytest.mark.parametrize("command", [["doctor", "--static"], ["probe", "config"], ["doctor"]])
+def test_an_app_attr_that_is_not_a_celery_app_is_exit_2_with_one_line(capsys, monkeypatch, tmp_path, case,
+                                                                      command):
+    (tmp_path / "exits_notapp.py").write_text(
+        "import os\nfrom celery import Celery\nx = 1\nnothing = None\ndef f():\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "exits_notapp", raising=False)
+    attr, kind = NOT_APPS[case]
+    code, out, err = run(capsys, *command, "-A", f"exits_notapp:{attr}")
+    assert code == ExitCode.USAGE, err
+    one_line(err, f"exits_notapp:{attr}", kind, "not a Celery app", "hint:")
+    assert out == ""
