@@ -144,3 +144,40 @@ def test_an_app_attr_that_is_not_a_celery_app_is_exit_2_with_one_line(capsys, mo
     assert code == ExitCode.USAGE, err
     one_line(err, f"exits_notapp:{attr}", kind, "not a Celery app", "hint:")
     assert out == ""
+
+
+# ---- files a command writes besides its document: capture --write, poll-model --plot ---------------
+
+PCAP = TESTS.parent / "fixtures" / "pcaps" / "amqp_healthy.pcap"
+UNWRITABLE = {"no-folder": ("/nonexistent/x.pcap", "No such directory"),
+              "full-disk": (FULL, "No space left on device")}
+
+
+@pytest.mark.parametrize("scrub", ["--scrub", "--no-scrub"])
+@pytest.mark.parametrize("case", sorted(UNWRITABLE))
+def test_capture_write_to_an_unwritable_place_is_exit_2_with_one_line(capsys, case, scrub):
+    path, why = UNWRITABLE[case]
+    code, out, err = run(capsys, "capture", "--read", str(PCAP), "--write", path, scrub)
+    assert code == ExitCode.USAGE, err
+    one_line(err, f"--write {path}", why)
+    assert out == ""
+
+
+def test_capture_write_into_a_missing_folder_fails_before_the_live_capture(capsys):
+    """Checked before the capture, as --output is: the user does not wait --duration for an error
+    (lo needs root or CAP_NET_RAW; the check comes first either way, so no privileges are needed)."""
+    import time
+
+    started = time.monotonic()
+    code, out, err = run(capsys, "capture", "--iface", "lo", "--duration", "30", "--write", "/nonexistent/x.pcap")
+    assert code == ExitCode.USAGE, err
+    one_line(err, "--write /nonexistent/x.pcap", "No such directory")
+    assert "capturing on" not in err and time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("case", sorted(UNWRITABLE))
+def test_poll_model_plot_to_an_unwritable_place_is_exit_2_with_one_line(capsys, case):
+    path, why = UNWRITABLE[case]
+    code, out, err = run(capsys, "poll-model", "--tasks", "100", "--strategy", "fixed", "--plot", path)
+    assert code == ExitCode.USAGE, err
+    one_line(err, f"--plot {path}", why)
