@@ -48,6 +48,9 @@ def load(path: str) -> Any:
         return Report.from_dict(data)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise InputError(f"{path} nests too deep to read: not a celerydiag JSON report",
+                         "produce one with `celerydiag doctor --format json -o FILE`") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: JSON not an object
         raise InputError(f"{path} is not a celerydiag JSON report: {exc}",
                          "produce one with `celerydiag doctor --format json -o FILE`") from None

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import statistics
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
@@ -549,11 +550,23 @@ def load_payload_file(path: str, trust_pickle: bool, max_size_bytes: int) -> Pay
 
     try:
         meta = json.loads(raw.decode("utf-8-sig"))
+    except RecursionError:
+        raise InputError(too_deep(f"--payload {path}"), H_TOO_DEEP) from None
     except (UnicodeDecodeError, ValueError):
         raise InputError(f"--payload {path} is neither JSON nor a pickle",
                          "give the meta you pass to update_state(meta=...) as a JSON file "
                          "(or a pickle with --trust-pickle)") from None
     return Payload(name, f"your JSON file ({size:,} bytes)", envelope(meta))
+
+
+H_TOO_DEEP = ("Celery's json serializer refuses a meta nested that deep too (msgpack from 512 levels): "
+              "flatten it")
+
+
+def too_deep(what: str) -> str:
+    """One line for an input whose lists and dicts nest deeper than Python's parsers recurse
+    (json and pickle raise RecursionError near ``sys.getrecursionlimit()`` levels)."""
+    return f"{what} nests too deep to read (lists/dicts about {sys.getrecursionlimit()} levels deep or more)"
 
 
 def parse_size(text: str) -> int:
@@ -714,6 +727,9 @@ def read_document(path: str) -> dict[str, Any]:
             doc = json.load(stream)
     except OSError as exc:
         raise InputError(f"cannot read --compare {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise InputError(too_deep(f"--compare {path}"),
+                         "give the file an earlier `bench-serialize --format json -o FILE` wrote") from None
     except ValueError as exc:
         raise InputError(f"--compare {path} is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != BENCH_SCHEMA:

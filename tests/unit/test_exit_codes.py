@@ -181,3 +181,53 @@ def test_poll_model_plot_to_an_unwritable_place_is_exit_2_with_one_line(capsys, 
     code, out, err = run(capsys, "poll-model", "--tasks", "100", "--strategy", "fixed", "--plot", path)
     assert code == ExitCode.USAGE, err
     one_line(err, f"--plot {path}", why)
+
+
+# ---- inputs nested deeper than Python recurses ----------------------------------------------------
+
+def _deep(tmp_path, kind: str, depth: int = 5000) -> Path:
+    path = tmp_path / f"deep-{kind}.json"
+    text = "[" * depth + "]" * depth if kind == "array" else '{"a":' * depth + "1" + "}" * depth
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("depth", [990, 5000])
+@pytest.mark.parametrize("kind", ["array", "object"])
+def test_bench_serialize_on_a_deeply_nested_payload_is_exit_2_saying_so(capsys, tmp_path, kind, depth):
+    path = _deep(tmp_path, kind, depth)
+    code, out, err = run(capsys, "bench-serialize", "--quick", "-s", "json", "--payload", str(path))
+    assert code == ExitCode.USAGE, err
+    one_line(err, f"--payload {path}", "nests too deep", "hint:")
+    assert out == ""
+
+
+def test_bench_serialize_on_a_deeply_nested_pickle_says_each_serializer_fails(capsys, tmp_path):
+    """Unpickling does not recurse, so a deep pickle loads: then every serializer's own recursion
+    limit is a result of the benchmark (a failed case), as Celery would meet it, not our error."""
+    import json
+
+    path = tmp_path / "deep.pickle"
+    # protocol 2, then 5000 EMPTY_LISTs closed by 4999 APPENDs: 5000 nested lists
+    path.write_bytes(b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b".")
+    code, out, err = run(capsys, "bench-serialize", "--quick", "-s", "json", "-s", "pickle", "--trust-pickle",
+                         "--payload", str(path), "--format", "json")
+    assert code == ExitCode.OK, err
+    cases = json.loads(out)["results"]
+    assert {c["serializer"] for c in cases} == {"json", "pickle"}
+    assert all("recursion" in (c["error"] or "") for c in cases), cases
+
+
+def test_bench_serialize_compare_on_a_deeply_nested_file_is_exit_2(capsys, tmp_path):
+    path = _deep(tmp_path, "array")
+    code, out, err = run(capsys, "bench-serialize", "--quick", "-s", "json", "-k", "progress-meta",
+                         "--compare", str(path))
+    assert code == ExitCode.USAGE, err
+    one_line(err, f"--compare {path}", "nests too deep")
+
+
+def test_report_on_a_deeply_nested_file_is_exit_2(capsys, tmp_path):
+    path = _deep(tmp_path, "object")
+    code, out, err = run(capsys, "report", str(path))
+    assert code == ExitCode.USAGE, err
+    one_line(err, str(path), "nests too deep")
