@@ -203,7 +203,7 @@ def test_probe_without_name_lists_probes_and_is_usage(capsys):
 
 @pytest.mark.parametrize(
     "content",
-    ["this is not json\n", "[1, 2]\n", '{"schema": "celerydiag.report/3"}\n', '{"schema": "celerydiag.report/1", '
+    ["this is not json\n", "[1, 2]\n", '{"schema": "othertool.report/1"}\n', '{"schema": "celerydiag.report/1", '
      '"findings": [{"id": "BAD ID", "cause": "broker", "severity": "info"}]}\n', "\x00\xff binary"],
     ids=["text", "json-list", "other-schema", "bad-finding", "binary"],
 )

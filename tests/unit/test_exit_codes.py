@@ -231,3 +231,85 @@ def test_report_on_a_deeply_nested_file_is_exit_2(capsys, tmp_path):
     code, out, err = run(capsys, "report", str(path))
     assert code == ExitCode.USAGE, err
     one_line(err, str(path), "nests too deep")
+
+
+# ---- report: what a file that is not a readable report says ----------------------------------------
+
+def _saved(tmp_path, name: str, change) -> Path:
+    import json
+
+    doc = json.loads((REPORTS / "full-v2.json").read_text(encoding="utf-8"))
+    change(doc)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def test_report_reads_a_report_2_file(capsys, check_report):
+    """The schema this version writes loads (issue 12 saw "not a celerydiag JSON report" for it)."""
+    import json
+
+    code, out, err = run(capsys, "report", str(REPORTS / "full-v2.json"), "--format", "json", "--fail-on", "never")
+    assert code == ExitCode.OK, err
+    check_report(json.loads(out))
+
+
+def test_report_on_a_newer_schema_says_a_newer_celerydiag_made_it(capsys, tmp_path):
+    def newer(doc):
+        doc.update(schema="celerydiag.report/3", version="9.0.0")
+
+    path = _saved(tmp_path, "newer", newer)
+    code, out, err = run(capsys, "report", str(path))
+    assert code == ExitCode.USAGE, err
+    line = one_line(err, "made by a newer celerydiag 9.0.0", "celerydiag.report/3", "hint: upgrade celerydiag")
+    assert "not a celerydiag JSON report" not in line
+
+
+MALFORMED = {
+    "finding-without-id": (lambda d: d["findings"][0].pop("id"), "findings[0] has no 'id' field"),
+    "finding-without-cause": (lambda d: d["findings"][1].pop("cause"), "findings[1] has no 'cause' field"),
+    "probe-without-name": (lambda d: d["probes"][0].pop("name"), "probes[0] has no 'name' field"),
+    "probe-without-status": (lambda d: d["probes"][0].pop("status"), "probes[0] has no 'status' field"),
+    "bad-severity": (lambda d: d["findings"][0].update(severity="bogus"), "findings[0].severity: 'bogus'"),
+    "number-severity": (lambda d: d["findings"][0].update(severity=3), "findings[0].severity: 3"),
+    "bad-cause": (lambda d: d["findings"][0].update(cause="nope"), "findings[0].cause: 'nope'"),
+    "fix-a-string": (lambda d: d["findings"][0].update(fix="x"), "findings[0].fix: a JSON string"),
+    "evidence-a-list": (lambda d: d["findings"][0].update(evidence=[1]), "findings[0].evidence: a JSON array"),
+    "findings-a-string": (lambda d: d.update(findings="x"), "findings is a JSON string, not an array"),
+    "finding-a-number": (lambda d: d["findings"].insert(0, 7), "findings[0] is a JSON number, not an object"),
+    "impact-a-word": (lambda d: d["findings"][0].update(impact_ms="lots"), "findings[0].impact_ms:"),
+    "budget-nan": (lambda d: d.update(budget_ms=float("nan")), "budget_ms is nan"),
+    "no-schema": (lambda d: d.pop("schema"), 'no "schema" field'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_report_on_a_malformed_file_names_the_field_in_one_line(capsys, tmp_path, case):
+    change, said = MALFORMED[case]
+    path = _saved(tmp_path, case, change)
+    code, out, err = run(capsys, "report", str(path))
+    assert code == ExitCode.USAGE, err
+    line = one_line(err, "not a celerydiag JSON report", said, "hint:")
+    assert "KeyError" not in err and "Error:" not in line.split("error:", 1)[1], line
+    assert out == ""
+
+
+def test_report_on_a_capture_document_says_what_it_is_and_what_to_do(capsys, tmp_path):
+    capture = tmp_path / "capture.json"
+    code, _, err = run(capsys, "capture", "--read", str(PCAP), "--format", "json", "-o", str(capture))
+    assert code == ExitCode.OK, err
+    code, out, err = run(capsys, "report", str(capture))
+    assert code == ExitCode.USAGE, err
+    one_line(err, "is a capture document", "not a report", "celerydiag capture --read",
+             "celerydiag doctor --pcap")
+
+
+@pytest.mark.parametrize("command", [["poll-model", "--tasks", "100", "--strategy", "fixed"],
+                                     ["bench-serialize", "--quick", "-s", "json", "-k", "progress-meta"]])
+def test_report_on_another_celerydiag_document_says_which(capsys, tmp_path, command):
+    saved = tmp_path / "doc.json"
+    code, _, err = run(capsys, *command, "--format", "json", "-o", str(saved))
+    assert code == ExitCode.OK, err
+    code, out, err = run(capsys, "report", str(saved))
+    assert code == ExitCode.USAGE, err
+    one_line(err, f"is a {command[0]} document", "not a report", "hint:")
