@@ -22,8 +22,8 @@ import shutil
 import stat
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from typing import TextIO, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TextIO, cast
 
 import click
 
@@ -274,3 +274,28 @@ def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str) ->
         summary += f"; probes failed: {', '.join(failed)}"
     return out.emit(lambda stream, color: render(report, fmt, stream, fail_on=junit_threshold, color=color),
                     summary, exit_code(report.worst(), fail_on))
+
+
+def emit_unreachable(out: Output, target: Any, probes: Sequence[Any], static: bool, budget_ms: float,
+                     fmt: OutputFormat, error: DiagError) -> None:
+    """With ``--format json``, an unreachable target still gets its document (stdout or --output),
+    so ``doctor --format json | jq`` reads why instead of failing on empty input: every probe
+    ``failed`` (``skipped`` when --static would not run it) with the reason. The caller then
+    re-raises ``error``: its one line on stderr, exit 3. Other formats say it on stderr only."""
+    if fmt is not OutputFormat.JSON:
+        return
+    from celerydiag import __version__
+    from celerydiag.doctor import collect_meta
+    from celerydiag.findings import ProbeResult
+
+    reason = f"not run: {error.message}"
+    results = [ProbeResult.skipped(cls.name, "--static: this probe needs the network")
+               if static and not cls.static else ProbeResult.failed(cls.name, reason) for cls in probes]
+    report = Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__)
+    out.emit(lambda stream, color: _render_json(report, stream), None, ExitCode.UNREACHABLE)
+
+
+def _render_json(report: Report, stream: TextIO) -> None:
+    from celerydiag.render import render
+
+    render(report, OutputFormat.JSON, stream, fail_on=Severity.CRITICAL, color=False)

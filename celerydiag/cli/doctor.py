@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from celerydiag.cli import FiniteRange, named_target, output_options, target_options
-from celerydiag.emit import emit_report, open_output
-from celerydiag.errors import ExitCode, carrying
+from celerydiag.emit import emit_report, emit_unreachable, open_output
+from celerydiag.errors import ExitCode, TargetUnreachable, carrying
 from celerydiag.render import OutputFormat
 
 EPILOG = """\b
@@ -93,6 +93,9 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                                   limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
                                                 updates=updates),
                                   options=options)
+            except TargetUnreachable as exc:  # json still gets its document (emit.py), then exit 3
+                emit_unreachable(out, target, probes, static, budget_ms, fmt, exc)
+                raise
             finally:
                 progress.close()
             return emit_report(out, report, fmt, fail_on)
