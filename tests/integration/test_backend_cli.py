@@ -152,7 +152,8 @@ def test_wrong_database_name_is_one_line_exit_3(run_cli: Any, pg_url: str) -> No
     assert proc.returncode == 3, proc.stderr
     first = proc.stderr.strip().splitlines()[0]
     assert first.startswith("celerydiag: error: result backend") and "no_such_db_celerydiag" in first
-    assert proc.stdout == ""
+    [probe] = json.loads(proc.stdout)["probes"]  # --format json: the report says why (issue 12 point 7)
+    assert probe["status"] == "failed" and "no_such_db_celerydiag" in probe["reason"]
 
 
 def test_unreachable_host_is_one_line_exit_3(run_cli: Any) -> None:

@@ -3,6 +3,7 @@ timeout, no traceback, no password. Runs the real console script in a subprocess
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,4 +51,7 @@ def test_bad_target_is_one_line_exit_3(case: str, closed_port: int, silent_port:
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith("celerydiag: error: broker ") and EXPECT[case].lower() in lines[0].lower(), lines
     assert len(lines) == 2 and lines[1].startswith("  hint: "), lines
-    assert done.stdout == ""
+    # --format json still writes the report, so `| jq` reads why (issue 12 point 7)
+    [probe] = json.loads(done.stdout)["probes"]
+    assert probe["name"] == "broker" and probe["status"] == "failed"
+    assert lines[0].split("error: ", 1)[1] in probe["reason"]

@@ -1,5 +1,6 @@
 """An unreachable target is one line, a hint and exit 3, within the timeout: never a traceback,
-never a password, never every probe failing the same way.
+never a password, never every probe failing the same way on stderr (with --format json the report
+on stdout says each probe was not run, and why, so `| jq` still reads it).
 
 Each case is a real failure against the real local services (or a port of our own): a closed
 port, a port that accepts and never answers, wrong credentials, a wrong vhost or database.
@@ -7,6 +8,7 @@ port, a port that accepts and never answers, wrong credentials, a wrong vhost or
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,7 +37,6 @@ def with_path(url: str, path: str) -> str:
 
 def assert_unreachable(proc, *needles: str, secret: str = WRONG_PW) -> None:
     assert proc.returncode == ExitCode.UNREACHABLE, (proc.returncode, proc.stdout[-500:], proc.stderr)
-    assert proc.stdout == ""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 2, proc.stderr
@@ -43,7 +44,15 @@ def assert_unreachable(proc, *needles: str, secret: str = WRONG_PW) -> None:
     assert lines[1].startswith("  hint: "), lines[1]
     for needle in needles:
         assert needle in lines[0], lines[0]
-    assert secret not in proc.stderr
+    assert secret not in proc.stderr and secret not in proc.stdout
+    if "--format" not in proc.args:  # text: the one line on stderr is all
+        assert proc.stdout == ""
+        return
+    # --format json: the report still comes, each probe "not run" with the same one line (issue 12)
+    doc = json.loads(proc.stdout)
+    assert doc["findings"] == [] and doc["probes"], doc
+    said = lines[0].split("error: ", 1)[1]
+    assert all(p["status"] == "failed" and p["reason"] == f"not run: {said}" for p in doc["probes"]), doc["probes"]
 
 
 def doctor(run_cli, *args: str):
