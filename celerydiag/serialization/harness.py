@@ -579,6 +579,8 @@ def parse_size(text: str) -> int:
     if unit not in units:
         raise ValueError(f"unknown unit {unit!r}")
     value = float(number) * units[unit]
+    if not math.isfinite(value):  # nan, inf, 1e400: int() of it would be our OverflowError
+        raise ValueError("must be a finite number")
     if value < 1:
         raise ValueError("must be at least 1 byte")
     return int(value)

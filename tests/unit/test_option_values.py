@@ -72,3 +72,11 @@ def test_a_strategy_value_refuses_nan_and_inf(capsys, spec):
         _, err = capsys.readouterr()
         assert code == ExitCode.USAGE, (argv, err)
         assert ("--strategy" if argv[0] == "poll-model" else "--poll-strategy") in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "infMB"])
+def test_a_size_option_refuses_what_is_not_a_finite_number(capsys, value):
+    code = main(["bench-serialize", "--max-size", value, "--quick", "-s", "json", "-k", "progress-meta"])
+    _, err = capsys.readouterr()
+    assert code == ExitCode.USAGE, err
+    assert "--max-size" in err and "Traceback" not in err, err
