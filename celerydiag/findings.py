@@ -310,12 +310,12 @@ class Report:
             _field(p, "name", str), _field(p, "status", ProbeStatus), str(p.get("reason", "")),
             _field(p, "elapsed_s", lambda v: float(v or 0.0), 0.0)))
         return cls(
-            target=_read("target", lambda v: dict(v or {}), data.get("target"), Any),
+            target=_read("target", lambda v: dict(_object(v or {})), data.get("target"), Any),
             budget_ms=budget_ms,
             probes=tuple(probes),
             findings=rank(findings, budget_ms),
-            meta=_read("meta", lambda v: dict(v or {}), data.get("meta"), Any),
-            latency=_read("latency", lambda v: dict(v or {}), data.get("latency"), Any),
+            meta=_read("meta", lambda v: dict(_object(v or {})), data.get("meta"), Any),
+            latency=_read("latency", _latency, data.get("latency"), Any),
             version=str(data.get("version", "")),
         )
 
@@ -348,6 +348,23 @@ def _field(data: Mapping[str, Any], key: str, parse: Any, default: Any = _REQUIR
         raise FieldError(f"{key}.{exc.field}", exc.reason) from None
     except (ValueError, TypeError, AttributeError) as exc:
         raise FieldError(key, str(exc)) from None
+
+
+def _latency(value: Any) -> dict[str, Any]:
+    """A saved ``latency`` block: the renderers format its numbers, so each must be one (or null)."""
+    block = dict(_object(value or {}))
+    for key in ("observed_p50_ms", "observed_p99_ms"):
+        _field(block, key, _number_or_none, None)
+    by_cause = _field(block, "by_cause_ms", lambda v: _object(v or {}), {})
+    for cause in by_cause:
+        _field(by_cause, cause, _number_or_none, None)
+    return block
+
+
+def _number_or_none(value: Any) -> float | None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"{value!r} is not a number")
 
 
 def _object(value: Any) -> Mapping[str, Any]:

@@ -280,6 +280,9 @@ MALFORMED = {
     "impact-a-word": (lambda d: d["findings"][0].update(impact_ms="lots"), "findings[0].impact_ms:"),
     "budget-nan": (lambda d: d.update(budget_ms=float("nan")), "budget_ms is nan"),
     "no-schema": (lambda d: d.pop("schema"), 'no "schema" field'),
+    "target-a-list": (lambda d: d.update(target=[1]), "target: a JSON array, not an object"),
+    "observed-a-word": (lambda d: d["latency"].update(observed_p99_ms="x"), "latency.observed_p99_ms: 'x'"),
+    "by-cause-a-list": (lambda d: d["latency"].update(by_cause_ms=[1]), "latency.by_cause_ms: a JSON array"),
 }
 
 
