@@ -737,7 +737,46 @@ def read_document(path: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("schema") != BENCH_SCHEMA:
         raise InputError(f"--compare {path} is not a {BENCH_SCHEMA} document",
                          "save one with: celerydiag bench-serialize --format json -o before.json")
+    problem = _results_problem(doc.get("results", []))
+    if problem:
+        raise InputError(f"--compare {path} is not a readable {BENCH_SCHEMA} document: {problem}",
+                         "save one with: celerydiag bench-serialize --format json -o before.json")
     return doc
+
+
+def _results_problem(results: Any) -> str | None:
+    """What in a saved document's ``results`` :func:`compare_documents` could not read, or None."""
+    if not isinstance(results, list):
+        return "results is not a list"
+    for i, row in enumerate(results):
+        if not isinstance(row, dict):
+            return f"results[{i}] is not an object"
+        for key in ("payload", "serializer"):
+            if not isinstance(row.get(key), str):
+                return f"results[{i}].{key} is missing or not a string"
+        size = row.get("size_bytes")
+        if size is not None and not _finite_number(size):
+            return f"results[{i}].size_bytes is not a number"
+        for key in ("encode_ms", "decode_ms"):
+            problem = _timing_problem(row.get(key))
+            if problem:
+                return f"results[{i}].{key}{problem}"
+    return None
+
+
+def _timing_problem(timing: Any) -> str | None:
+    if timing is None:
+        return None
+    if not isinstance(timing, dict):
+        return " is not an object"
+    for number in ("median", "spread"):
+        if not _finite_number(timing.get(number, 0.0)):
+            return f".{number} is not a finite number"
+    return None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def human_size(n: int | None) -> str:

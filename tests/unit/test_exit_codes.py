@@ -316,3 +316,31 @@ def test_report_on_another_celerydiag_document_says_which(capsys, tmp_path, comm
     code, out, err = run(capsys, "report", str(saved))
     assert code == ExitCode.USAGE, err
     one_line(err, f"is a {command[0]} document", "not a report", "hint:")
+
+
+# ---- bench-serialize --compare on a malformed saved document ---------------------------------------
+
+COMPARE = {
+    "results-a-number": ({"results": 5}, "results is not a list"),
+    "row-a-number": ({"results": [5]}, "results[0] is not an object"),
+    "no-serializer": ({"results": [{"payload": "progress-meta"}]}, "results[0].serializer"),
+    "timing-a-word": ({"results": [{"payload": "progress-meta", "serializer": "json", "encode_ms": "x"}]},
+                      "results[0].encode_ms is not an object"),
+    "median-nan": ({"results": [{"payload": "progress-meta", "serializer": "json", "decode_ms": {"median": "NaN"}}]},
+                   "results[0].decode_ms.median"),
+    "size-a-list": ({"results": [{"payload": "progress-meta", "serializer": "json", "size_bytes": [1]}]},
+                    "results[0].size_bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPARE))
+def test_bench_serialize_compare_on_a_malformed_document_is_exit_2_naming_the_field(capsys, tmp_path, case):
+    import json
+
+    body, said = COMPARE[case]
+    path = tmp_path / "before.json"
+    path.write_text(json.dumps({"schema": "celerydiag.bench-serialize/1", **body}))
+    code, out, err = run(capsys, "bench-serialize", "--quick", "-s", "json", "-k", "progress-meta",
+                         "--compare", str(path))
+    assert code == ExitCode.USAGE, err
+    one_line(err, f"--compare {path}", said, "hint:")
