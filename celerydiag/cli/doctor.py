@@ -39,7 +39,8 @@ def probe_options(fn: Any) -> Any:
     """Bounds and inputs every active probe reads (ProbeContext.limits, ProbeContext.options)."""
     opts = [
         click.option("--timeout", type=FiniteRange(min=0.1, max=300), default=5.0,
-                     show_default=True, help="Seconds to wait for any single network call."),
+                     show_default=True, help="Seconds to wait for any single network call (the reachability "
+                                              "check before the probes too)."),
         click.option("--max-seconds", type=FiniteRange(min=1, max=3600), default=30.0,
                      show_default=True, help="Upper bound on each active probe's run time."),
         click.option("--samples", type=click.IntRange(min=10, max=100_000), default=500,
