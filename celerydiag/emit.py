@@ -16,12 +16,13 @@ prints its summary line on stderr.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO, cast
 
 import click
@@ -39,8 +40,19 @@ class StdoutClosed(Exception):
     "findings" here; this passes through both to :meth:`Output.emit`."""
 
 
+class StdoutFailed(Exception):
+    """stdout refused the document for another reason: a full disk (``> /dev/full``, ENOSPC), a
+    quota, an I/O error. The user's environment, not our bug: :meth:`Output.emit` makes it exit 2
+    with one line. Not an OSError, for the same reason as :class:`StdoutClosed`."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
 class _Stdout:
-    """sys.stdout for a renderer, with a broken pipe raised as :class:`StdoutClosed`."""
+    """sys.stdout for a renderer, with a broken pipe raised as :class:`StdoutClosed` and any
+    other write error as :class:`StdoutFailed`."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -50,12 +62,16 @@ class _Stdout:
             return self._stream.write(text)
         except BrokenPipeError:
             raise StdoutClosed from None
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
             raise StdoutClosed from None
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
 
     def __getattr__(self, name: str) -> object:  # isatty, fileno, encoding: the real stream's
         return getattr(self._stream, name)
@@ -99,6 +115,10 @@ class Output:
             except StdoutClosed:
                 closed = True
                 silence_stdout()
+            except StdoutFailed as exc:
+                silence_stdout()  # what is still buffered must not fail again at exit (exit 120)
+                raise DiagError(f"cannot write the output to stdout: {exc}",
+                                "free space where stdout goes, or write it elsewhere with --output FILE") from None
         if closed:
             cut = "stdout closed before the output was complete"
             summary = f"{summary}; {cut}" if summary else f"celerydiag: {cut}"
@@ -144,21 +164,61 @@ def open_output(path: str | None, fmt: OutputFormat, no_color: bool) -> Output:
         raise DiagError(f"cannot write --output {path}: {exc.strerror or exc}") from None  # one line, exit 2
 
 
-def _open_file(path: str) -> Output:
+def check_writable(path: str, option: str) -> None:
+    """Refuse now, before any work (exit 2, one line naming ``option``), a file a command writes
+    besides its document (``capture --write``, ``poll-model --plot``) when it cannot be created or
+    replaced: the same checks as ``--output``. What only the write can tell (a full disk) is
+    :func:`writing`'s."""
     try:
-        mode = os.stat(path).st_mode
+        _writable_mode(path)
+    except OSError as exc:
+        raise DiagError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def writing(option: str, path: str, errnos: frozenset[int] | None = None) -> Iterator[None]:
+    """An OSError while the block writes ``path`` is the user's disk, not our bug: exit 2 with one
+    line naming ``option``. ``errnos``: only those (when the block also reads a socket, whose
+    errors are not the file's)."""
+    try:
+        yield
+    except OSError as exc:
+        if errnos is not None and exc.errno not in errnos:
+            raise
+        raise DiagError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def _writable_mode(path: str) -> int | None:
+    """``path``'s mode (None when it does not exist yet), or the OSError that writing it would
+    meet: a directory, a file we may not write, a folder that does not exist or refuses us."""
+    try:
+        mode: int | None = os.stat(path).st_mode
     except FileNotFoundError:
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
         raise IsADirectoryError(21, "Is a directory")
-    if mode is not None and not stat.S_ISREG(mode):  # /dev/null, a FIFO: write it in place
-        return Output(path, False, open(path, "w", encoding="utf-8"))
-    final = os.path.realpath(path)  # a symlink keeps pointing at the report
+    if mode is not None and not stat.S_ISREG(mode):  # /dev/null, a FIFO: written in place
+        return mode
+    final = os.path.realpath(path)
     if mode is not None and not os.access(final, os.W_OK):
         raise PermissionError(13, "Permission denied")
     folder = os.path.dirname(final)
     if not os.path.isdir(folder):
         raise FileNotFoundError(2, "No such directory")
+    if mode is None and not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied")
+    return mode
+
+
+def _open_file(path: str) -> Output:
+    mode = _writable_mode(path)
+    if mode is not None and not stat.S_ISREG(mode):  # /dev/null, a FIFO: write it in place
+        return Output(path, False, open(path, "w", encoding="utf-8"))
+    final = os.path.realpath(path)  # a symlink keeps pointing at the report
+    folder = os.path.dirname(final)
     temp = os.path.join(folder, f".{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the mode open() would give
     try:

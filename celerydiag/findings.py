@@ -42,7 +42,12 @@ class Severity(IntEnum):
 
     @classmethod
     def parse(cls, value: str) -> Severity:
-        return cls[value.upper()]
+        """``"warning"`` -> WARNING; anything else is a ValueError (not a KeyError: a saved
+        report's reader names a missing field by its KeyError)."""
+        try:
+            return cls[str(value).upper()]
+        except KeyError:
+            raise ValueError(f"{value!r} is not a severity ({', '.join(str(s) for s in cls)})") from None
 
     @classmethod
     def from_impact(cls, impact_ms: float, budget_ms: float) -> Severity:
@@ -152,20 +157,21 @@ class Finding:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Finding:
-        fix = data.get("fix")
-        floor = data.get("at_least")
+        """A saved finding; a missing required field is a KeyError of its name, a malformed one a
+        :class:`FieldError` naming it (the report reader turns both into one line)."""
+        fix = _field(data, "fix", lambda v: Fix.from_dict(_object(v)) if v else None, None)
         return cls(
-            id=data["id"],
-            cause=Cause(data["cause"]),
-            severity=Severity.parse(data["severity"]),
-            title=data.get("title", ""),
-            detail=data.get("detail", ""),
-            impact_ms=float(data.get("impact_ms") or 0.0),
-            evidence=dict(data.get("evidence") or {}),
-            fix=Fix.from_dict(fix) if fix else None,
-            kind=Kind(data.get("kind", Kind.MEASURED.value)),
+            id=_field(data, "id", str),
+            cause=_field(data, "cause", Cause),
+            severity=_field(data, "severity", Severity.parse),
+            title=str(data.get("title", "")),
+            detail=str(data.get("detail", "")),
+            impact_ms=_field(data, "impact_ms", lambda v: float(v or 0.0), 0.0),
+            evidence=_field(data, "evidence", lambda v: dict(_object(v or {})), {}),
+            fix=fix,
+            kind=_field(data, "kind", Kind, Kind.MEASURED.value),
             by_impact=bool(data.get("by_impact", False)),
-            at_least=Severity.parse(floor) if floor else None,
+            at_least=_field(data, "at_least", lambda v: Severity.parse(v) if v else None, None),
             ok_below_ratio=_optional_float(data.get("ok_below_ratio")),
         )
 
@@ -288,32 +294,140 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
-        """A report/2 document, or a report/1 one read the way :meth:`Finding.from_v1` says."""
+        """A report/2 document, or a report/1 one read the way :meth:`Finding.from_v1` says.
+        Anything else raises :class:`UnreadableReport` with one line naming the schema or the
+        field (``findings[3] has no 'id' field``), never a bare KeyError's ``'id'``."""
         from celerydiag.rank import rank
 
+        if not isinstance(data, Mapping):
+            raise UnreadableReport(f"its top level is a JSON {_json_type(data)}, not an object")
         schema = data.get("schema")
         if schema not in (REPORT_SCHEMA, REPORT_SCHEMA_V1):
-            raise ValueError(f"not a {REPORT_SCHEMA} (or {REPORT_SCHEMA_V1}) document (schema={schema!r})")
-        budget_ms = float(data.get("budget_ms") or 1000)
+            raise UnreadableReport.of_schema(schema)
+        budget_ms = _read("budget_ms", lambda v: float(v or 1000), data.get("budget_ms"), Any)
+        if not (math.isfinite(budget_ms) and budget_ms > 0):
+            raise UnreadableReport(f"budget_ms is {budget_ms}, not a positive number")
         if schema == REPORT_SCHEMA_V1:
-            findings = [Finding.from_v1(f, budget_ms) for f in data.get("findings", ())]
+            findings = _read_list(data, "findings", lambda f: Finding.from_v1(f, budget_ms))
         else:
-            findings = [Finding.from_dict(f) for f in data.get("findings", ())]
-        probes = tuple(
-            ProbeResult(p["name"], ProbeStatus(p["status"]), p.get("reason", ""),
-                        float(p.get("elapsed_s") or 0.0))
-            for p in data.get("probes", ())
-        )
+            findings = _read_list(data, "findings", Finding.from_dict)
+        probes = _read_list(data, "probes", lambda p: ProbeResult(
+            _field(p, "name", str), _field(p, "status", ProbeStatus), str(p.get("reason", "")),
+            _field(p, "elapsed_s", lambda v: float(v or 0.0), 0.0)))
         return cls(
-            target=dict(data.get("target") or {}),
+            target=_read("target", lambda v: dict(_object(v or {})), data.get("target"), Any),
             budget_ms=budget_ms,
-            probes=probes,
+            probes=tuple(probes),
             findings=rank(findings, budget_ms),
-            meta=dict(data.get("meta") or {}),
-            latency=dict(data.get("latency") or {}),
-            version=data.get("version", ""),
-            unreachable=dict(data.get("unreachable") or {}),
+            meta=_read("meta", lambda v: dict(_object(v or {})), data.get("meta"), Any),
+            latency=_read("latency", _latency, data.get("latency"), Any),
+            version=str(data.get("version", "")),
+            unreachable=_read("unreachable", lambda v: {str(k): str(w) for k, w in _object(v or {}).items()},
+                              data.get("unreachable"), Any),
         )
+
+
+SCHEMA_FAMILY = "celerydiag.report/"
+_REQUIRED = object()
+
+
+class FieldError(ValueError):
+    """A field of a saved document that is there but malformed: ``field`` names it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _field(data: Mapping[str, Any], key: str, parse: Any, default: Any = _REQUIRED) -> Any:
+    """``parse(data[key])`` (``default`` as is when the key is absent and one is given); a value
+    ``parse`` refuses is a :class:`FieldError` naming ``key``."""
+    if key not in data:
+        if default is _REQUIRED:
+            raise KeyError(key)
+        value = default
+    else:
+        value = data[key]
+    try:
+        return parse(value)
+    except FieldError as exc:
+        raise FieldError(f"{key}.{exc.field}", exc.reason) from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise FieldError(key, str(exc)) from None
+
+
+def _latency(value: Any) -> dict[str, Any]:
+    """A saved ``latency`` block: the renderers format its numbers, so each must be one (or null)."""
+    block = dict(_object(value or {}))
+    for key in ("observed_p50_ms", "observed_p99_ms"):
+        _field(block, key, _number_or_none, None)
+    by_cause = _field(block, "by_cause_ms", lambda v: _object(v or {}), {})
+    for cause in by_cause:
+        _field(by_cause, cause, _number_or_none, None)
+    return block
+
+
+def _number_or_none(value: Any) -> float | None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"{value!r} is not a number")
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"a JSON {_json_type(value)}, not an object")
+    return value
+
+
+class UnreadableReport(ValueError):
+    """A document :meth:`Report.from_dict` cannot read, said in one line: the wrong schema, or
+    the field that is missing or malformed. ``newer`` when it is a later ``celerydiag.report/N``
+    (a newer celerydiag wrote it: the fix is to upgrade); ``schema`` is what the document said."""
+
+    def __init__(self, message: str, schema: Any = None, newer: bool = False) -> None:
+        super().__init__(message)
+        self.schema = schema
+        self.newer = newer
+
+    @classmethod
+    def of_schema(cls, schema: Any) -> UnreadableReport:
+        known = f"{REPORT_SCHEMA} (or {REPORT_SCHEMA_V1})"
+        if isinstance(schema, str) and schema.startswith(SCHEMA_FAMILY):
+            number = schema[len(SCHEMA_FAMILY):]
+            current = int(REPORT_SCHEMA[len(SCHEMA_FAMILY):])
+            if number.isdigit() and int(number) > current:
+                return cls(f"it is {schema}, made by a newer celerydiag; this one reads {known}",
+                           schema, newer=True)
+        if schema is None:
+            return cls(f"it has no \"schema\" field (a report's is {known})", schema)
+        return cls(f"its schema is {schema!r}, not {known}", schema)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _read(where: str, parse: Any, value: Any, expected: Any = Mapping) -> Any:
+    """``parse(value)``, with any failure as one line naming ``where`` (a KeyError: the field)."""
+    if expected is Mapping and not isinstance(value, Mapping):
+        raise UnreadableReport(f"{where} is a JSON {_json_type(value)}, not an object")
+    try:
+        return parse(value)
+    except KeyError as exc:
+        raise UnreadableReport(f"{where} has no {exc.args[0]!r} field") from None
+    except FieldError as exc:
+        raise UnreadableReport(f"{where}.{exc.field}: {exc.reason}") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UnreadableReport(f"{where}: {exc}") from None
+
+
+def _read_list(data: Mapping[str, Any], key: str, parse: Any) -> list[Any]:
+    items = data.get(key, ())
+    if not isinstance(items, (list, tuple)):
+        raise UnreadableReport(f"{key} is a JSON {_json_type(items)}, not an array")
+    return [_read(f"{key}[{i}]", parse, item) for i, item in enumerate(items)]
 
 
 

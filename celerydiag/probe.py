@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from celerydiag import interrupt
@@ -118,6 +119,23 @@ class Probe:
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         raise NotImplementedError
+
+
+# The options each probe reads (its ProbeContext.limits / .options fields), by their command-line
+# names. One table, beside the registry: each option's --help names its readers from it, and
+# doctor/probe refuse an option that no selected probe reads (celerydiag/cli/reads.py). A probe
+# that starts reading another option adds it here; a new Cause adds its line (a test checks each
+# Cause has one).
+READS: Mapping[Cause, frozenset[str]] = MappingProxyType({
+    Cause.CONFIG: frozenset(),
+    Cause.BROKER: frozenset({"--timeout", "--max-seconds", "--samples", "--rabbitmq-api"}),
+    Cause.BACKEND: frozenset({"--timeout", "--max-seconds", "--samples", "--duration"}),
+    Cause.POLLING: frozenset({"--poll-interval", "--poll-strategy"}),
+    Cause.SERIALIZATION: frozenset({"--timeout", "--max-seconds"}),
+    Cause.NETWORK: frozenset({"--pcap", "--iface", "--duration"}),
+    Cause.HOST: frozenset({"--max-seconds", "--duration"}),
+    Cause.E2E: frozenset({"--timeout", "--max-seconds", "--updates"}),
+})
 
 
 def probe_classes() -> tuple[type[Probe], ...]:

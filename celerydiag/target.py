@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -340,9 +341,22 @@ def import_app(spec: str) -> Any:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        return find_app(spec)
+        found = find_app(spec)
     except BaseException as exc:  # the user's module may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise InputError(E_APP_IMPORT.format(app=spec, error=one_line(exc)), H_APP_IMPORT) from None
+    return _celery_app(spec, found)
+
+
+def _celery_app(spec: str, found: Any) -> Any:
+    """``found`` if it is a Celery app. ``find_app`` returns whatever ``module:attr`` names (a
+    string, a module, a function), and the first ``.conf`` read would be our AttributeError."""
+    from celery import Celery
+
+    if not isinstance(found, Celery):
+        what = "module" if isinstance(found, types.ModuleType) else type(found).__name__
+        kind = "None" if found is None else f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
+        raise InputError(f"--app {spec!r} is {kind}, not a Celery app", H_APP_IMPORT)
+    return found
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import sys
+import traceback as tb
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,8 +49,9 @@ class _Group(click.Group):
                                            "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="celerydiag")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
-@click.option("--traceback", is_flag=True, hidden=True, envvar="CELERYDIAG_TRACEBACK",
-              help="Show the traceback of an internal error.")
+@click.option("--traceback", is_flag=True, envvar="CELERYDIAG_TRACEBACK",
+              help="On an internal error (exit 4), also print its traceback on stderr (the exit "
+                   "code stays 4). Also CELERYDIAG_TRACEBACK=1, or after the command name.")
 def cli(verbose: int, traceback: bool) -> None:
     """Why does my Celery task's state show up late?
 
@@ -80,6 +83,19 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf``. click checks a range by
+    comparing, and every comparison with nan is false, so ``FloatRange(min=1)`` takes ``nan`` (and,
+    with no max, ``inf``): a NaN budget or timeout then runs with nonsense. Every float option of
+    every command uses this type (tests/unit/test_option_values.py walks them all)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 class FormatChoice(click.Choice):
     """``--format`` over some OutputFormat members: the user types the value, the command gets the
     member, so no command compares format strings of its own."""
@@ -98,7 +114,7 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--fail-on", type=click.Choice(["critical", "warning", "info", "never"]),
                       default="critical", show_default=True,
                       help="Exit 1 when a finding is at or above this severity.")(fn)
-    fn = click.option("--budget-ms", type=click.FloatRange(min=1), default=1000.0,
+    fn = click.option("--budget-ms", type=FiniteRange(min=1), default=1000.0,
                       show_default=True,
                       help="How late a state may show up. A cause adding at least this much is "
                            "critical; at least 20% of it, a warning.")(fn)
@@ -180,8 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("celerydiag: stdout closed before the output was complete", err=True)
         return ExitCode.STDOUT_CLOSED
     except Exception as exc:
-        if show_tb:
-            raise
+        if show_tb:  # asked for: the traceback, still scrubbed, and still exit 4 (not Python's 1)
+            lines = tb.format_exception(type(exc), exc, exc.__traceback__)
+            click.echo(_error_line("".join(lines), exc).rstrip("\n"), err=True)
         click.echo(f"celerydiag: internal error: {_error_line(one_line(exc), exc)} "
                    "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
         return ExitCode.INTERNAL

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import click
 
-from celerydiag.cli import document_options, named_target, target_options
+from celerydiag.cli import FiniteRange, document_options, named_target, target_options
 from celerydiag.emit import open_output
 from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.render import OutputFormat
@@ -62,12 +64,12 @@ class SizeType(click.ParamType):
 @target_options
 @click.option("--quick", is_flag=True,
               help="Shorter calibration and 3 values per timing (~10 s); spreads get wider.")
-@click.option("--bandwidth-mbit", type=click.FloatRange(min=1), default=1000.0, show_default=True,
+@click.option("--bandwidth-mbit", type=FiniteRange(min=1), default=1000.0, show_default=True,
               help="Network speed assumed for the 'per update' column (the payload crosses the "
                    "network several times per update; see the backend model line).")
 @click.option("--compare", "compare_path", type=click.Path(dir_okay=False),
               help="A JSON file from an earlier run (--format json -o FILE): show before/after.")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0, show_default=True,
+@click.option("--timeout", type=FiniteRange(min=0.1, max=300), default=5.0, show_default=True,
               help="Seconds to wait for the result backend (--from-backend).")
 @document_options("table + recommendation; json also feeds --compare")
 def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files: tuple[str, ...],
@@ -89,7 +91,7 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
     from celerydiag.serialization import harness as ser
     from celerydiag.ui import make_progress
 
-    with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the benchmark
+    with open_output(output, fmt, no_color) as out, too_deep_is_input():  # --output fails before the benchmark
         old = ser.read_document(compare_path) if compare_path else None
         target = _target(app, broker, backend, need=bool(task_ids))
         names = _serializers(serializers)
@@ -119,6 +121,19 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
         summary = (f"celerydiag: {len(payloads)} payload(s) x {len(names)} serializer(s) timed"
                    + (f"; suggested: {', '.join(doc['suggested'])}" if doc["suggested"] else ""))
         return out.emit(lambda stream, color: _write(doc, fmt, stream, color), summary, ExitCode.OK)
+
+
+@contextlib.contextmanager
+def too_deep_is_input() -> Iterator[None]:
+    """A payload nested deeper than Python recurses (a stored meta, or one a serializer rebuilt) is
+    the input's limit, not our bug: exit 2 with one line. --payload and --compare say it for their
+    own file where they read it (serialization.harness.too_deep)."""
+    from celerydiag.serialization.harness import H_TOO_DEEP, too_deep
+
+    try:
+        yield
+    except RecursionError:
+        raise InputError(too_deep("a payload"), H_TOO_DEEP) from None
 
 
 def _target(app: str | None, broker: str | None, backend: str | None, need: bool) -> Any:

@@ -8,8 +8,17 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import named_target, output_options, target_options
-from celerydiag.emit import Output, exit_code, fail_on_severity, open_output, severity_counts
+from celerydiag.cli import FiniteRange, named_target, output_options, target_options
+from celerydiag.emit import (
+    DISK_ERRNOS,
+    Output,
+    check_writable,
+    exit_code,
+    fail_on_severity,
+    open_output,
+    severity_counts,
+    writing,
+)
 from celerydiag.errors import ExitCode, InputError
 from celerydiag.render import OutputFormat
 
@@ -35,7 +44,7 @@ DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
 @click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
               help="Another server port to capture and analyse (repeatable). Defaults: 5672, 5671, 6379, 5432, "
                    "3306, plus the ports of --app/--broker/--backend.")
-@click.option("-d", "--duration", type=click.FloatRange(min=0.1, max=86400), default=10.0, show_default=True,
+@click.option("-d", "--duration", type=FiniteRange(min=0.1, max=86400), default=10.0, show_default=True,
               help="Live: seconds to capture (Ctrl-C stops earlier and still analyses).")
 @click.option("-c", "--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Live: stop after this many packets (0 = no limit).")
@@ -76,6 +85,8 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
                          "celerydiag capture --read FILE.pcap, or sudo celerydiag capture --iface eth0")
     if read_ and not os.path.isfile(read_):
         raise InputError(f"cannot read {read_}: no such file")
+    if write:  # like --output: an unwritable --write fails before the capture, not after it
+        check_writable(write, "--write")
     for name, other in (("--read", read_), ("--write", write)):
         if output and other and os.path.exists(output) and os.path.samefile(output, other):
             raise InputError(f"--output {output} is the {name} file; the report would replace the capture",
@@ -94,7 +105,8 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
         if os.path.exists(write) and os.path.samefile(path, write):
             raise InputError(f"--write {write} is the file being read; it would be destroyed",
                              "write the scrubbed copy to another file")
-        scrub_file(path, write) if scrub else _copy(path, write)
+        with writing("--write", write):
+            scrub_file(path, write) if scrub else _copy(path, write)
     try:
         report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=_progress(fmt, output), extra=extra)
     finally:
@@ -118,7 +130,8 @@ def _live(iface: str, ports: Any, duration: float, count: int, write: str | None
     click.echo(f"celerydiag: capturing on {iface} ({live.bpf_for(server_ports)}) for up to {duration:g} s; "
                "Ctrl-C stops and analyses", err=True)
     try:
-        result = live.capture(iface, server_ports, path, duration=duration, count=count, scrub=scrub)
+        with writing("--write" if write else "the capture's temporary file", path, DISK_ERRNOS):
+            result = live.capture(iface, server_ports, path, duration=duration, count=count, scrub=scrub)
     except BaseException:
         if not write and os.path.exists(path):
             os.unlink(path)

@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import named_target, output_options, target_options
+from celerydiag.cli import FiniteRange, named_target, output_options, target_options
+from celerydiag.cli.reads import name_readers, refuse_unread
 from celerydiag.emit import emit_report, open_output
 from celerydiag.errors import ExitCode, carrying
 from celerydiag.render import OutputFormat
@@ -37,29 +38,30 @@ def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | Non
 def probe_options(fn: Any) -> Any:
     """Bounds and inputs every active probe reads (ProbeContext.limits, ProbeContext.options)."""
     opts = [
-        click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0,
-                     show_default=True, help="Seconds to wait for any single network call."),
-        click.option("--max-seconds", type=click.FloatRange(min=1, max=3600), default=30.0,
+        click.option("--timeout", type=FiniteRange(min=0.1, max=300), default=5.0,
+                     show_default=True, help="Seconds to wait for any single network call (the reachability "
+                                              "check before the probes too)."),
+        click.option("--max-seconds", type=FiniteRange(min=1, max=3600), default=30.0,
                      show_default=True, help="Upper bound on each active probe's run time."),
         click.option("--samples", type=click.IntRange(min=10, max=100_000), default=500,
                      show_default=True,
-                     help="Messages/writes an active probe sends at most (broker, backend)."),
+                     help="Messages/writes an active probe sends at most."),
         click.option("--updates", type=click.IntRange(min=20, max=20_000), default=250,
                      show_default=True,
-                     help="update_state() calls the e2e probe's task makes and the client "
+                     help="update_state() calls the e2e task makes and the client "
                           "watches (at least 200 for a trustworthy P99)."),
-        click.option("--poll-interval", type=click.FloatRange(min=0.001, max=3600),
+        click.option("--poll-interval", type=FiniteRange(min=0.001, max=3600),
                      metavar="SECONDS",
-                     help="How often your clients poll AsyncResult.state (polling probe)."),
+                     help="How often your clients poll AsyncResult.state."),
         click.option("--poll-strategy", metavar="NAME", callback=_check_strategy,
                      help="How your clients poll: fixed, jitter, backoff, smart, push, with "
-                          "optional values as in `poll-model --help` (polling probe)."),
+                          "optional values as in `poll-model --help`."),
         click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
-                     help="Analyse this capture of broker/backend traffic (network probe)."),
+                     help="Analyse this capture of broker/backend traffic."),
         click.option("--iface", metavar="IFACE",
-                     help="Capture live on this interface during the run (network probe; "
-                          "needs root or CAP_NET_RAW)."),
-        click.option("--duration", type=click.FloatRange(min=0.1, max=3600), default=3.0,
+                     help="Capture live on this interface during the run (needs root or "
+                          "CAP_NET_RAW)."),
+        click.option("--duration", type=FiniteRange(min=0.1, max=3600), default=3.0,
                      show_default=True,
                      help="Seconds to sample lock waits and live traffic."),
         click.option("--rabbitmq-api", metavar="URL",
@@ -68,7 +70,7 @@ def probe_options(fn: Any) -> Any:
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return fn
+    return name_readers(fn)  # each option's help ends with the probes that read it (probe.READS)
 
 
 def run_report(app: str | None, broker: str | None, backend: str | None, probes: Any,
@@ -82,6 +84,7 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
     from celerydiag.target import resolve_target
     from celerydiag.ui import make_progress
 
+    refuse_unread(probes, static)  # an option no probe that runs reads is a usage error (probe.READS)
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before any probe
         target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
         options = ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
@@ -109,8 +112,9 @@ def command(**kw: Any) -> ExitCode:
     """Run every probe that applies to the target, rank causes by milliseconds, print fixes.
 
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or
-    input (an unwritable --output before any probe), 3 target unreachable, 4 internal error,
-    130 interrupted (after cleanup), 141 stdout closed early (`| head`).
+    input (an unwritable --output before any probe; with --static, an option only other probes
+    read), 3 target unreachable (--format json still writes the report: every probe failed, and
+    why), 4 internal error, 130 interrupted (after cleanup), 141 stdout closed early (`| head`).
     """
     from celerydiag.probe import probe_classes
 

@@ -12,8 +12,8 @@ from typing import Any, TextIO
 
 import click
 
-from celerydiag.cli import document_options, named_target, target_options
-from celerydiag.emit import open_output
+from celerydiag.cli import FiniteRange, document_options, named_target, target_options
+from celerydiag.emit import check_writable, open_output, writing
 from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.polling import observe as watch
 from celerydiag.render import OutputFormat
@@ -120,7 +120,7 @@ def _bounded(what: str, bounds: tuple[float, float]) -> Any:
 @click.option("--target-delay", default="1s", show_default=True, metavar="DURATION",
               callback=_seconds("--target-delay"),
               help="P99 delay you want; the recommendation picks the cheapest way to meet it.")
-@click.option("--request-budget", type=click.FloatRange(min=0, min_open=True), metavar="REQ/S",
+@click.option("--request-budget", type=FiniteRange(min=0, min_open=True), metavar="REQ/S",
               help="Backend reads per second all --clients together may cost (default: no limit).")
 @click.option("--tasks", default=4000, show_default=True, type=click.IntRange(100, 200_000),
               help="Tasks to simulate per strategy (fewer when intervals are tiny, to bound run time).")
@@ -160,6 +160,8 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
     from celerydiag.polling import model as polling
 
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the watch
+        if plot_path:
+            check_writable(plot_path, "--plot")  # so does an unwritable --plot
         observed = None
         if task_id:
             observed = _watch(task_id, app, broker, backend, watch_seconds, watch_interval, fmt)
@@ -271,11 +273,8 @@ def _x_max_ms(results: list[Any]) -> float:
 def _write_plot(path: str, results: list[Any]) -> None:
     from celerydiag.polling.plot import cdf_png
 
-    try:
-        with open(path, "wb") as stream:
-            stream.write(cdf_png(_curves(results), x_max_ms=_x_max_ms(results)))
-    except OSError as exc:
-        raise InputError(f"cannot write --plot {path}: {exc.strerror}") from None
+    with writing("--plot", path), open(path, "wb") as stream:
+        stream.write(cdf_png(_curves(results), x_max_ms=_x_max_ms(results)))
     click.echo(f"celerydiag: wrote the delay CDF to {path}", err=True)
 
 

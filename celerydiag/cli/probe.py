@@ -22,7 +22,13 @@ from celerydiag.render import OutputFormat
 def command(name: str | None, list_: bool, **kw: Any) -> ExitCode:
     """Run one probe (config, e2e, broker, backend, ...) on the target.
 
-    `celerydiag probe --list` shows them all with one line each.
+    `celerydiag probe --list` shows them all with one line each. Each option below says which
+    probes read it; one that NAME does not read is refused (exit 2), not silently ignored.
+
+    Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or input
+    (no or an unknown NAME, an option NAME does not read, an unwritable --output, before the
+    probe), 3 target unreachable, 4 internal error (a bug of ours; --traceback shows it), 130
+    interrupted (after cleanup), 141 stdout closed early (`| head`).
     """
     from celerydiag.probe import get_probe, probe_classes
 

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import statistics
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
@@ -549,11 +550,23 @@ def load_payload_file(path: str, trust_pickle: bool, max_size_bytes: int) -> Pay
 
     try:
         meta = json.loads(raw.decode("utf-8-sig"))
+    except RecursionError:
+        raise InputError(too_deep(f"--payload {path}"), H_TOO_DEEP) from None
     except (UnicodeDecodeError, ValueError):
         raise InputError(f"--payload {path} is neither JSON nor a pickle",
                          "give the meta you pass to update_state(meta=...) as a JSON file "
                          "(or a pickle with --trust-pickle)") from None
     return Payload(name, f"your JSON file ({size:,} bytes)", envelope(meta))
+
+
+H_TOO_DEEP = ("Celery's json serializer refuses a meta nested that deep too (msgpack from 512 levels): "
+              "flatten it")
+
+
+def too_deep(what: str) -> str:
+    """One line for an input whose lists and dicts nest deeper than Python's parsers recurse
+    (json and pickle raise RecursionError near ``sys.getrecursionlimit()`` levels)."""
+    return f"{what} nests too deep to read (lists/dicts about {sys.getrecursionlimit()} levels deep or more)"
 
 
 def parse_size(text: str) -> int:
@@ -566,6 +579,8 @@ def parse_size(text: str) -> int:
     if unit not in units:
         raise ValueError(f"unknown unit {unit!r}")
     value = float(number) * units[unit]
+    if not math.isfinite(value):  # nan, inf, 1e400: int() of it would be our OverflowError
+        raise ValueError("must be a finite number")
     if value < 1:
         raise ValueError("must be at least 1 byte")
     return int(value)
@@ -714,12 +729,54 @@ def read_document(path: str) -> dict[str, Any]:
             doc = json.load(stream)
     except OSError as exc:
         raise InputError(f"cannot read --compare {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise InputError(too_deep(f"--compare {path}"),
+                         "give the file an earlier `bench-serialize --format json -o FILE` wrote") from None
     except ValueError as exc:
         raise InputError(f"--compare {path} is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != BENCH_SCHEMA:
         raise InputError(f"--compare {path} is not a {BENCH_SCHEMA} document",
                          "save one with: celerydiag bench-serialize --format json -o before.json")
+    problem = _results_problem(doc.get("results", []))
+    if problem:
+        raise InputError(f"--compare {path} is not a readable {BENCH_SCHEMA} document: {problem}",
+                         "save one with: celerydiag bench-serialize --format json -o before.json")
     return doc
+
+
+def _results_problem(results: Any) -> str | None:
+    """What in a saved document's ``results`` :func:`compare_documents` could not read, or None."""
+    if not isinstance(results, list):
+        return "results is not a list"
+    for i, row in enumerate(results):
+        if not isinstance(row, dict):
+            return f"results[{i}] is not an object"
+        for key in ("payload", "serializer"):
+            if not isinstance(row.get(key), str):
+                return f"results[{i}].{key} is missing or not a string"
+        size = row.get("size_bytes")
+        if size is not None and not _finite_number(size):
+            return f"results[{i}].size_bytes is not a number"
+        for key in ("encode_ms", "decode_ms"):
+            problem = _timing_problem(row.get(key))
+            if problem:
+                return f"results[{i}].{key}{problem}"
+    return None
+
+
+def _timing_problem(timing: Any) -> str | None:
+    if timing is None:
+        return None
+    if not isinstance(timing, dict):
+        return " is not an object"
+    for number in ("median", "spread"):
+        if not _finite_number(timing.get(number, 0.0)):
+            return f".{number} is not a finite number"
+    return None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def human_size(n: int | None) -> str:

@@ -4,7 +4,6 @@ timeout, no traceback, no password. Runs the real console script in a subprocess
 from __future__ import annotations
 
 import json
-
 import time
 from collections.abc import Callable
 from typing import Any

@@ -24,16 +24,18 @@ def probes(proc) -> dict[str, str]:
     return {p["name"]: p["status"] for p in json.loads(proc.stdout)["probes"]}
 
 
+BOUNDS = ("--timeout", "2", "--max-seconds", "5", "--samples", "20")  # what broker, backend and doctor read
+
+
 def run_json(run_cli, *args: str):
-    proc = run_cli(*args, "--format", "json", "--timeout", "2", "--max-seconds", "5", "--samples", "20",
-                   timeout=120)
+    proc = run_cli(*args, "--format", "json", timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
 
 @pytest.mark.postgres
 def test_probe_backend_works_with_the_broker_down(run_cli, closed_port, pg_url):
-    proc = run_json(run_cli, "probe", "backend", "--broker", f"amqp://guest:guest@127.0.0.1:{closed_port}//",
+    proc = run_json(run_cli, "probe", "backend", *BOUNDS, "--broker", f"amqp://guest:guest@127.0.0.1:{closed_port}//",
                     "--backend", f"db+{pg_url}")
     assert proc.returncode == ExitCode.OK, proc.stderr
     assert probes(proc) == {"backend": "ran"}
@@ -42,7 +44,7 @@ def test_probe_backend_works_with_the_broker_down(run_cli, closed_port, pg_url):
 
 @pytest.mark.redis
 def test_probe_serialization_works_with_the_broker_down(run_cli, closed_port, redis_url):
-    proc = run_json(run_cli, "probe", "serialization", "--broker", f"redis://127.0.0.1:{closed_port}/0",
+    proc = run_json(run_cli, "probe", "serialization", "--timeout", "2", "--broker", f"redis://127.0.0.1:{closed_port}/0",
                     "--backend", redis_url)
     assert proc.returncode == ExitCode.OK, proc.stderr
     assert probes(proc) == {"serialization": "ran"}
@@ -58,7 +60,7 @@ def test_probe_network_reads_a_capture_with_both_sides_down(run_cli, closed_port
 
 @pytest.mark.rabbitmq
 def test_probe_broker_works_with_the_backend_down(run_cli, closed_port, amqp_url):
-    proc = run_json(run_cli, "probe", "broker", "--broker", amqp_url,
+    proc = run_json(run_cli, "probe", "broker", *BOUNDS, "--broker", amqp_url,
                     "--backend", f"redis://127.0.0.1:{closed_port}/0")
     assert proc.returncode == ExitCode.OK, proc.stderr
     assert probes(proc) == {"broker": "ran"}
@@ -66,7 +68,7 @@ def test_probe_broker_works_with_the_backend_down(run_cli, closed_port, amqp_url
 
 @pytest.mark.redis
 def test_doctor_with_the_broker_down_runs_the_rest_and_exits_3_naming_it(run_cli, closed_port, redis_url):
-    proc = run_json(run_cli, "doctor", "--broker", f"amqp://guest:S3cretPw@127.0.0.1:{closed_port}//",
+    proc = run_json(run_cli, "doctor", *BOUNDS, "--broker", f"amqp://guest:S3cretPw@127.0.0.1:{closed_port}//",
                     "--backend", redis_url)
     assert proc.returncode == ExitCode.UNREACHABLE, proc.stderr
     doc = json.loads(proc.stdout)

@@ -1,5 +1,6 @@
 """An unreachable target is one line, a hint and exit 3, within the timeout: never a traceback,
-never a password, never every probe failing the same way.
+never a password, never every probe failing the same way on stderr (with --format json the report
+on stdout says each probe was not run, and why, so `| jq` still reads it).
 
 Each case is a real failure against the real local services (or a port of our own): a closed
 port, a port that accepts and never answers, wrong credentials, a wrong vhost or database.
