@@ -70,10 +70,10 @@ def _refuse(where: str, url: str, reason: str, hint: str) -> InputError:
 def _check_text(url: str, where: str, hint: str) -> None:
     if not url.strip():
         raise InputError(E_URL_EMPTY.format(where=where), hint)
-    if not URL_START.match(url):
-        raise InputError(E_URL_NOT_A_URL.format(where=where, reason="it does not start with SCHEME://"), hint)
     if url != url.strip():
         raise InputError(E_URL_NOT_A_URL.format(where=where, reason="it starts or ends with whitespace"), hint)
+    if not URL_START.match(url):
+        raise InputError(E_URL_NOT_A_URL.format(where=where, reason="it does not start with SCHEME://"), hint)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):  # urllib drops tabs and newlines silently
         raise InputError(E_URL_NOT_A_URL.format(where=where, reason="it holds a control character"), hint)
 
