@@ -86,7 +86,8 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                            "password.")(fn)
     fn = click.option("--broker", metavar="URL", callback=_not_empty,
                       help="Broker URL, e.g. amqp://user:pass@host:5672// or redis://host:6379/0. "
-                           "Else CELERY_BROKER_URL, else the app's broker_url, as Celery does.")(fn)
+                           "Else CELERY_BROKER_URL, else the app's broker_url, as Celery does. "
+                           "Percent-encode / ? # @ in a password.")(fn)
     fn = click.option("-A", "--app", metavar="MODULE[:ATTR]", callback=_not_empty,
                       help="Your Celery app, imported like `celery -A` (e.g. proj.celery:app): its "
                            "settings, and the URLs no flag or variable sets. Nothing named at all: "
