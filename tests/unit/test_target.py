@@ -286,3 +286,29 @@ def test_an_error_while_resolving_carries_the_passwords_it_must_be_scrubbed_of(r
     with pytest.raises(InputError) as caught:
         resolve(broker="foo://u:Hunter2pw@h//")
     assert "Hunter2pw" in secrets_of(caught.value)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("amqp://guest:my pw@rabbit//", "amqp://guest:**@rabbit//"),  # a space: the old pattern stopped there
+    ("amqp://guest:Sup3r/Secret@rabbit:5672//", "amqp://guest:**@rabbit:5672//"),  # '/': printed whole before
+    ("amqp://guest:a#b?c/d@e:f@rabbit//", "amqp://guest:**@rabbit//"),
+    ("redis://:p\u00e4ss\u20ac@redis:6379/0", "redis://:**@redis:6379/0"),
+])
+def test_redact_url_masks_the_password_by_structure(url, expected):
+    assert redact_url(url) == expected
+
+
+def test_pieces_of_a_password_that_did_not_parse_are_scrubbed():
+    """kombu's "Port could not be cast to integer value as 'Sup3rSecret'" quotes a piece: each
+    piece of at least MIN_LITERAL_SECRET characters is a secret too, as typed and decoded."""
+    from celerydiag.target import spellings
+
+    t = Target("amqp://guest:Sup3rSecret#Pw9xyz@127.0.0.1//", "redis://:Ab%2FCdef%23Gh@h/0", TargetSource.FLAGS)
+    text = ("ValueError: Port could not be cast to integer value as 'Sup3rSecret'; then Pw9xyz; "
+            "auth Ab/Cdef#Gh failed (Ab%2FCdef%23Gh), piece Cdef")
+    out = t.redact(text)
+    for piece in ("Sup3rSecret", "Pw9xyz", "Ab/Cdef#Gh", "Ab%2FCdef%23Gh", "Cdef"):
+        assert piece not in out, out
+    assert "Port could not be cast" in out
+    assert {"Sup3rSecret#Pw9xyz", "Sup3rSecret%23Pw9xyz", "Sup3rSecret", "Pw9xyz"} <= spellings("Sup3rSecret#Pw9xyz")
+    assert "Gh" not in spellings("Ab/Gh")  # a short piece is masked inside URLs only
