@@ -78,13 +78,24 @@ def secrets_of(exc: BaseException) -> tuple[str, ...]:
 
 E_APP_IMPORT = "cannot import --app {app!r}: {error}"
 H_APP_IMPORT = "pass the same value you give `celery -A`, e.g. --app proj.celery:app, run from the project root"
-E_BACKEND_SCHEME = "unsupported result backend {url}: {error}"
-H_BACKEND_SCHEME = (
-    "use a scheme Celery knows: redis://, rediss://, db+postgresql+psycopg://, db+mysql+pymysql://,"
-    " db+sqlite:///, rpc://"
-)
-E_BROKER_SCHEME = "unsupported broker {url}: {error}"
-H_BROKER_SCHEME = "use a transport kombu knows: amqp://, amqps://, redis://, rediss://, sentinel://, sqs://, memory://"
+# Bad URLs (celerydiag.access.urls): usage errors, named by where the URL came from ({where}:
+# "--broker", "CELERY_RESULT_BACKEND", "broker_url of --app proj"), never quoting what did not parse.
+E_URL_EMPTY = "{where} is empty"
+E_URL_NOT_A_URL = "{where} is not a valid URL: {reason}"
+E_URL_CREDENTIALS = ("{where} {url}: the user name or password holds {chars} unencoded, so Celery would "
+                     "read part of it as the host, port or path and connect somewhere else")
+H_URL_CREDENTIALS = ("percent-encode the password (# -> %23, / -> %2F, ? -> %3F, @ -> %40, % -> %25, "
+                     "space -> %20), e.g. amqp://guest:p%23ss%2Fword@127.0.0.1:5672//; "
+                     "an '@' that belongs to the path or query is %40 too")
+E_URL_INVALID = "{where} {url}: {reason}"
+H_BROKER_FORM = ("expected a broker URL: amqp://USER:PASSWORD@HOST:5672/VHOST, "
+                 "redis://[:PASSWORD@]HOST:6379/DB, rediss://...?ssl_cert_reqs=required, memory://")
+H_BACKEND_FORM = ("expected a result backend URL: redis://[:PASSWORD@]HOST:6379/DB, "
+                  "db+postgresql+psycopg://USER:PASSWORD@HOST:5432/DB, db+mysql+pymysql://USER:PASSWORD@HOST:3306/DB, "
+                  "db+sqlite:///PATH, rpc://")
+H_REDIS_TLS = ("add ?ssl_cert_reqs=required (or optional, none) to the rediss:// URL, or set "
+               "{setting} in your app")
+H_APP_EMPTY = "pass the value you give `celery -A`, e.g. --app proj.celery:app"
 E_BROKER_UNREACHABLE = "broker {url} unreachable: {error}"
 E_BACKEND_UNREACHABLE = "result backend {url} unreachable: {error}"
 H_UNREACHABLE = "check host, port, credentials and vhost/database; is the service running and reachable from here?"

@@ -1,10 +1,14 @@
-"""Which Celery deployment we measure, how it was chosen, and how to print it safely.
+"""Which Celery deployment we measure, where each of its URLs came from, and how to print it safely.
 
-Resolution order, first match wins: ``--app`` (imported like ``celery -A``), ``--broker`` /
-``--backend`` flags, ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``, and the embedded default
-(in-memory broker, SQLite results in a temp dir) so ``celerydiag doctor`` does real work on a
-machine with nothing installed. Raw URLs hold passwords: they stay inside Target and every string
-bound for output goes through :func:`redact` first.
+Each URL is chosen as Celery chooses it (celery/bin/celery.py, celery/app/utils.py), first match
+wins, broker and backend independently: the flag (``--broker`` / ``--backend``, which `celery -b`
+and `--result-backend` turn into the environment variables below), ``CELERY_BROKER_URL`` /
+``CELERY_RESULT_BACKEND`` (``Settings.broker_url`` reads them before the app's own setting), the
+``--app``'s ``broker_url`` / ``result_backend``, and Celery's defaults. With nothing named at all
+we measure the embedded default (in-memory broker, SQLite results in a temp dir) so
+``celerydiag doctor`` does real work on a machine with nothing installed. Every URL is checked
+(celerydiag.access.urls) before any probe runs. Raw URLs hold passwords: they stay inside Target
+and every string bound for output goes through :func:`redact` first.
 """
 
 from __future__ import annotations
@@ -14,23 +18,13 @@ import re
 import sys
 import tempfile
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
-from celerydiag.errors import (
-    E_APP_IMPORT,
-    E_BACKEND_SCHEME,
-    E_BROKER_SCHEME,
-    H_APP_IMPORT,
-    H_BACKEND_SCHEME,
-    H_BROKER_SCHEME,
-    InputError,
-    carrying,
-    one_line,
-)
+from celerydiag.errors import E_APP_IMPORT, H_APP_IMPORT, InputError, carrying, one_line
 
 MASK = "**"
 
@@ -55,6 +49,27 @@ class Side(str, Enum):
         return self.value
 
 
+class Origin(str, Enum):
+    """Where one URL came from (the report's ``broker_source`` / ``backend_source``)."""
+
+    FLAG = "flag"  # --broker / --backend
+    ENV = "env"  # CELERY_BROKER_URL / CELERY_RESULT_BACKEND
+    APP = "app"  # the --app's broker_url / result_backend
+    DEFAULT = "default"  # nothing set it: Celery's default (amqp://guest@localhost//, disabled://)
+    EMBEDDED = "embedded"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# What each whole-target source implies for a URL, for a Target built without origins.
+_ORIGIN_OF_SOURCE = {"app": Origin.APP, "flags": Origin.FLAG, "env": Origin.ENV, "embedded": Origin.EMBEDDED}
+DEFAULT_BROKER = "amqp://guest@localhost:5672//"
+DEFAULT_BACKEND = "disabled://"
+BROKER_ENV = "CELERY_BROKER_URL"
+BACKEND_ENV = "CELERY_RESULT_BACKEND"
+
+
 @dataclass(frozen=True)
 class Target:
     """The deployment under test. ``app`` is the Celery app whose conf we read (the user's own
@@ -66,6 +81,8 @@ class Target:
     app: Any = field(default=None, compare=False, repr=False)
     app_name: str | None = None
     scratch_dir: str | None = None  # embedded default: where the SQLite file lives
+    broker_origin: Origin | None = None  # None: the one ``source`` implies
+    backend_origin: Origin | None = None
 
     @property
     def conf(self) -> Any:
@@ -89,25 +106,44 @@ class Target:
     def redact(self, text: str) -> str:
         return redact(text, self.secrets())
 
+    def origins(self) -> tuple[Origin, Origin]:
+        """Where the broker URL and the backend URL came from."""
+        implied = _ORIGIN_OF_SOURCE[str(self.source)]
+        return self.broker_origin or implied, self.backend_origin or implied
+
     def to_dict(self) -> dict[str, str]:
+        """The report's ``target``: ``source`` says how the target was named (app|flags|env|
+        embedded, as in celerydiag.report/2 from the start); ``broker_source`` and
+        ``backend_source`` where each URL came from (flag|env|app|default|embedded; reports
+        written before they existed lack them, so readers must treat them as optional)."""
+        broker_origin, backend_origin = self.origins()
         return {
             # redact() too: a password urllib cannot split ('#', '/') escapes the URL pattern
             "broker": self.redact(redact_url(self.broker_url)),
             "backend": self.redact(redact_url(self.backend_url)),
             "source": str(self.source),
+            "broker_source": str(broker_origin),
+            "backend_source": str(backend_origin),
         }
 
     def describe(self) -> str:
-        """One line for humans: what we measured and why it was chosen."""
-        origin = {
-            TargetSource.APP: f"from --app {self.app_name}",
-            TargetSource.FLAGS: "from --broker/--backend",
-            TargetSource.ENV: "from CELERY_BROKER_URL/CELERY_RESULT_BACKEND",
-            TargetSource.EMBEDDED: "embedded default: in-memory broker, SQLite results in a temp dir,"
-            " in-process worker (nothing configured; pass --app or --broker/--backend to measure"
-            " your deployment)",
-        }[self.source]
-        return f"broker {redact_url(self.broker_url)}, backend {redact_url(self.backend_url)} ({origin})"
+        """One line for humans: what we measured and where each URL came from."""
+        if self.source is TargetSource.EMBEDDED:
+            return (f"broker {self.broker_url}, backend {self.backend_url} (embedded default: in-memory "
+                    "broker, SQLite results in a temp dir, in-process worker; nothing configured: pass "
+                    "--app or --broker/--backend to measure your deployment)")
+        broker_origin, backend_origin = self.origins()
+        return (f"broker {redact_url(self.broker_url)} ({self._origin_words(broker_origin, 'broker')}), "
+                f"backend {redact_url(self.backend_url)} ({self._origin_words(backend_origin, 'backend')})")
+
+    def _origin_words(self, origin: Origin, role: str) -> str:
+        return {
+            Origin.FLAG: f"from --{role}",
+            Origin.ENV: f"from {BROKER_ENV if role == 'broker' else BACKEND_ENV}",
+            Origin.APP: f"from --app {self.app_name}",
+            Origin.DEFAULT: "Celery's default",
+            Origin.EMBEDDED: "embedded default",
+        }[origin]
 
 
 def scheme_of(url: str) -> str:
@@ -154,9 +190,10 @@ def family_of(scheme_or_url: str) -> Family:
 
 
 def passwords_of(url: str | None) -> list[str]:
-    """Every password in a URL or a ``;``-separated failover list, percent-decoded, plus the raw
-    spelling of one that does not parse: urlsplit cuts ``pa#ss/word`` at ``#`` and returns ``pa``,
-    and it is the whole that must never reach an error line."""
+    """Every password in a URL or a ``;``-separated failover list: as typed, percent-decoded, and
+    what urllib reads there. A password that does not parse (``pa#ss/word``: urlsplit stops the
+    host at ``#``) is whole here, because it is the whole that must never reach an error line;
+    :func:`redact` also scrubs its pieces."""
     found = []
     for part in (url or "").split(";"):
         if "://" not in part:
@@ -167,20 +204,31 @@ def passwords_of(url: str | None) -> list[str]:
         except ValueError:
             continue
         if pw:
-            found.append(unquote(pw))
-    return list(dict.fromkeys(found))  # each spelling once, in the order found
+            found += [pw, unquote(pw)]
+    return list(dict.fromkeys(s for s in found if s))  # each spelling once, in the order found
+
+
+def _split_userinfo(url: str) -> tuple[str, str, str] | None:
+    """(``scheme://``, userinfo, ``host...``) split at the last ``@`` (where kombu and redis-py
+    split, and the only reading under which a password may hold ``/ ? #``), or None."""
+    if "://" not in url:
+        return None
+    scheme, rest = url.split("://", 1)
+    if "@" not in rest or rest.startswith("/"):
+        return None
+    userinfo, host = rest.rsplit("@", 1)
+    return f"{scheme}://", userinfo, host
 
 
 def _raw_password(url: str) -> list[str]:
-    """What sits between ``user:`` and the last ``@`` (where kombu and redis-py split), as typed."""
-    rest = url.split("://", 1)[1]
-    if "@" not in rest:
+    """What sits between ``user:`` and the last ``@``, as typed and percent-decoded."""
+    split = _split_userinfo(url)
+    if split is None or ":" not in split[1]:
         return []
-    userinfo = rest.rsplit("@", 1)[0]
-    if ":" not in userinfo:
-        return []
-    raw = userinfo.split(":", 1)[1]
+    raw = split[1].split(":", 1)[1]
     return [raw, unquote(raw)] if raw else []
+
+
 # Names Celery's HIDDEN_SETTINGS matches (by "KEY") that hold no secret: their values are common
 # words ("celery", "tasks", "myapp:") that must not be masked everywhere a report says them.
 NOT_SECRET_SUFFIXES = ("routing_key", "keyprefix", "key_prefix")
@@ -223,37 +271,61 @@ def hidden_values(settings: Mapping[Any, Any]) -> list[str]:
     return found
 
 
-# The password may hold an unencoded '@' (kombu and redis-py split userinfo at the last '@'), so
-# it runs greedily to the last '@' before the host.
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^\s/]*)@")
+# In free text (an error message, a driver's line) a URL ends at whitespace; the password may
+# hold '@' (kombu and redis-py split userinfo at the last '@') and '/', '?', '#' (what a user
+# typed unencoded), so it runs greedily to the last '@' of the URL. A password holding a space is
+# caught by the target's known secrets instead (redact's second step).
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@")
 
 
 def redact_url(url: str | None) -> str:
     """A URL safe to print: the password, if any, becomes ``**``. Also handles ``;``-separated
-    failover lists, which kombu accepts for brokers."""
+    failover lists, which kombu accepts for brokers. Split by structure, not by a pattern, so a
+    password holding a space or ``/ ? #`` is masked whole too."""
     if not url:
         return ""
-    return ";".join(
-        _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", part) for part in url.split(";")
-    )
+    return ";".join(_redact_one(part) for part in url.split(";"))
 
 
-MIN_LITERAL_SECRET = 4  # shorter passwords are masked inside URLs only (see redact)
+def _redact_one(url: str) -> str:
+    split = _split_userinfo(url)
+    if split is None or ":" not in split[1]:
+        return url
+    scheme, userinfo, host = split
+    return f"{scheme}{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+
+
+MIN_LITERAL_SECRET = 4  # shorter passwords, and shorter pieces of one, are masked inside URLs only
+# Where a password that did not parse was cut (urllib at / ? #, the userinfo at : and @) and what
+# an encoder turns into something else (% + space): each piece between them may be printed alone.
+_CUTS = re.compile(r"[#?/@:%+\s]+")
+
+
+def spellings(secret: str) -> set[str]:
+    """Every form in which ``secret`` could reach an output: as given, percent-decoded, quoted as
+    urllib and SQLAlchemy quote it (also with ``+`` for a space), and each piece of those at least
+    MIN_LITERAL_SECRET long ("Sup3rSecretPw" of "Sup3rSecretPw#x", in kombu's port error)."""
+    whole = {secret, unquote(secret), quote(secret, safe=""), quote(secret), quote_plus(secret),
+             quote(unquote(secret), safe=""), quote_plus(unquote(secret))}
+    pieces = {piece for form in (secret, unquote(secret)) for piece in _CUTS.split(form)}
+    return {s for s in whole | pieces if len(s) >= MIN_LITERAL_SECRET}
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Scrub URL passwords and each known secret (also URL-quoted) out of any text.
+    """Scrub URL passwords and each known secret (in every :func:`spellings` form) out of any text.
 
-    A password shorter than MIN_LITERAL_SECRET is masked in URLs but not as a bare substring:
+    A secret shorter than MIN_LITERAL_SECRET is masked in URLs but not as a bare substring:
     replacing every "y" in a report would make it unreadable and reveal the password anyway.
     """
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    for secret in secrets:
-        if len(secret) < MIN_LITERAL_SECRET:
-            continue
-        for spelling in sorted({secret, quote(secret, safe=""), quote(secret)}, key=len, reverse=True):
-            if spelling:
-                text = text.replace(spelling, MASK)
+    return scrub(_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text), secrets)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Only the known secrets (every :func:`spellings` form) out of ``text``: for our own words,
+    such as a hint showing the form ``amqp://USER:PASSWORD@HOST``, which :func:`redact` would mask."""
+    every = {form for secret in secrets if secret for form in spellings(secret)}
+    for form in sorted(every, key=len, reverse=True):  # the whole before its pieces
+        text = text.replace(form, MASK)
     return text
 
 
@@ -263,34 +335,50 @@ def resolve_target(
     backend: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Target:
-    """Pick the target by the documented order and build the Celery app we read settings from.
-    An error raised on the way carries the passwords of every URL given (errors.carrying), so the
-    error line is scrubbed of them even when a URL did not parse."""
+    """Pick each URL by Celery's order (module docstring), build the Celery app we read settings
+    from, and check both URLs. An error raised on the way carries the passwords of every URL
+    given (errors.carrying), so the error line is scrubbed of them even when a URL did not parse."""
     env = os.environ if environ is None else environ
-    given = [broker, backend, env.get("CELERY_BROKER_URL"), env.get("CELERY_RESULT_BACKEND")]
+    given = [broker, backend, env.get(BROKER_ENV), env.get(BACKEND_ENV)]
     with carrying(p for url in given for p in passwords_of(url)):
         return _resolve(app, broker, backend, env)
 
 
+def _pick(flag: str | None, env_value: str | None, app_value: Any, default: str) -> tuple[str, Origin]:
+    """One URL by Celery's order. An empty environment variable counts as unset, as in Celery
+    (``os.environ.get(...) or ...``); an empty flag was refused by the CLI already."""
+    if flag is not None:
+        return flag, Origin.FLAG
+    if env_value:
+        return env_value, Origin.ENV
+    if app_value:
+        return str(app_value), Origin.APP
+    return default, Origin.DEFAULT
+
+
 def _resolve(app: str | None, broker: str | None, backend: str | None, env: Mapping[str, str]) -> Target:
-    if app:
+    if app is not None:
         celery_app = import_app(app)
-        if broker:
-            celery_app.conf.broker_url = broker
-        if backend:
-            celery_app.conf.result_backend = backend
-        return _checked(Target(
-            broker_url=str(celery_app.conf.broker_url or "amqp://guest@localhost:5672//"),
-            backend_url=str(celery_app.conf.result_backend or "disabled://"),
-            source=TargetSource.APP, app=celery_app, app_name=app,
-        ))
-    if broker or backend:
-        return _checked(_built(broker or "amqp://guest@localhost:5672//",
-                               backend or "disabled://", TargetSource.FLAGS))
-    if env.get("CELERY_BROKER_URL") or env.get("CELERY_RESULT_BACKEND"):
-        return _checked(_built(env.get("CELERY_BROKER_URL") or "amqp://guest@localhost:5672//",
-                               env.get("CELERY_RESULT_BACKEND") or "disabled://",
-                               TargetSource.ENV))
+        conf = celery_app.conf  # read without Settings' properties, which read os.environ first
+        broker_url, broker_origin = _pick(broker, env.get(BROKER_ENV), conf.first("broker_url", "broker_host"),
+                                          DEFAULT_BROKER)
+        backend_url, backend_origin = _pick(backend, env.get(BACKEND_ENV),
+                                            conf.first("result_backend", "CELERY_RESULT_BACKEND"), DEFAULT_BACKEND)
+        # What the probes read from the conf (config checks) is what we measure.
+        if broker_origin in (Origin.FLAG, Origin.ENV):
+            conf.broker_url = broker_url
+        if backend_origin in (Origin.FLAG, Origin.ENV):
+            conf.result_backend = backend_url
+        return _checked(Target(broker_url=broker_url, backend_url=backend_url, source=TargetSource.APP,
+                               app=celery_app, app_name=app, broker_origin=broker_origin,
+                               backend_origin=backend_origin))
+    if broker is not None or backend is not None or env.get(BROKER_ENV) or env.get(BACKEND_ENV):
+        broker_url, broker_origin = _pick(broker, env.get(BROKER_ENV), None, DEFAULT_BROKER)
+        backend_url, backend_origin = _pick(backend, env.get(BACKEND_ENV), None, DEFAULT_BACKEND)
+        source = TargetSource.FLAGS if broker is not None or backend is not None else TargetSource.ENV
+        built = _built(broker_url, backend_url, source)
+        return _checked(Target(broker_url, backend_url, source, built.app, broker_origin=broker_origin,
+                               backend_origin=backend_origin))
     scratch = tempfile.mkdtemp(prefix="celerydiag-embedded-")
     target = _built("memory://", f"db+sqlite:///{scratch}/results.sqlite", TargetSource.EMBEDDED)
     # The memory transport polls once a second by default; our own broker should not add that.
@@ -307,31 +395,36 @@ def _built(broker: str, backend: str, source: TargetSource) -> Target:
     return Target(broker_url=broker, backend_url=backend, source=source, app=celery_app)
 
 
+def where_from(target: Target, role: str) -> str:
+    """How an error names the origin of the broker (``role`` "broker") or backend URL."""
+    origin = target.origins()[0 if role == "broker" else 1]
+    return {
+        Origin.FLAG: f"--{role}",
+        Origin.ENV: BROKER_ENV if role == "broker" else BACKEND_ENV,
+        Origin.APP: f"{'broker_url' if role == 'broker' else 'result_backend'} of --app {target.app_name}",
+        Origin.DEFAULT: f"Celery's default {role}",
+        Origin.EMBEDDED: f"the embedded {role}",
+    }[origin]
+
+
 def _checked(target: Target) -> Target:
-    """Fail early, as usage, on a broker or backend scheme Celery does not know."""
+    """Fail early, as usage, on a URL Celery would misread or cannot use (access.urls)."""
+    from celerydiag.access.urls import check_backend_url, check_broker_url
+
     with carrying(target.secrets()):  # the app's own password settings too
-        return _known_schemes(target)
+        check_broker_url(target.broker_url, where_from(target, "broker"), target.conf)
+        check_backend_url(target.backend_url, where_from(target, "backend"), target.app)
+        return target
 
 
-def _known_schemes(target: Target) -> Target:
-    from celery.app.backends import by_url
-    from kombu import Connection
-
-    try:
-        Connection(target.broker_url)  # resolves the transport class; no network
-    except Exception as exc:  # KeyError 'No such transport', ImportError of a missing library
-        raise InputError(
-            E_BROKER_SCHEME.format(url=redact_url(target.broker_url), error=one_line(exc)),
-            H_BROKER_SCHEME,
-        ) from None
-    try:
-        by_url(target.backend_url, target.app.loader)
-    except Exception as exc:  # ImproperlyConfigured, ValueError, ImportError of a missing driver
-        raise InputError(
-            E_BACKEND_SCHEME.format(url=redact_url(target.backend_url), error=one_line(exc)),
-            H_BACKEND_SCHEME,
-        ) from None
-    return target
+def pin_environment(target: Target, environ: MutableMapping[str, str] | None = None) -> None:
+    """Make every Celery app of this process use the target's URLs, as `celery -b URL` does
+    (it sets CELERY_BROKER_URL): Celery's ``conf.broker_url`` and ``conf.result_backend`` read
+    the environment first, so an app built with ``broker=X`` would otherwise connect to the
+    shell's CELERY_BROKER_URL while the report says X. The CLI restores the variables after."""
+    env = os.environ if environ is None else environ
+    if target.source is not TargetSource.EMBEDDED:
+        env[BROKER_ENV], env[BACKEND_ENV] = target.broker_url, target.backend_url
 
 
 def import_app(spec: str) -> Any:

@@ -7,13 +7,14 @@ and one line on stderr, never a traceback (``--traceback`` or CELERYDIAG_TRACEBA
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 import os
 import sys
 import traceback as tb
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -22,7 +23,7 @@ from celerydiag import __version__, interrupt
 from celerydiag.emit import silence_stdout
 from celerydiag.errors import DiagError, ExitCode, one_line, secrets_of
 from celerydiag.render import OutputFormat
-from celerydiag.target import redact
+from celerydiag.target import redact, scrub
 
 # One line per command module; each defines `command`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -68,18 +69,32 @@ def cli(verbose: int, traceback: bool) -> None:
         logger.addHandler(handler)
 
 
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``-A ""`` or ``--broker ""`` (an unset shell variable) is a mistake, not "use the default"."""
+    if value is not None and not value.strip():
+        from celerydiag.errors import H_APP_EMPTY, H_BACKEND_FORM, H_BROKER_FORM, InputError
+
+        flag = {"app": "--app", "broker": "--broker", "backend": "--backend"}[str(param.name)]
+        hint = {"app": H_APP_EMPTY, "broker": H_BROKER_FORM, "backend": H_BACKEND_FORM}[str(param.name)]
+        raise InputError(f"{flag} is empty", hint)
+    return value
+
+
 def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--app / --broker / --backend: which deployment to measure (first match wins)."""
-    fn = click.option("--backend", metavar="URL",
+    """--app / --broker / --backend: which deployment to measure, each URL as Celery picks it."""
+    fn = click.option("--backend", metavar="URL", callback=_not_empty,
                       help="Result backend URL, e.g. redis://host:6379/0 or "
-                           "db+postgresql+psycopg://user@host/db (overrides the app's).")(fn)
-    fn = click.option("--broker", metavar="URL",
-                      help="Broker URL, e.g. amqp://user:pass@host:5672// or redis://host:6379/0 "
-                           "(overrides the app's).")(fn)
-    fn = click.option("-A", "--app", metavar="MODULE[:ATTR]",
-                      help="Your Celery app, imported like `celery -A` (e.g. proj.celery:app). "
-                           "Without it: --broker/--backend, then CELERY_BROKER_URL/"
-                           "CELERY_RESULT_BACKEND, then an embedded in-memory default.")(fn)
+                           "db+postgresql+psycopg://user@host/db. Else CELERY_RESULT_BACKEND, else "
+                           "the app's result_backend, as Celery does. Percent-encode / ? # @ in a "
+                           "password.")(fn)
+    fn = click.option("--broker", metavar="URL", callback=_not_empty,
+                      help="Broker URL, e.g. amqp://user:pass@host:5672// or redis://host:6379/0. "
+                           "Else CELERY_BROKER_URL, else the app's broker_url, as Celery does. "
+                           "Percent-encode / ? # @ in a password.")(fn)
+    fn = click.option("-A", "--app", metavar="MODULE[:ATTR]", callback=_not_empty,
+                      help="Your Celery app, imported like `celery -A` (e.g. proj.celery:app): its "
+                           "settings, and the URLs no flag or variable sets. Nothing named at all: "
+                           "an embedded in-memory default.")(fn)
     return fn
 
 
@@ -150,12 +165,32 @@ def named_target(app: str | None, broker: str | None, backend: str | None) -> An
     (capture, bench-serialize, poll-model): the embedded default would be a temp dir for nothing.
     The target carries its secrets (Target.secrets); a command wraps what it does with it in
     ``errors.carrying(target.secrets())`` so any error line is scrubbed of them."""
-    from celerydiag.target import resolve_target
+    from celerydiag.target import BACKEND_ENV, BROKER_ENV, pin_environment, resolve_target
 
-    if not (app or broker or backend or os.environ.get("CELERY_BROKER_URL")
-            or os.environ.get("CELERY_RESULT_BACKEND")):
+    if app is None and broker is None and backend is None and not (
+            os.environ.get(BROKER_ENV) or os.environ.get(BACKEND_ENV)):
         return None
-    return resolve_target(app=app, broker=broker, backend=backend)
+    target = resolve_target(app=app, broker=broker, backend=backend)
+    pin_environment(target)  # every Celery app of this run now uses these URLs (main restores)
+    return target
+
+
+# The variables pin_environment sets; main() puts them back, so an in-process caller (the tests,
+# a script calling main twice) sees its own environment again.
+PINNED_ENV = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+
+
+@contextlib.contextmanager
+def _environment_restored() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in PINNED_ENV}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _error_line(message: str, exc: BaseException) -> str:
@@ -171,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # user appends it, not only as a group option before it.
     args = [a for a in args if a != "--traceback"]
     try:
-        with interrupt.handled():  # Ctrl-C and kill both clean up, even inside a driver call
+        with _environment_restored(), interrupt.handled():  # Ctrl-C and kill both clean up, even in a driver call
             result = cli.main(args=args, prog_name="celerydiag", standalone_mode=False)
         return int(result) if isinstance(result, int) else ExitCode.OK
     except click.exceptions.Exit as exc:
@@ -184,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except DiagError as exc:
         click.echo(f"celerydiag: error: {_error_line(exc.message, exc)}", err=True)
-        if exc.hint:
-            click.echo(f"  hint: {_error_line(exc.hint, exc)}", err=True)
+        if exc.hint:  # our own words (URL forms like USER:PASSWORD@HOST): only known secrets scrubbed
+            click.echo(f"  hint: {scrub(exc.hint, secrets_of(exc))}", err=True)
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
         click.echo("celerydiag: interrupted; whatever the run had created (queues, keys, scratch tables) "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from celerydiag.errors import ExitCode, InputError
-from celerydiag.target import Target, TargetSource, redact, redact_url, resolve_target, scheme_of
+from celerydiag.target import Origin, Target, TargetSource, redact, redact_url, resolve_target, scheme_of
 
 APPS = Path(__file__).resolve().parents[1] / "fixtures" / "apps"
 ENV = {"CELERY_BROKER_URL": "redis://env-host:6379/1", "CELERY_RESULT_BACKEND": "redis://env-host:6379/2"}
@@ -41,30 +41,81 @@ def resolve():
             shutil.rmtree(target.scratch_dir, ignore_errors=True)
 
 
-def test_app_wins_over_flags_env_and_default(resolve):
-    t = resolve(app="tapp_clean:app", environ=ENV)
+def test_the_apps_urls_and_conf_when_nothing_else_sets_them(resolve):
+    t = resolve(app="tapp_clean:app", environ={})
     assert t.source is TargetSource.APP
     assert t.broker_url == "amqp://guest@127.0.0.1:5672//"
     assert t.backend_url == "redis://127.0.0.1:6379/15"
+    assert t.origins() == (Origin.APP, Origin.APP)
     assert t.conf.accept_content == ["json"]  # the user's own conf is what we read
     assert t.app.main == "tapp_clean"
 
 
-def test_flags_override_the_apps_urls_but_the_source_stays_app(resolve):
-    t = resolve(app="tapp_clean:app", broker="redis://flag-host:6379/3", environ=ENV)
-    assert (t.source, t.broker_url, t.backend_url) == (
-        TargetSource.APP, "redis://flag-host:6379/3", "redis://127.0.0.1:6379/15")
+# Celery's order for each URL on its own (celery/bin/celery.py turns -b / --result-backend into
+# these variables; celery/app/utils.py Settings.broker_url / result_backend read them before the
+# app's setting): flag, then environment, then the app, then Celery's default.
+@pytest.mark.parametrize(("kw", "broker", "backend"), [
+    ({"app": "tapp_clean:app", "environ": ENV},
+     ("redis://env-host:6379/1", Origin.ENV), ("redis://env-host:6379/2", Origin.ENV)),
+    ({"app": "tapp_clean:app", "broker": "redis://flag-host:6379/3", "environ": ENV},
+     ("redis://flag-host:6379/3", Origin.FLAG), ("redis://env-host:6379/2", Origin.ENV)),
+    ({"app": "tapp_clean:app", "backend": "redis://flag-host:6379/4", "environ": {}},
+     ("amqp://guest@127.0.0.1:5672//", Origin.APP), ("redis://flag-host:6379/4", Origin.FLAG)),
+    ({"broker": "amqp://guest@flag-host:5672//", "environ": ENV},
+     ("amqp://guest@flag-host:5672//", Origin.FLAG), ("redis://env-host:6379/2", Origin.ENV)),
+    ({"broker": "amqp://guest@flag-host:5672//", "environ": {}},
+     ("amqp://guest@flag-host:5672//", Origin.FLAG), ("disabled://", Origin.DEFAULT)),
+    ({"backend": "redis://flag-host:6379/4", "environ": {"CELERY_BROKER_URL": "redis://env-host:6379/1"}},
+     ("redis://env-host:6379/1", Origin.ENV), ("redis://flag-host:6379/4", Origin.FLAG)),
+    ({"environ": {"CELERY_RESULT_BACKEND": "redis://env-host:6379/2"}},
+     ("amqp://guest@localhost:5672//", Origin.DEFAULT), ("redis://env-host:6379/2", Origin.ENV)),
+    ({"broker": "amqp://guest@flag-host:5672//", "environ": {"CELERY_RESULT_BACKEND": ""}},  # empty = unset
+     ("amqp://guest@flag-host:5672//", Origin.FLAG), ("disabled://", Origin.DEFAULT)),
+])
+def test_each_url_is_picked_as_celery_picks_it(resolve, kw, broker, backend):
+    t = resolve(**kw)
+    assert (t.broker_url, t.origins()[0]) == broker
+    assert (t.backend_url, t.origins()[1]) == backend
+    doc = t.to_dict()
+    assert (doc["broker_source"], doc["backend_source"]) == (str(broker[1]), str(backend[1]))
+    expected_source = "app" if "app" in kw else "flags" if {"broker", "backend"} & set(kw) else "env"
+    assert doc["source"] == expected_source  # how the target was named, as before
+    if t.app_name:  # the conf the config checks read says what is measured
+        assert (t.conf.broker_url, t.conf.result_backend) == (t.broker_url, t.backend_url)
+
+
+def test_the_apps_own_settings_are_read_past_the_environment(resolve, monkeypatch):
+    """Celery's conf.broker_url property answers CELERY_BROKER_URL first: reading the app's own
+    setting through it would make an --app look like it holds the shell's URL."""
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://os-env-host:6379/1")
+    t = resolve(app="tapp_clean:app", environ={})
+    assert (t.broker_url, t.origins()[0]) == ("amqp://guest@127.0.0.1:5672//", Origin.APP)
+
+
+def test_pin_environment_makes_every_celery_app_use_the_target(resolve):
+    """`celery -b X` sets CELERY_BROKER_URL=X; we do the same, or an app built with broker=X
+    would connect to the shell's URL while the report says X."""
+    from celery import Celery
+
+    from celerydiag.target import pin_environment
+
+    environ = {"CELERY_BROKER_URL": "redis://env-host:6379/1"}
+    t = resolve(broker="amqp://guest@flag-host:5672//", backend="redis://flag-host:6379/4", environ=environ)
+    pin_environment(t, environ)
+    assert environ == {"CELERY_BROKER_URL": "amqp://guest@flag-host:5672//",
+                       "CELERY_RESULT_BACKEND": "redis://flag-host:6379/4"}
+    os_environ_before = dict(os.environ)
+    try:
+        pin_environment(t)
+        app = Celery("x", broker="memory://", set_as_current=False)
+        assert app.conf.broker_url == t.broker_url and app.conf.result_backend == t.backend_url
+    finally:
+        os.environ.clear()
+        os.environ.update(os_environ_before)
 
 
 def test_app_by_module_name_finds_its_app(resolve):
     assert resolve(app="tapp_clean", environ={}).app.main == "tapp_clean"
-
-
-def test_flags_win_over_env(resolve):
-    t = resolve(broker="amqp://guest@flag-host:5672//", environ=ENV)
-    assert t.source is TargetSource.FLAGS
-    assert t.broker_url == "amqp://guest@flag-host:5672//"
-    assert t.backend_url == "disabled://"  # env is not mixed in: one source per target
 
 
 def test_env_wins_over_embedded(resolve):
@@ -89,7 +140,8 @@ def test_embedded_default_when_nothing_is_configured(resolve):
     assert t.scratch_dir and os.path.isdir(t.scratch_dir)
     assert t.backend_url == f"db+sqlite:///{t.scratch_dir}/results.sqlite"
     assert "embedded default" in t.describe() and "in-memory broker" in t.describe()
-    assert t.to_dict() == {"broker": "memory://", "backend": t.backend_url, "source": "embedded"}
+    assert t.to_dict() == {"broker": "memory://", "backend": t.backend_url, "source": "embedded",
+                           "broker_source": "embedded", "backend_source": "embedded"}
 
 
 def test_unknown_app_is_usage_with_a_hint(resolve):
@@ -234,3 +286,29 @@ def test_an_error_while_resolving_carries_the_passwords_it_must_be_scrubbed_of(r
     with pytest.raises(InputError) as caught:
         resolve(broker="foo://u:Hunter2pw@h//")
     assert "Hunter2pw" in secrets_of(caught.value)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("amqp://guest:my pw@rabbit//", "amqp://guest:**@rabbit//"),  # a space: the old pattern stopped there
+    ("amqp://guest:Sup3r/Secret@rabbit:5672//", "amqp://guest:**@rabbit:5672//"),  # '/': printed whole before
+    ("amqp://guest:a#b?c/d@e:f@rabbit//", "amqp://guest:**@rabbit//"),
+    ("redis://:p\u00e4ss\u20ac@redis:6379/0", "redis://:**@redis:6379/0"),
+])
+def test_redact_url_masks_the_password_by_structure(url, expected):
+    assert redact_url(url) == expected
+
+
+def test_pieces_of_a_password_that_did_not_parse_are_scrubbed():
+    """kombu's "Port could not be cast to integer value as 'Sup3rSecret'" quotes a piece: each
+    piece of at least MIN_LITERAL_SECRET characters is a secret too, as typed and decoded."""
+    from celerydiag.target import spellings
+
+    t = Target("amqp://guest:Sup3rSecret#Pw9xyz@127.0.0.1//", "redis://:Ab%2FCdef%23Gh@h/0", TargetSource.FLAGS)
+    text = ("ValueError: Port could not be cast to integer value as 'Sup3rSecret'; then Pw9xyz; "
+            "auth Ab/Cdef#Gh failed (Ab%2FCdef%23Gh), piece Cdef")
+    out = t.redact(text)
+    for piece in ("Sup3rSecret", "Pw9xyz", "Ab/Cdef#Gh", "Ab%2FCdef%23Gh", "Cdef"):
+        assert piece not in out, out
+    assert "Port could not be cast" in out
+    assert {"Sup3rSecret#Pw9xyz", "Sup3rSecret%23Pw9xyz", "Sup3rSecret", "Pw9xyz"} <= spellings("Sup3rSecret#Pw9xyz")
+    assert "Gh" not in spellings("Ab/Gh")  # a short piece is masked inside URLs only
