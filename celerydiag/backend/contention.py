@@ -368,7 +368,7 @@ class Experiment:
             pooled.get_task_meta(task_id)  # the pool's first connect is not a per-read cost
             pair = connect_guess_s + 2 * self.write_guess_s
             for _ in range(reads):
-                if self.stopping() or time.monotonic() + pair > end:
+                if self.stop.is_set() or time.monotonic() + pair > end:
                     break
                 t_pair = time.perf_counter()
                 for key, backend in (("pooled", pooled), ("fresh", fresh)):

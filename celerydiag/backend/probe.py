@@ -34,7 +34,7 @@ PG_LOCK_TIMEOUT_MS = 2000
 MYSQL_LOCK_WAIT_S = 5
 LONG_LOCK_WAIT_S = 10  # a server that lets a write wait longer than this gets the lock-timeout fix
 WRITERS = 4
-LOCK_SHARE = 0.3  # of the time left after the settings, the most the lock sampling may take
+LOCK_SHARE = 0.25  # of the time left after the settings, the most the lock sampling may take
 FINDINGS_MARGIN_S = 0.25  # kept back from the deadline to build the findings (no I/O)
 SETTINGS_ROUND_TRIPS = 8  # server settings, visibility, the task table: about this many round trips
 
@@ -239,7 +239,7 @@ class DatabaseRun:
                           detail=f"A new connection to this database costs {self.connect_s:.2g} s and a round trip"
                                  f" {self.rtt_s * 1000:.0f} ms; reading the settings alone needs about"
                                  f" {SETTINGS_ROUND_TRIPS} round trips more. Give the probe more --max-seconds.",
-                          evidence=self.time_evidence())
+                          evidence={**self.time_evidence(), **trust_evidence(0)})
             return
         ctx.progress.step(1, "server settings and the task table")
         self.doing("reading the server's settings and the task table")
@@ -622,6 +622,21 @@ class DatabaseRun:
                        detail=self.target.redact(detail), evidence=evidence)
 
 
+def _redis_latency(fid: str, summary: Any, noun: str, title: str, detail: str, key: str,
+                   timing: dict[str, Any]) -> Iterator[Finding]:
+    """One Redis latency finding, or, when --max-seconds left no time for a single timed call, a
+    finding that says so (never a NaN P99)."""
+    if not summary.samples:
+        yield Finding(fid, Cause.BACKEND, Severity.INFO,
+                      f"{title.split(' P99')[0]} not measured: --max-seconds left no time for a timed call",
+                      detail=f"A round trip costs {timing['round_trip_ms']:.0f} ms here. Give the probe more"
+                             " --max-seconds.", evidence={**timing, **trust_evidence(0)})
+        return
+    yield delay(fid, Cause.BACKEND, summary.p99_ms,
+                title.format(p99=summary.p99_ms, p50=summary.p50_ms) + thin_note(summary.samples, noun),
+                detail=detail, evidence={key: summary.short(), **trust_evidence(summary.samples), **timing})
+
+
 def thin_note(samples: int, noun: str) -> str:
     """'' for a P99 from enough samples, else the words that say it is not one (issue 12)."""
     from celerydiag.measure import MIN_SAMPLES_FOR_P99
@@ -670,18 +685,25 @@ def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
 
     ctx.progress.start("backend", 2)
     ctx.progress.step(1, "Redis writes and reads on a key of our own")
-    facts = measure(ctx.target, ctx.scratch, ctx.cleanup, ctx.limits.samples,
-                    max(1.0, ctx.limits.max_seconds / 3), ctx.limits.timeout_s)
+    from celerydiag.access.backend import Budget
+
+    budget = Budget.of(ctx)
+    budget.deadline -= min(FINDINGS_MARGIN_S, 0.05 * ctx.limits.max_seconds)
+    doing = getattr(ctx, "doing", None)
+    if callable(doing):
+        doing("Redis writes and reads on a key of our own")
+    facts = measure(ctx.target, ctx.scratch, ctx.cleanup, ctx.limits.samples, budget.left(), ctx.limits.timeout_s,
+                    budget=budget)
     ctx.progress.step(1, "subscribers, eviction, TTLs")
-    w, r = facts.write, facts.read
-    yield delay("backend.write-latency", Cause.BACKEND, w.p99_ms,
-                f"update_state write P99 {w.p99_ms:.2f} ms, P50 {w.p50_ms:.2f} ms (GET + MULTI/SETEX/PUBLISH/EXEC)",
-                detail="Celery's own RedisBackend.store_result on a key of our own, sent on a fixed schedule and"
-                       " timed from the intended send time.",
-                evidence={"write_ms": w.short(), "samples": w.samples})
-    yield delay("backend.read-latency", Cause.BACKEND, r.p99_ms,
-                f"client read (AsyncResult.state) P99 {r.p99_ms:.2f} ms, P50 {r.p50_ms:.2f} ms",
-                evidence={"read_ms": r.short(), "samples": r.samples})
+    timing = {"max_s": ctx.limits.max_seconds, "connect_s": round(facts.connect_s, 3),
+              "round_trip_ms": round(facts.round_trip_ms, 3)}
+    yield from _redis_latency("backend.write-latency", facts.write, "writes",
+                              "update_state write P99 {p99:.2f} ms, P50 {p50:.2f} ms (GET + MULTI/SETEX/PUBLISH/EXEC)",
+                              "Celery's own RedisBackend.store_result on a key of our own, sent on a fixed schedule"
+                              " and timed from the intended send time.", "write_ms", timing)
+    yield from _redis_latency("backend.read-latency", facts.read, "reads",
+                              "client read (AsyncResult.state) P99 {p99:.2f} ms, P50 {p50:.2f} ms", "", "read_ms",
+                              timing)
     memory = {"maxmemory_bytes": facts.maxmemory_bytes, "used_memory_bytes": facts.used_memory_bytes,
               "maxmemory_policy": facts.policy}
     if facts.maxmemory_bytes and facts.policy in EVICTING:
