@@ -14,8 +14,9 @@ the run's deadline. A writer starts a write only when its expected duration (its
 a first guess from the round trip before that) still fits; every statement has a server-side
 (PostgreSQL ``statement_timeout``) or socket (PyMySQL ``read_timeout``) bound; writers connect in
 parallel, not one after the other (through a 40 ms path each connect costs about a second); and a
-writer still inside a statement when its phase is over has that statement cancelled from our
-control connection (``pg_cancel_backend`` / ``KILL QUERY``), so the DROP never waits for it. The
+writer still inside a statement when its phase is over has its session ended from our control
+connection (``pg_terminate_backend`` / ``KILL CONNECTION``, our own sessions only), so the DROP
+never waits for its locks. The
 DROP runs on that already-open connection with a lock timeout inside the cleanup grace.
 """
 
@@ -32,7 +33,8 @@ from celerydiag.errors import quietly
 from celerydiag.measure import Summary, ms, summarize
 
 MAX_WRITERS = 16
-CANCEL_WAIT_S = 0.3  # after a cancel, how long a writer gets to notice it and return
+CANCEL_WAIT_S = 0.45  # after the cancels, how long the writers get in all to notice them and return
+CANCEL_ROUNDS = 2
 APPLICATION_NAME = "celerydiag-backend-probe"  # how a DBA recognises our sessions (PostgreSQL)
 PROGRESS_META = {"current": 0, "total": 100, "stage": "celerydiag contention experiment"}
 
@@ -113,7 +115,6 @@ class Experiment:
         self.threads: list[threading.Thread] = []
         self.created = False
         self.server_ids: set[int] = set()  # this phase's writer connections' backend pids / thread ids
-        self.cancelled = 0  # statements we had to cancel at a phase's end
         self.phase_over = threading.Event()  # set when the current phase is over: its writers stop
 
     # -- the table ---------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ class Experiment:
 
         table = self.model.__table__
         quoted = engine.dialect.identifier_preparer.format_table(table)
-        lock_s = max(0.2, self.budget.grace_s / 3)
+        lock_s = max(0.2, self.budget.grace_s / 3)  # the DROP's lock wait; the writers' sessions are gone
         if self.control is not None:
             try:  # the connection we already have: no connect inside the grace
                 self._drop_on(self.control, quoted, lock_s)
@@ -175,9 +176,10 @@ class Experiment:
         conn.commit()
 
     def stop_writers(self) -> None:
-        """Stop the writers, cancelling a statement one is still inside, within a share of the grace."""
+        """Stop the writers, ending the session of one still inside a statement, within a share of
+        the grace (the DROP that follows gets the rest)."""
         self.stop.set()
-        self._finish(time.monotonic() + self.budget.grace_s / 3)
+        self._finish(time.monotonic() + self.budget.grace_s / 4)
 
     def stopping(self) -> bool:
         return self.stop.is_set() or self.phase_over.is_set()
@@ -187,27 +189,38 @@ class Experiment:
         for thread in self.threads:
             thread.join(max(0.0, until - time.monotonic()))
         self.phase_over.set()  # before the cancel: what a cancel makes fail is not a failed write
-        if any(t.is_alive() for t in self.threads):
+        # Two rounds, for a writer that connected again meanwhile. (Cancelling the statement alone
+        # is not enough: Celery's _query_task re-runs a failed SELECT once when the error text
+        # names the children/stamps columns, which its own SQL always does, so a cancelled
+        # SELECT ... FOR UPDATE waits for the same lock again on MySQL/MariaDB.)
+        for _ in range(CANCEL_ROUNDS):
+            if not any(t.is_alive() for t in self.threads):
+                return
             self.cancel_writers()
-            waited = time.monotonic() + CANCEL_WAIT_S
+            waited = time.monotonic() + CANCEL_WAIT_S / CANCEL_ROUNDS
             for thread in self.threads:
                 thread.join(max(0.0, waited - time.monotonic()))
 
     def cancel_writers(self) -> None:
-        """Cancel the statement each writer connection runs (ours only: ids recorded at connect)."""
+        """End the writer connections of this phase on the server (ours only: ids recorded at connect,
+        and on PostgreSQL only sessions that carry our application_name, so a reused pid is never
+        a stranger's). Ending the session, not just its statement, frees its row locks at once,
+        however long the client thread takes to be scheduled on a loaded machine, so the DROP
+        never waits for a writer; the phase's connections are thrown away anyway."""
         from sqlalchemy import text
 
         if self.control is None or not self.server_ids:
             return
         name = self.control.engine.dialect.name
         ids = sorted(self.server_ids)
-        self.cancelled += len(ids)
         if name == "postgresql":  # one round trip for all of them
-            quietly(self.control.execute, text("SELECT pg_cancel_backend(p) FROM unnest(CAST(:ids AS int[])) p"),
-                    {"ids": ids})
-        elif name == "mysql":
+            quietly(self.control.execute, text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid = ANY(CAST(:ids AS int[])) AND application_name = :ours"),
+                {"ids": ids, "ours": APPLICATION_NAME})
+        elif name == "mysql":  # thread ids are not reused
             for server_id in ids:
-                quietly(self.control.execute, text(f"KILL QUERY {int(server_id)}"))
+                quietly(self.control.execute, text(f"KILL CONNECTION {int(server_id)}"))
 
     def _record_ids(self, engine: Any) -> None:
         """Remember each writer connection's server id (known from the handshake: no round trip)."""
@@ -290,7 +303,8 @@ class Experiment:
 
     def tail_s(self, writers: int) -> float:
         """The most a phase may run after its end: the allowance, the cancels, the wait after them."""
-        return self._overrun_allowance() + writers * max(self.write_guess_s / 6, 0.001) + CANCEL_WAIT_S
+        cancels = CANCEL_ROUNDS * writers * max(self.write_guess_s / 6, 0.001)  # a round trip each
+        return self._overrun_allowance() + cancels + CANCEL_WAIT_S
 
     def _overrun_allowance(self) -> float:
         """How long a write that started in time may still run after its phase's end."""

@@ -189,7 +189,7 @@ class DatabaseRun:
         if self.dialect == "postgresql":
             from celerydiag.backend.contention import APPLICATION_NAME
 
-            out.setdefault("application_name", APPLICATION_NAME)
+            out["application_name"] = APPLICATION_NAME  # ours, always: cancel_writers ends only these
         if not statements:
             return out
         return statement_timeout_args(self.url, timeout, out)

@@ -132,3 +132,54 @@ def test_redis_probe_keeps_max_seconds_behind_a_slow_path(redis_url: str, max_se
     finally:
         client.close()
 
+
+
+def test_a_writer_blocked_at_its_phase_end_is_cancelled_not_waited_for(db_url: str, scratch: str) -> None:
+    """A writer inside a lock wait when its phase is over: the experiment cancels its statement
+    from the control connection (pg_cancel_backend / KILL QUERY) instead of waiting for the lock
+    or the statement timeout, does not count it as a failed write, and the DROP still works."""
+    import threading
+
+    from celery import Celery
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from celerydiag.access.backend import Budget, connect_timeout_args, statement_timeout_args
+    from celerydiag.backend.contention import APPLICATION_NAME, Experiment, scratch_table_name
+    from celerydiag.backend.scratch import scratch_model
+
+    engine = create_engine(db_url, poolclass=NullPool, connect_args=connect_timeout_args(db_url, 5),
+                           isolation_level="AUTOCOMMIT")
+    holder_engine = create_engine(db_url, poolclass=NullPool, connect_args=connect_timeout_args(db_url, 5))
+    name = scratch_table_name(scratch)
+    model = scratch_model(name, None, False)
+    app = Celery("celerydiag-test-cancel", backend=f"db+{db_url}", set_as_current=False)
+    args = statement_timeout_args(db_url, 20)  # far beyond the phase: the cancel must end it
+    if db_url.startswith("postgresql"):
+        args["application_name"] = APPLICATION_NAME  # as the probe names its writers
+    options = {"connect_args": args}
+    task_id = f"{scratch}-shared"
+    control = engine.connect()
+    exp = Experiment(app, db_url, model, Budget.within(60), threading.Event(), control=control, write_guess_s=0.01)
+    try:
+        exp.create(engine)
+        prepared = exp.run_phase("prepare", [task_id], options, writes=1, seconds=10)
+        assert not sum(prepared.errors.values()), prepared.first_error
+        quoted = engine.dialect.identifier_preparer.format_table(model.__table__)
+        with holder_engine.connect() as holder:
+            holder.execute(text(f"SELECT * FROM {quoted} WHERE task_id = :t FOR UPDATE"), {"t": task_id})
+            started = time.monotonic()
+            phase = exp.run_phase("one_row", [task_id, task_id], options, writes=100, seconds=1.0)
+            took = time.monotonic() - started
+            holder.rollback()
+        print(f"\nblocked phase of 1 s ended after {took:.2f} s; cancelled {phase.cancelled}, errors {phase.errors}")
+        assert took <= 1.0 + exp.tail_s(2) + SLACK_S, took
+        assert phase.cancelled >= 1 and not sum(phase.errors.values()), (phase.cancelled, phase.errors)
+        assert not any(t.is_alive() for t in exp.threads)
+    finally:
+        exp.stop_writers()
+        exp.drop(engine)
+        control.close()
+        engine.dispose()
+        holder_engine.dispose()
+    assert name not in scratch_tables(db_url)
