@@ -179,7 +179,14 @@ class Experiment:
         """Stop the writers, ending the session of one still inside a statement, within a share of
         the grace (the DROP that follows gets the rest)."""
         self.stop.set()
-        self._finish(time.monotonic() + self.budget.grace_s / 4)
+        now = time.monotonic()
+        share = self.budget.grace_s / 4
+        from celerydiag import interrupt
+
+        stop_by = getattr(interrupt, "stop_by", None)  # after Ctrl-C/SIGTERM the bound is shorter
+        if callable(stop_by):
+            share = min(share, max(0.0, (float(stop_by()) - now) / 4))
+        self._finish(now + share)
 
     def stopping(self) -> bool:
         return self.stop.is_set() or self.phase_over.is_set()
