@@ -263,9 +263,14 @@ class DatabaseRun:
         yield self.server_finding(info, tinfo)
 
     def lock_duration(self) -> float:
-        """``--duration``, cut to LOCK_SHARE of what is left (the experiment needs the rest)."""
+        """``--duration``, cut to LOCK_SHARE of what is left (the experiment needs the rest), or to
+        all that is left when the experiment cannot fit anyway."""
         asked = self.ctx.options.duration
-        duration = min(asked, LOCK_SHARE * self.budget.left())
+        left = self.budget.left()
+        duration = min(asked, LOCK_SHARE * left)
+        if left - duration < self.phase_floor_s() + self.write_guess_s:
+            # the experiment will not fit either way: let the sampling have the time instead
+            duration = min(asked, max(duration, left - 2 * self.rtt_s))
         if duration < asked:
             self.skipped["lock_sampling"] = (f"Sampled {duration:.2g} s of the {asked:g} s --duration asks:"
                                              f" --max-seconds {self.ctx.limits.max_seconds:g} leaves no more")
