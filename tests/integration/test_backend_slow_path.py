@@ -67,14 +67,21 @@ def run_probe_cli(run_cli: Callable[..., Any], backend: str, max_seconds: float)
     return json.loads(proc.stdout), wall
 
 
-def check_bounded(doc: dict[str, Any], wall: float, max_seconds: float, what: str) -> None:
+def check_bounded(doc: dict[str, Any], wall: float, max_seconds: float, what: str) -> bool:
+    """The probe's and the command's wall time; True when the probe ran to its end (False: the
+    probe guard cut it at its deadline, which only a connect longer than --max-seconds may cause:
+    about a second through this path, so only at --max-seconds 1)."""
     (probe,) = doc["probes"]
     elapsed = probe["elapsed_s"]
     print(f"\n{what} --max-seconds {max_seconds:g}: probe {elapsed:.2f} s, command {wall:.2f} s, "
           f"status {probe['status']} {probe['reason']}")
-    assert probe["status"] == "ran", probe
     assert elapsed <= max_seconds + CLEANUP_GRACE_S + SLACK_S, (elapsed, probe)
     assert wall <= max_seconds + CLEANUP_GRACE_S + COMMAND_SLACK_S, wall
+    if probe["status"] == "ran":
+        return True
+    assert max_seconds <= 1 and probe["reason"].startswith("cut at its --max-seconds bound"), probe
+    assert "connecting" in probe["reason"] or "settings" in probe["reason"], probe
+    return False
 
 
 def check_sample_counts(doc: dict[str, Any]) -> None:
@@ -103,8 +110,8 @@ def test_database_probe_keeps_max_seconds_behind_a_slow_path(db_url: str, max_se
         doc, wall = run_probe_cli(run_cli, f"db+{through(db_url, relay.port)}", max_seconds)
         assert relay.connections > 0, "the probe did not go through the relay"
     check_report(doc)
-    check_bounded(doc, wall, max_seconds, real.get_backend_name())
-    check_sample_counts(doc)
+    if check_bounded(doc, wall, max_seconds, real.get_backend_name()):
+        check_sample_counts(doc)
     assert scratch_tables(db_url) == before, "a scratch table was left behind"
 
 
@@ -125,8 +132,8 @@ def test_redis_probe_keeps_max_seconds_behind_a_slow_path(redis_url: str, max_se
             doc, wall = run_probe_cli(run_cli, f"redis://127.0.0.1:{relay.port}{real.path}", max_seconds)
             assert relay.connections > 0
         check_report(doc)
-        check_bounded(doc, wall, max_seconds, "redis")
-        check_sample_counts(doc)
+        if check_bounded(doc, wall, max_seconds, "redis"):
+            check_sample_counts(doc)
         left = set(client.scan_iter(match=pattern, count=1000)) - before  # others may delete theirs meanwhile
         assert not left, f"the probe's key was left behind: {left}"
     finally:
