@@ -35,7 +35,7 @@ MYSQL_LOCK_WAIT_S = 5
 LONG_LOCK_WAIT_S = 10  # a server that lets a write wait longer than this gets the lock-timeout fix
 WRITERS = 4
 LOCK_SHARE = 0.25  # of the time left after the settings, the most the lock sampling may take
-FINDINGS_MARGIN_S = 0.25  # kept back from the deadline to build the findings (no I/O)
+FINDINGS_MARGIN_S = 0.3  # kept back from the deadline to build the findings (no I/O)
 SETTINGS_ROUND_TRIPS = 8  # server settings, visibility, the task table: about this many round trips
 
 
@@ -156,7 +156,7 @@ class DatabaseRun:
         self.notes: list[str] = []
         budget = Budget.of(ctx)
         # findings are built after the last measurement: a little time of our own for that
-        budget.deadline -= min(FINDINGS_MARGIN_S, 0.05 * ctx.limits.max_seconds)
+        budget.deadline -= min(FINDINGS_MARGIN_S, 0.1 * ctx.limits.max_seconds)
         self.budget = budget
         self.connect_s = 0.0  # one new connection, SQLAlchemy's first-connect queries included
         self.rtt_s = 0.0  # one round trip on the control connection
@@ -270,7 +270,7 @@ class DatabaseRun:
         duration = min(asked, LOCK_SHARE * left)
         if left - duration < self.phase_floor_s() + self.write_guess_s:
             # the experiment will not fit either way: let the sampling have the time instead
-            duration = min(asked, max(duration, left - 2 * self.rtt_s))
+            duration = min(asked, max(duration, left - 4 * self.rtt_s))  # bound() and a sample after it
         if duration < asked:
             self.skipped["lock_sampling"] = (f"Sampled {duration:.2g} s of the {asked:g} s --duration asks:"
                                              f" --max-seconds {self.ctx.limits.max_seconds:g} leaves no more")
@@ -693,7 +693,7 @@ def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
     from celerydiag.access.backend import Budget
 
     budget = Budget.of(ctx)
-    budget.deadline -= min(FINDINGS_MARGIN_S, 0.05 * ctx.limits.max_seconds)
+    budget.deadline -= min(FINDINGS_MARGIN_S, 0.1 * ctx.limits.max_seconds)
     doing = getattr(ctx, "doing", None)
     if callable(doing):
         doing("Redis writes and reads on a key of our own")
