@@ -93,7 +93,8 @@ def server_info(conn: Any) -> ServerInfo:
     engine_name = conn.engine.dialect.name
     if engine_name == "postgresql":
         version = str(conn.execute(text("SHOW server_version")).scalar())
-        rows = conn.execute(text("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:n)"),
+        # reset_val: the session default, not what our own SET statement_timeout made it
+        rows = conn.execute(text("SELECT name, reset_val, unit FROM pg_settings WHERE name = ANY(:n)"),
                             {"n": list(PG_SETTINGS)}).all()
         settings = {r[0]: f"{r[1]}{r[2] or ''}" if r[2] not in (None, "", "B") else str(r[1]) for r in rows}
         return ServerInfo("postgresql", version, settings)

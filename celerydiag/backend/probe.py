@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from celerydiag.backend.db import is_permission
-from celerydiag.errors import DiagError
+from celerydiag.errors import DiagError, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import REDIS_SCHEMES, Side, Target
@@ -34,6 +34,9 @@ PG_LOCK_TIMEOUT_MS = 2000
 MYSQL_LOCK_WAIT_S = 5
 LONG_LOCK_WAIT_S = 10  # a server that lets a write wait longer than this gets the lock-timeout fix
 WRITERS = 4
+LOCK_SHARE = 0.25  # of the time left after the settings, the most the lock sampling may take
+FINDINGS_MARGIN_S = 0.3  # kept back from the deadline to build the findings (no I/O)
+SETTINGS_ROUND_TRIPS = 8  # server settings, visibility, the task table: about this many round trips
 
 
 class BackendProbe(Probe):
@@ -128,12 +131,22 @@ def redis_progress_fix() -> Fix:
 # ---- database ------------------------------------------------------------------------------------------
 
 class DatabaseRun:
-    """One run against a database backend; every object it creates is on ``ctx.cleanup``."""
+    """One run against a database backend; every object it creates is on ``ctx.cleanup``.
+
+    Bounded by ``--max-seconds`` (issue 12), setup included: the budget starts when the probe does
+    (the guard's deadline when it sets one, DEADLINE_API.md), every connection's timeouts come from
+    what is left of it, and each later stage gets a share of what is left when it starts: the lock
+    sampling at most LOCK_SHARE of it (never more than ``--duration``), then the experiment's
+    phases and the connection-cost reads equal shares, each at least one connect and a few writes
+    (a stage that cannot have that is skipped and its finding says so). The control connection
+    opened first stays open for the lock sampling, the scratch table's CREATE and its DROP, so the
+    cleanup never pays a connect (about a second through a 40 ms path).
+    """
 
     STAGES = 4
 
     def __init__(self, ctx: ProbeContext) -> None:
-        from celerydiag.access.backend import TableRef, database_url, dialect
+        from celerydiag.access.backend import Budget, TableRef, database_url, dialect
 
         self.ctx = ctx
         self.target = ctx.target
@@ -142,60 +155,127 @@ class DatabaseRun:
         self.table = TableRef.from_conf(ctx.target.conf)
         self.stop = threading.Event()
         self.notes: list[str] = []
+        budget = Budget.of(ctx)
+        # findings are built after the last measurement: a little time of our own for that
+        budget.deadline -= min(FINDINGS_MARGIN_S, 0.1 * ctx.limits.max_seconds)
+        self.budget = budget
+        self.connect_s = 0.0  # one new connection, SQLAlchemy's first-connect queries included
+        self.rtt_s = 0.0  # one round trip on the control connection
+        self.skipped: dict[str, str] = {}  # stage -> why the budget left it out
+
+    def doing(self, what: str) -> None:
+        """Name the stage for a cut (the guard's ``ctx.doing`` when it has one) and the progress bar."""
+        doing = getattr(self.ctx, "doing", None)
+        if callable(doing):
+            doing(what)
 
     def engine(self) -> Any:
         from celerydiag.access.backend import engine
 
-        # No statement_timeout here: pg_settings would then report ours instead of the server's.
-        db = engine(self.url, self.ctx.limits.timeout_s, self.bounded_args({}, statements=False),
+        # No statement_timeout in the startup packet: bound() SETs it, so pg_settings.reset_val
+        # still reports the server's own.
+        db = engine(self.url, self.budget.call_timeout(), self.bounded_args({}, statements=False),
                     isolation_level="AUTOCOMMIT")
         self.ctx.cleanup.callback(db.dispose)
         return db
 
     def bounded_args(self, args: dict[str, Any], statements: bool = True) -> dict[str, Any]:
-        """Driver timeouts (and, on PostgreSQL, our name and, for the writers, a statement bound) merged
-        into connect_args."""
-        from celerydiag.access.backend import connect_timeout_args
+        """Driver timeouts from what is left of the budget (and, on PostgreSQL, our name and, for the
+        writers, a statement bound) merged into connect_args."""
+        from celerydiag.access.backend import connect_timeout_args, statement_timeout_args
 
-        out = dict(connect_timeout_args(self.url, self.ctx.limits.timeout_s))
+        timeout = self.budget.call_timeout()
+        out = dict(connect_timeout_args(self.url, timeout))
         out.update(args)
         if self.dialect == "postgresql":
             from celerydiag.backend.contention import APPLICATION_NAME
 
-            out.setdefault("application_name", APPLICATION_NAME)
-            if not statements:
-                return out
-            bound = int(max(self.ctx.limits.max_seconds, self.ctx.limits.timeout_s) * 1000)
-            out["options"] = f"{out.get('options', '')} -c statement_timeout={bound}".strip()
-        return out
+            out["application_name"] = APPLICATION_NAME  # ours, always: cancel_writers ends only these
+        if not statements:
+            return out
+        return statement_timeout_args(self.url, timeout, out)
 
-    def run(self) -> Iterator[Finding]:
+    def connect(self, engine: Any) -> Any:
+        """The control connection, timed (what every later connect is expected to cost); closed by
+        the cleanup stack after the DROP that uses it."""
+        self.doing("connecting to the result backend's database")
+        started = time.perf_counter()
+        conn = engine.connect()
+        self.connect_s = time.perf_counter() - started
+        self.ctx.cleanup.callback(quietly, conn.close)
+        return conn
+
+    def bound(self, conn: Any) -> None:
+        """PostgreSQL: this session's statements end by the deadline (libpq has no read timeout, so
+        the server's statement_timeout is the bound); one round trip, timed. MySQL/MariaDB: the
+        connection's read_timeout already bounds every call; the round trip is timed all the same."""
         from sqlalchemy import text
 
+        started = time.perf_counter()
+        if self.dialect == "postgresql":
+            conn.execute(text(f"SET statement_timeout = {int(self.budget.call_timeout() * 1000)}"))
+        else:
+            conn.execute(text("SELECT 1"))
+        took = time.perf_counter() - started
+        self.rtt_s = took if not self.rtt_s else min(self.rtt_s, took)
+
+    @property
+    def write_guess_s(self) -> float:
+        """One of Celery's writes before any was timed: about six round trips (SELECT, SELECT FOR
+        UPDATE, UPDATE, COMMIT, the pool's reset) plus local work."""
+        return 6 * self.rtt_s + 0.002
+
+    def run(self) -> Iterator[Finding]:
         from celerydiag.backend.db import server_info, table_info, visibility_notes
 
         ctx = self.ctx
         ctx.progress.start("backend", self.STAGES)
         engine = self.engine()
-        with engine.connect() as conn:
-            ctx.progress.step(1, "server settings and the task table")
-            info = server_info(conn)  # reads the server's own statement_timeout first, then we bound ours
-            if info.dialect == "postgresql":  # the driver has no read timeout: a stalled server must not hang us
-                conn.execute(text(f"SET statement_timeout = {int(ctx.limits.timeout_s * 1000)}"))
-            self.notes += info.notes
-            self.notes += self.guarded(lambda: visibility_notes(conn, info), info) or []
-            tinfo = self.guarded(lambda: table_info(conn, self.table, info.dialect), info)
-            if tinfo is None:
-                from celerydiag.backend.db import TableInfo
+        conn = self.connect(engine)
+        self.bound(conn)
+        if not self.budget.fits(SETTINGS_ROUND_TRIPS * self.rtt_s):
+            yield Finding("backend.not-measured", Cause.BACKEND, Severity.INFO,
+                          f"nothing measured: connecting took {self.connect_s:.2g} s of --max-seconds"
+                          f" {ctx.limits.max_seconds:g}",
+                          detail=f"A new connection to this database costs {self.connect_s:.2g} s and a round trip"
+                                 f" {self.rtt_s * 1000:.0f} ms; reading the settings alone needs about"
+                                 f" {SETTINGS_ROUND_TRIPS} round trips more. Give the probe more --max-seconds.",
+                          evidence={**self.time_evidence(), **trust_evidence(0)})
+            return
+        ctx.progress.step(1, "server settings and the task table")
+        self.doing("reading the server's settings and the task table")
+        info = server_info(conn)
+        self.notes += info.notes
+        self.notes += self.guarded(lambda: visibility_notes(conn, info), info) or []
+        tinfo = self.guarded(lambda: table_info(conn, self.table, info.dialect), info)
+        if tinfo is None:
+            from celerydiag.backend.db import TableInfo
 
-                tinfo = TableInfo(self.table)
-            yield from self.settings_findings(info)
-            yield from self.table_findings(conn, info, tinfo)
-            ctx.progress.step(1, f"sampling lock waits for {ctx.options.duration:g} s")
-            yield from self.lock_findings(conn, info)
+            tinfo = TableInfo(self.table)
+        yield from self.settings_findings(info)
+        yield from self.table_findings(conn, info, tinfo)
+        duration = self.lock_duration()
+        ctx.progress.step(1, f"sampling lock waits for {duration:.3g} s")
+        self.bound(conn)
+        yield from self.lock_findings(conn, info, duration)
         ctx.progress.step(1, "contention experiment on a scratch table")
-        yield from self.experiment(engine, info)
+        self.bound(conn)
+        yield from self.experiment(engine, conn, info)
         yield self.server_finding(info, tinfo)
+
+    def lock_duration(self) -> float:
+        """``--duration``, cut to LOCK_SHARE of what is left (the experiment needs the rest), or to
+        all that is left when the experiment cannot fit anyway."""
+        asked = self.ctx.options.duration
+        left = self.budget.left()
+        duration = min(asked, LOCK_SHARE * left)
+        if left - duration < self.phase_floor_s() + self.write_guess_s:
+            # the experiment will not fit either way: let the sampling have the time instead
+            duration = min(asked, max(duration, left - 4 * self.rtt_s))  # bound() and a sample after it
+        if duration < asked:
+            self.skipped["lock_sampling"] = (f"Sampled {duration:.2g} s of the {asked:g} s --duration asks:"
+                                             f" --max-seconds {self.ctx.limits.max_seconds:g} leaves no more")
+        return duration
 
     def guarded(self, fn: Any, info: Any) -> Any:
         """Run a catalog read; a privilege we lack becomes a note, not a failure."""
@@ -284,12 +364,19 @@ class DatabaseRun:
                             (DB_DOCS,)))
 
     # -- lock waits ------------------------------------------------------------------------------------
-    def lock_findings(self, conn: Any, info: Any) -> Iterator[Finding]:
+    def lock_findings(self, conn: Any, info: Any, duration: float) -> Iterator[Finding]:
         from celerydiag.backend.db import wait_query, watch_waits
 
         if wait_query(info) is None:
             return
-        duration = self.ctx.options.duration
+        if duration < 2 * self.rtt_s or not self.budget.fits(2 * self.rtt_s):
+            yield Finding("backend.lock-wait", Cause.BACKEND, Severity.INFO,
+                          "lock waits not sampled: --max-seconds left no time for it",
+                          detail=f"{self.skipped.get('lock_sampling', '')}; one sample takes a round trip,"
+                                 f" {self.rtt_s * 1000:.0f} ms here.",
+                          evidence={"sampled_s": 0.0, "asked_s": self.ctx.options.duration, **self.time_evidence()})
+            return
+        self.doing(f"sampling lock waits for {duration:.3g} s")
         interval = min(0.25, max(0.05, duration / 8))
         episodes = self.guarded(lambda: watch_waits(conn, info, self.table, duration, interval, self.stop), info)
         if episodes is None:
@@ -299,11 +386,15 @@ class DatabaseRun:
             return
         ours = [e for e in episodes if e.on_task_table]
         others = [e for e in episodes if not e.on_task_table]
-        evidence: dict[str, Any] = {"sampled_s": duration, "samples_count": max(1, int(duration / interval)),
+        evidence: dict[str, Any] = {"sampled_s": round(duration, 3), "asked_s": self.ctx.options.duration,
+                                    "samples_count": max(1, int(duration / interval)),
                                     "table": self.table.qualified, "other_waits_count": len(others)}
+        cut = self.skipped.get("lock_sampling", "")
         if not ours:
             yield Finding("backend.lock-wait", Cause.BACKEND, Severity.OK,
-                          f"no lock waits on {self.table.qualified} in {duration:g} s of sampling",
+                          f"no lock waits on {self.table.qualified} in {duration:.3g} s of sampling"
+                          + (" (cut short by --max-seconds)" if cut else ""),
+                          detail=cut + ("." if cut else ""),
                           evidence={**evidence, "episodes": [e.to_evidence() for e in others[:3]]})
             return
         worst = ours[0]
@@ -325,7 +416,7 @@ class DatabaseRun:
                     fix=Fix(summary, fix.config if fix else "", fix.docs if fix else (DB_DOCS,)))
 
     # -- the experiment --------------------------------------------------------------------------------
-    def experiment(self, engine: Any, info: Any) -> Iterator[Finding]:
+    def experiment(self, engine: Any, conn: Any, info: Any) -> Iterator[Finding]:
         from celerydiag.access.app import fresh_app
         from celerydiag.backend.contention import Experiment, scratch_table_name
         from celerydiag.backend.scratch import scratch_model
@@ -333,14 +424,23 @@ class DatabaseRun:
         ctx = self.ctx
         conf = self.target.conf
         name = scratch_table_name(ctx.scratch)
+        if not self.budget.fits(self.phase_floor_s()):
+            self.skipped["experiment"] = self.no_time("the contention experiment")
+            yield Finding("backend.experiment", Cause.BACKEND, Severity.INFO,
+                          "contention experiment skipped (0 timed writes): --max-seconds left no time for it",
+                          detail=f"{self.skipped['experiment'][:1].upper()}{self.skipped['experiment'][1:]}."
+                                 " Give the probe more --max-seconds.",
+                          evidence={**self.time_evidence(), **trust_evidence(0)})
+            return
         model = scratch_model(name, self.table.schema, bool(conf.get("result_extended")))
         app = fresh_app(self.target, "celerydiag-backend", ("result_", "database_", "accept_content"),
                         skip=("database_table_names", "database_table_schemas"))
-        deadline = time.monotonic() + ctx.limits.max_seconds
-        exp = Experiment(app, self.url, model, deadline, self.stop)
+        exp = Experiment(app, self.url, model, self.budget, self.stop, control=conn,
+                         write_guess_s=self.write_guess_s)
         ctx.cleanup.callback(exp.drop, engine)  # registered before the CREATE
         ctx.cleanup.callback(exp.stop_writers)  # and runs before the DROP (LIFO)
         try:
+            self.doing(f"creating the scratch table {name}")
             exp.create(engine)
         except Exception as exc:
             if not is_permission(exc):
@@ -355,45 +455,108 @@ class DatabaseRun:
                                                     " contention and connection cost."),
                           evidence={"table": name})
             return
-        base = current_engine_options(self.target)
-        base_opts = {**base, "connect_args": self.bounded_args(dict(base.get("connect_args") or {}))}
-        fixed = fixed_engine_options(info.dialect, base)
-        fixed_opts = {**fixed, "connect_args": self.bounded_args(dict(fixed.get("connect_args") or {}))}
-        writers = 1 if info.dialect == "sqlite" else WRITERS
-        writes = max(writers * 10, ctx.limits.samples // 3)
-        seconds = max(1.0, ctx.limits.max_seconds / 5)
-        scratch = ctx.scratch
-        shared = [f"{scratch}-shared"] * writers
-        distinct = [f"{scratch}-w{i}" for i in range(writers)]
-        phases = {"distinct_rows": exp.run_phase("distinct_rows", distinct, base_opts, writes, seconds)}
-        if writers > 1:
-            phases["one_row"] = exp.run_phase("one_row", shared, base_opts, writes, seconds)
-            if fixed != base:
-                phases["one_row_with_fix"] = exp.run_phase("one_row_with_fix", shared, fixed_opts, writes, seconds)
-        ctx.progress.step(1, "connection cost per client read")
-        fresh, pooled = exp.read_cost(distinct[0], base_opts, min(30, ctx.limits.samples), seconds)
+        phases, fresh, pooled = self.phases(exp, info)
         yield from self.experiment_findings(info, name, phases)
         yield self.read_finding(fresh, pooled)
 
-    def experiment_findings(self, info: Any, table: str, phases: dict[str, Any]) -> Iterator[Finding]:
-        from celerydiag.measure import MIN_SAMPLES_FOR_P99
+    def phases(self, exp: Any, info: Any) -> tuple[dict[str, Any], Any, Any]:
+        """The writers' phases and the connection-cost reads, each given an equal share of the time
+        left when it starts (at least :meth:`phase_floor_s`; one that cannot have it is skipped)."""
+        ctx = self.ctx
+        base = current_engine_options(self.target)
+        fixed = fixed_engine_options(info.dialect, base)
+        writers = 1 if info.dialect == "sqlite" else WRITERS
+        writes = max(writers * 10, ctx.limits.samples // 3)
+        shared = [f"{ctx.scratch}-shared"] * writers
+        distinct = [f"{ctx.scratch}-w{i}" for i in range(writers)]
+        plan = [("distinct_rows", distinct, base)]
+        if writers > 1:
+            plan.append(("one_row", shared, base))
+            if fixed != base:
+                plan.append(("one_row_with_fix", shared, fixed))
+        phases: dict[str, Any] = {}
+        for i, (phase, task_ids, options) in enumerate(plan):
+            seconds = self.share(len(plan) + 1 - i)  # +1: the connection-cost reads come last
+            if not seconds:
+                self.skipped[phase] = self.no_time(f"the {phase} phase")
+                continue
+            self.doing(f"the contention experiment's {phase} phase ({len(task_ids)} writers, {seconds:.2g} s)")
+            opts = {**options, "connect_args": self.bounded_args(dict(options.get("connect_args") or {}))}
+            phases[phase] = exp.run_phase(phase, task_ids, opts, writes, seconds)
+            self.bound(exp.control)
+        ctx.progress.step(1, "connection cost per client read")
+        seconds = self.share(1)
+        self.doing("timing a client read with a new connection and a pooled one")
+        opts = {**base, "connect_args": self.bounded_args(dict(base.get("connect_args") or {}))}
+        fresh, pooled = exp.read_cost(distinct[0], opts, min(30, ctx.limits.samples), seconds, self.connect_s)
+        if not fresh.samples:
+            self.skipped["read_cost"] = self.no_time("the connection-cost reads")
+        return phases, fresh, pooled
 
-        distinct = phases["distinct_rows"]
-        s = distinct.summary
+    def phase_floor_s(self) -> float:
+        """The least a phase is worth running for: its writers' connects and three writes."""
+        return self.connect_s + 3 * self.write_guess_s
+
+    def share(self, stages_left: int) -> float:
+        """Seconds for the next of ``stages_left`` stages: an equal share of what is left, at least
+        the phase floor; 0 when not even that is left."""
+        left = self.budget.left()
+        floor = self.phase_floor_s()
+        if left < floor:
+            return 0.0
+        return max(floor, left / max(1, stages_left))
+
+    def no_time(self, what: str) -> str:
+        return (f"{what} did not run: {self.budget.left():.2g} s of --max-seconds"
+                f" {self.ctx.limits.max_seconds:g} were left and it needs at least {self.phase_floor_s():.2g} s"
+                f" (a new connection costs {self.connect_s:.2g} s here, a round trip {self.rtt_s * 1000:.0f} ms)")
+
+    def time_evidence(self) -> dict[str, Any]:
+        """How the budget went: for every finding a short budget cut."""
+        return {"max_s": self.ctx.limits.max_seconds, "connect_s": round(self.connect_s, 3),
+                "round_trip_ms": round(self.rtt_s * 1000, 3), "skipped_stages": dict(self.skipped)}
+
+    def experiment_findings(self, info: Any, table: str, phases: dict[str, Any]) -> Iterator[Finding]:
+        distinct = phases.get("distinct_rows")
+        s = distinct.summary if distinct is not None else None
+        if distinct is None or s is None or (not s.samples and not sum(distinct.errors.values())):
+            why = self.skipped.get("distinct_rows") or self.no_time("the timed writes")
+            yield Finding("backend.write-latency", Cause.BACKEND, Severity.INFO,
+                          "update_state write latency not measured: --max-seconds left no time for a timed write",
+                          detail=f"{why[:1].upper()}{why[1:]}. Give the probe more --max-seconds.",
+                          evidence={"table": table, **self.time_evidence(), **trust_evidence(0)})
+            return
         if not s.samples:
             raise DiagError(f"every write to the scratch table failed: {distinct.first_error}",
                             "check the database user's INSERT/UPDATE rights and the server's log")
-        evidence = {"table": table, **distinct.to_evidence()}
-        thin = "" if s.reliable else f" (only {s.samples} writes: P99 is the maximum below {MIN_SAMPLES_FOR_P99})"
+        evidence = {"table": table, **distinct.to_evidence(), **trust_evidence(s.samples),
+                    **self.time_evidence()}
         yield delay("backend.write-latency", Cause.BACKEND, s.p99_ms,
                     f"update_state write P99 {s.p99_ms:.1f} ms, P50 {s.p50_ms:.1f} ms"
-                    f" ({distinct.writers} writer(s), own rows, {distinct.writes_per_s:.0f} writes/s){thin}",
+                    f" ({distinct.writers} writer(s), own rows, {distinct.writes_per_s:.0f} writes/s)"
+                    f"{thin_note(s.samples, 'writes')}",
                     detail="Celery's own DatabaseBackend.store_result on a scratch copy of the task table, pooled"
-                           " connections as in a prefork child. Every update_state blocks the task this long.",
+                           " connections as in a prefork child. Every update_state blocks the task this long."
+                           + self.cut_note(),
                     evidence=evidence,
                     fix=redis_progress_fix() if s.p99_ms >= 0.2 * self.ctx.budget_ms else None)
+        yield from self.contention_finding(info, table, phases, s)
+
+    def cut_note(self) -> str:
+        """One sentence per stage the budget cut, for the detail of the findings it thinned."""
+        return "".join(f" {why[:1].upper()}{why[1:]}." for stage, why in self.skipped.items()
+                       if stage != "lock_sampling")
+
+    def contention_finding(self, info: Any, table: str, phases: dict[str, Any], s: Any) -> Iterator[Finding]:
         one = phases.get("one_row")
-        if one is None:
+        if one is None and "one_row" not in self.skipped:
+            return  # one writer only (SQLite): no row contention to measure
+        if one is None or (not one.summary.samples and not sum(one.errors.values())):
+            why = self.skipped.get("one_row") or self.no_time("the one_row phase's timed writes")
+            yield Finding("backend.row-contention", Cause.BACKEND, Severity.INFO,
+                          "concurrent writes to one task row not measured: --max-seconds left no time for it",
+                          detail=f"{why[:1].upper()}{why[1:]}. Give the probe more --max-seconds.",
+                          evidence={"table": table, **self.time_evidence(), **trust_evidence(0)})
             return
         o = one.summary
         impact = max(0.0, o.p99_ms - s.p99_ms) if o.samples else 0.0
@@ -401,20 +564,25 @@ class DatabaseRun:
         failures = sum(one.errors.values())
         with_fix = phases.get("one_row_with_fix")
         fix = engine_fix(info.dialect, self.target)
-        detail = (f"{one.writers} writers on one task row (what duplicate runs of a task do): P99 {o.p99_ms:.1f} ms,"
+        detail = (f"{one.writers} writers on one task row (what duplicate runs of a task do): P99 {o.p99_ms:.1f} ms"
+                  f"{thin_note(o.samples, 'writes')},"
                   f" ≈{lock_wait:.1f} ms lock wait per write, {one.errors['lock_timeout']} lock timeouts,"
                   f" {one.errors['deadlock']} deadlocks, {one.writes_per_s:.0f} writes/s.")
         if with_fix is not None and with_fix.summary.samples:
             w = with_fix.summary
             detail += (f" With the fix applied: P99 {w.p99_ms:.1f} ms ({w.p99_ms - o.p99_ms:+.1f} ms),"
                        f" {with_fix.errors['lock_timeout']} lock timeouts, {with_fix.errors['deadlock']} deadlocks.")
+        elif "one_row_with_fix" in self.skipped:
+            why = self.skipped["one_row_with_fix"]
+            detail += f" {why[:1].upper()}{why[1:]}."
         if one.first_error:
             detail += f" First error: {self.target.redact(one.first_error)}."
         # failed writes are worse than their milliseconds say: at least a warning
         yield delay("backend.row-contention", Cause.BACKEND, impact,
                     f"concurrent writes to one task row add {impact:.1f} ms at P99"
-                    f" ({failures} failed writes)", detail=detail,
+                    f" ({failures} failed writes){thin_note(min(o.samples, s.samples), 'writes')}", detail=detail,
                     evidence={"table": table, "phases": {k: p.to_evidence() for k, p in phases.items()},
+                              **trust_evidence(min(o.samples, s.samples)),
                               "lock_wait_ms": round(lock_wait, 2),
                               "failed_writes_count": failures},
                     fix=fix if (failures or impact >= 0.2 * self.ctx.budget_ms) else None,
@@ -423,7 +591,9 @@ class DatabaseRun:
     def read_finding(self, fresh: Any, pooled: Any) -> Finding:
         if not fresh.samples:
             return Finding("backend.reconnect-per-read", Cause.BACKEND, Severity.INFO,
-                           "connection cost not measured (time budget spent)", evidence={})
+                           "connection cost not measured: --max-seconds left no time for it",
+                           detail=f"{self.skipped.get('read_cost') or self.no_time('the connection-cost reads')}.",
+                           evidence=self.time_evidence())
         extra = max(0.0, fresh.p50_ms - pooled.p50_ms)
         return delay("backend.reconnect-per-read", Cause.BACKEND, extra,
                      f"a client read costs {fresh.p50_ms:.1f} ms with a new connection (Celery outside forked"
@@ -433,7 +603,7 @@ class DatabaseRun:
                             " (reference A.2, celery#2661). Poll less often, read meta once per poll"
                             " (backend.get_task_meta) instead of .state then .info, or use a push backend.",
                      evidence={"fresh_connection_read_ms": fresh.short(), "pooled_read_ms": pooled.short(),
-                               "connect_ms": round(extra, 3)},
+                               "connect_ms": round(extra, 3), "reads_count": fresh.samples},
                      fix=redis_progress_fix() if extra >= 0.2 * self.ctx.budget_ms else None)
 
     def server_finding(self, info: Any, tinfo: Any) -> Finding:
@@ -456,6 +626,39 @@ class DatabaseRun:
                        f"{info.dialect} {info.version}: task table {t.table.qualified}"
                        f" ({rows})",
                        detail=self.target.redact(detail), evidence=evidence)
+
+
+def _redis_latency(fid: str, summary: Any, noun: str, title: str, detail: str, key: str,
+                   timing: dict[str, Any]) -> Iterator[Finding]:
+    """One Redis latency finding, or, when --max-seconds left no time for a single timed call, a
+    finding that says so (never a NaN P99)."""
+    if not summary.samples:
+        yield Finding(fid, Cause.BACKEND, Severity.INFO,
+                      f"{title.split(' P99')[0]} not measured: --max-seconds left no time for a timed call",
+                      detail=f"A round trip costs {timing['round_trip_ms']:.0f} ms here. Give the probe more"
+                             " --max-seconds.", evidence={**timing, **trust_evidence(0)})
+        return
+    yield delay(fid, Cause.BACKEND, summary.p99_ms,
+                title.format(p99=summary.p99_ms, p50=summary.p50_ms) + thin_note(summary.samples, noun),
+                detail=detail, evidence={key: summary.short(), **trust_evidence(summary.samples), **timing})
+
+
+def thin_note(samples: int, noun: str) -> str:
+    """'' for a P99 from enough samples, else the words that say it is not one (issue 12)."""
+    from celerydiag.measure import MIN_SAMPLES_FOR_P99
+
+    if samples >= MIN_SAMPLES_FOR_P99:
+        return ""
+    return (f" (only {samples} {noun}, below the {MIN_SAMPLES_FOR_P99} a P99 needs:"
+            " that P99 is their maximum, not a trustworthy P99)")
+
+
+def trust_evidence(samples: int) -> dict[str, Any]:
+    """How many samples a latency finding got against its trust floor, for --format json readers."""
+    from celerydiag.measure import MIN_SAMPLES_FOR_P99
+
+    return {"samples": samples, "samples_floor_count": MIN_SAMPLES_FOR_P99,
+            "p99_trustworthy": samples >= MIN_SAMPLES_FOR_P99}
 
 
 def _pg_seconds(value: str) -> float:
@@ -488,18 +691,25 @@ def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
 
     ctx.progress.start("backend", 2)
     ctx.progress.step(1, "Redis writes and reads on a key of our own")
-    facts = measure(ctx.target, ctx.scratch, ctx.cleanup, ctx.limits.samples,
-                    max(1.0, ctx.limits.max_seconds / 3), ctx.limits.timeout_s)
+    from celerydiag.access.backend import Budget
+
+    budget = Budget.of(ctx)
+    budget.deadline -= min(FINDINGS_MARGIN_S, 0.1 * ctx.limits.max_seconds)
+    doing = getattr(ctx, "doing", None)
+    if callable(doing):
+        doing("Redis writes and reads on a key of our own")
+    facts = measure(ctx.target, ctx.scratch, ctx.cleanup, ctx.limits.samples, budget.left(), ctx.limits.timeout_s,
+                    budget=budget)
     ctx.progress.step(1, "subscribers, eviction, TTLs")
-    w, r = facts.write, facts.read
-    yield delay("backend.write-latency", Cause.BACKEND, w.p99_ms,
-                f"update_state write P99 {w.p99_ms:.2f} ms, P50 {w.p50_ms:.2f} ms (GET + MULTI/SETEX/PUBLISH/EXEC)",
-                detail="Celery's own RedisBackend.store_result on a key of our own, sent on a fixed schedule and"
-                       " timed from the intended send time.",
-                evidence={"write_ms": w.short(), "samples": w.samples})
-    yield delay("backend.read-latency", Cause.BACKEND, r.p99_ms,
-                f"client read (AsyncResult.state) P99 {r.p99_ms:.2f} ms, P50 {r.p50_ms:.2f} ms",
-                evidence={"read_ms": r.short(), "samples": r.samples})
+    timing = {"max_s": ctx.limits.max_seconds, "connect_s": round(facts.connect_s, 3),
+              "round_trip_ms": round(facts.round_trip_ms, 3)}
+    yield from _redis_latency("backend.write-latency", facts.write, "writes",
+                              "update_state write P99 {p99:.2f} ms, P50 {p50:.2f} ms (GET + MULTI/SETEX/PUBLISH/EXEC)",
+                              "Celery's own RedisBackend.store_result on a key of our own, sent on a fixed schedule"
+                              " and timed from the intended send time.", "write_ms", timing)
+    yield from _redis_latency("backend.read-latency", facts.read, "reads",
+                              "client read (AsyncResult.state) P99 {p99:.2f} ms, P50 {p50:.2f} ms", "", "read_ms",
+                              timing)
     memory = {"maxmemory_bytes": facts.maxmemory_bytes, "used_memory_bytes": facts.used_memory_bytes,
               "maxmemory_policy": facts.policy}
     if facts.maxmemory_bytes and facts.policy in EVICTING:

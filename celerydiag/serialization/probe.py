@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from celerydiag.access.backend import Budget
 from celerydiag.errors import DiagError, one_line
 from celerydiag.findings import Cause, Finding, Fix, delay
 from celerydiag.probe import Probe, ProbeContext
@@ -79,7 +80,7 @@ class SerializationProbe(Probe):
         ctx.progress.step(0, "reading stored metas")
         stored, problem = None, ""
         try:
-            stored = read_stored_metas(ctx.target, ctx.limits.timeout_s, ctx.cleanup, model)
+            stored = read_stored_metas(ctx.target, ctx.limits.timeout_s, ctx.cleanup, model, budget=Budget.of(ctx))
         except DiagError as exc:
             problem = exc.message
         ctx.progress.step(1, "timing encode/decode")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag.access.app import redis_backend_app
-from celerydiag.access.backend import readonly_engine, redis_backend_client, task_table
+from celerydiag.access.backend import Budget, readonly_engine, redis_backend_client, task_table
 from celerydiag.errors import DiagError, InputError, TargetUnreachable, describe, one_line, quietly
 from celerydiag.serialization.harness import MB, ONE_LINE_CHARS, BackendModel, Payload, backend_model
 from celerydiag.target import Target
@@ -39,21 +39,24 @@ class StoredMetas:
 
 
 def read_stored_metas(target: Target, timeout: float, cleanup: ExitStack,
-                      model: BackendModel) -> StoredMetas | None:
+                      model: BackendModel, budget: Budget | None = None) -> StoredMetas | None:
     """The target's recent stored metas, read-only and bounded; None for backends we cannot read.
-    Connections it opens are closed by ``cleanup``."""
+    Connections it opens are closed by ``cleanup``. Bounded in time by ``budget`` (a probe's
+    deadline; ``timeout`` from now when none is given): every call's timeout is what is left of
+    it, and no further SCAN or value read starts once it has run out (what was read is kept)."""
+    budget = budget or Budget.within(timeout, timeout)
     if model.name == "redis":
-        client = redis_backend_client(target, timeout)
+        client = redis_backend_client(target, budget.call_timeout(timeout))
         cleanup.callback(client.close)
-        return _read_redis(target, client)
+        return _read_redis(target, client, budget)
     if model.name == "db":
-        engine = readonly_engine(target, timeout)
+        engine = readonly_engine(target, budget.call_timeout(timeout))
         cleanup.callback(engine.dispose)
-        return _read_database(target, engine, model)
+        return _read_database(target, engine, model, budget=budget)
     return None
 
 
-def _read_redis(target: Target, client: Any) -> StoredMetas:
+def _read_redis(target: Target, client: Any, budget: Budget | None = None) -> StoredMetas:
     backend = target.app.backend
     prefix = backend.task_keyprefix  # already carries global_keyprefix
     prefix = prefix if isinstance(prefix, bytes) else prefix.encode()
@@ -63,6 +66,9 @@ def _read_redis(target: Target, client: Any) -> StoredMetas:
     try:
         cursor = 0
         for _ in range(SCAN_CALLS):
+            if budget is not None and budget.expired() and keys:
+                stored.skipped.append("fewer stored metas scanned: the time bound ran out")
+                break
             cursor, batch = client.scan(cursor, match=pattern, count=200)
             keys.extend(batch)
             if not cursor or len(keys) >= MAX_KEYS:
@@ -77,7 +83,7 @@ def _read_redis(target: Target, client: Any) -> StoredMetas:
     sized = [(k, n) for k, n in zip(keys, lengths) if isinstance(n, int) and n > 0]
     stored.sizes = [n for _, n in sized]
     for key, size in _pick(sized):
-        if len(stored.samples) >= PICKED:
+        if len(stored.samples) >= PICKED or (budget is not None and budget.expired()):
             break
         task_id = key[len(prefix):].decode(errors="replace")
         try:
@@ -102,7 +108,8 @@ def _pick(sized: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
     return list(dict.fromkeys(order))[:MAX_DECODE_ATTEMPTS]
 
 
-def _read_database(target: Target, engine: Any, model: BackendModel, limit: int = MAX_KEYS) -> StoredMetas:
+def _read_database(target: Target, engine: Any, model: BackendModel, limit: int = MAX_KEYS,
+                   budget: Budget | None = None) -> StoredMetas:
     from sqlalchemy import func, select
 
     table = task_table(target.conf)
@@ -114,7 +121,7 @@ def _read_database(target: Target, engine: Any, model: BackendModel, limit: int 
             sized = [((row[0], row[1]), int(row[2])) for row in rows if row[2]]
             stored.sizes = [n for _, n in sized]
             for (row_id, task_id), size in _pick(sized):
-                if len(stored.samples) >= PICKED:
+                if len(stored.samples) >= PICKED or (budget is not None and budget.expired()):
                     break
                 raw = conn.execute(select(table.c.result).where(table.c.id == row_id)).scalar()
                 try:

@@ -75,7 +75,7 @@ def test_sigint_mid_experiment_drops_the_scratch_table(pg_url: str) -> None:
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err, err
     assert "interrupted" in err
-    assert ours.isdisjoint(_pg_scratch_tables(pg_url)), "scratch table left behind after SIGINT"
+    assert ours.isdisjoint(_pg_scratch_tables(pg_url)), f"scratch table left behind after SIGINT: {err[-1500:]}"
 
 
 @pytest.fixture
