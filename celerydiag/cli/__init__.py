@@ -172,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             click.echo(f"  hint: {_error_line(exc.hint, exc)}", err=True)
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
-        click.echo("celerydiag: interrupted; whatever the run had created (queues, keys, scratch tables) "
-                   "was removed first", err=True)
-        return ExitCode.INTERRUPTED
+        click.echo(f"celerydiag: interrupted ({interrupt.signal_name()}); whatever the run had created "
+                   "(queues, keys, scratch tables) was removed first", err=True)
+        return ExitCode(interrupt.exit_code())  # 130 for Ctrl-C, 143 for SIGTERM
     except BrokenPipeError:  # what did not go through emit (probe --list | head -1): same code
         silence_stdout()
         click.echo("celerydiag: stdout closed before the output was complete", err=True)
