@@ -15,6 +15,7 @@ thread where the call blocks. It is a BaseException, like KeyboardInterrupt, so 
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -30,10 +31,23 @@ EXIT_SIGINT = 130  # 128 + SIGINT
 EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
+GRACE_S = 1.2  # after Ctrl-C/SIGTERM, cleanup has this long before each stuck step is cut
+CUT_REPEAT_S = 0.1  # then every step still blocking gets this long: the command ends within ~2 s
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     received.append(signum)
     requested.set()
+    if not any(d.interrupt for d in _active) and threading.current_thread() is threading.main_thread():
+        # Cleanup runs next (finally blocks, the probe's stack): bound it, wherever it blocks.
+        _active.append(_Deadline(time.monotonic() + GRACE_S, CUT_REPEAT_S, interrupt=True))
+        _arm()
     raise KeyboardInterrupt
+
+
+def stop_by() -> float:
+    """time.monotonic() by which cleanup after Ctrl-C/SIGTERM must be done (inf if none came)."""
+    return min((d.at for d in _active if d.interrupt and not d.fired), default=math.inf)
 
 
 def check() -> None:
@@ -60,11 +74,15 @@ def handled() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_alarm)
     try:
         yield
     finally:
+        # First: no cut may land in the caller's "interrupted" message once we are out.
+        _active[:] = [d for d in _active if not d.interrupt]
+        _arm()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # ---- deadlines ---------------------------------------------------------------------------------
@@ -82,6 +100,7 @@ class _Deadline:
     at: float  # time.monotonic()
     repeat_s: float | None  # after firing, fire again this often (a cleanup stack: cut each stuck step)
     fired: bool = False
+    interrupt: bool = False  # the bound on cleanup after a signal: raises KeyboardInterrupt
 
 
 _active: list[_Deadline] = []
@@ -104,6 +123,8 @@ def _on_alarm(signum: int, frame: Any) -> None:
         if d.repeat_s:
             d.at = now + d.repeat_s
     _arm()
+    if any(d.interrupt for d in due):
+        raise KeyboardInterrupt  # the run is stopping anyway: the caller's "interrupted" path
     if due:
         raise Overrun(min(d.at for d in due))
 
@@ -119,7 +140,7 @@ def deadline(at: float, repeat_s: float | None = None) -> Iterator[_Deadline]:
         yield entry
         return
     previous = signal.getsignal(signal.SIGALRM)
-    if not _active:
+    if previous is not _on_alarm:  # outside handled() (a test calling run_probe): ours for the block
         signal.signal(signal.SIGALRM, _on_alarm)
     _active.append(entry)
     _arm()
@@ -128,5 +149,5 @@ def deadline(at: float, repeat_s: float | None = None) -> Iterator[_Deadline]:
     finally:
         _active.remove(entry)
         _arm()
-        if not _active:
+        if previous is not _on_alarm:
             signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)

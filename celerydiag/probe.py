@@ -45,7 +45,6 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 CLEANUP_GRACE_S = 2.0  # a probe's cleanup after its run (or its cut), on top of --max-seconds
-INTERRUPT_GRACE_S = 1.2  # the cleanup after Ctrl-C/SIGTERM: the command must end within 2 s
 CUT_REPEAT_S = 0.25  # once the grace is spent, each further stuck cleanup step gets this long
 MIN_CALL_TIMEOUT_S = 0.05  # ProbeContext.call_timeout() never hands a driver less (0 = no timeout to some)
 
@@ -244,7 +243,8 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
     ctx.latency = {}
     stopped: BaseException | None = None
     try:
-        with interrupt.deadline(ctx.deadline):
+        # repeat: the probe's own finally blocks (a worker's join) are cut too, each after CUT_REPEAT_S
+        with interrupt.deadline(ctx.deadline, repeat_s=CUT_REPEAT_S):
             findings.extend(probe.run(ctx))
     except BaseException as exc:  # noqa: B036 - every outcome is judged below, after cleanup
         stopped = exc
@@ -266,10 +266,15 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
 def _unwind(ctx: ProbeContext, interrupted: bool) -> str:
     """Run the cleanup stack within the grace (shorter after Ctrl-C/SIGTERM), cutting each step
     still stuck after it. Returns "" or one line saying the cleanup was cut."""
-    grace = min(ctx.limits.cleanup_grace_s, INTERRUPT_GRACE_S) if interrupted else ctx.limits.cleanup_grace_s
+    now = time.monotonic()
+    # Cut or not, the probe ends by deadline + grace; after a signal, by the signal's own bound.
+    until = max(min(now, ctx.deadline) + ctx.limits.cleanup_grace_s, now + CUT_REPEAT_S)
+    if interrupted:
+        until = min(until, interrupt.stop_by())
+    stated = interrupt.GRACE_S if interrupted else ctx.limits.cleanup_grace_s
     cut = False
     stack = ctx.cleanup
-    with interrupt.deadline(time.monotonic() + grace, repeat_s=CUT_REPEAT_S) as bound:
+    with interrupt.deadline(until, repeat_s=CUT_REPEAT_S) as bound:
         try:
             stack.close()
         except (Exception, interrupt.Overrun):  # a callback that did not use quietly(); or the cut
@@ -279,8 +284,8 @@ def _unwind(ctx: ProbeContext, interrupted: bool) -> str:
                 raise
         cut = cut or bound.fired
     if cut:
-        log.debug("cleanup cut after %.1f s", grace)
-        return (f"its cleanup was cut after the {grace:g} s grace (a call to the target did not return); "
+        log.debug("cleanup cut after %.2f s", time.monotonic() - now)
+        return (f"its cleanup was cut after the {stated:g} s grace (a call to the target did not return); "
                 "what it made expires by itself (x-expires, result_expires)")
     return ""
 
