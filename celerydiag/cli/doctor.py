@@ -40,7 +40,9 @@ def probe_options(fn: Any) -> Any:
         click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=5.0,
                      show_default=True, help="Seconds to wait for any single network call."),
         click.option("--max-seconds", type=click.FloatRange(min=1, max=3600), default=30.0,
-                     show_default=True, help="Upper bound on each active probe's run time."),
+                     show_default=True,
+                     help="Upper bound on each probe's run time: it is cut there, and its cleanup "
+                          "then has 2 s more (doctor states its total bound on stderr)."),
         click.option("--samples", type=click.IntRange(min=10, max=100_000), default=500,
                      show_default=True,
                      help="Messages/writes an active probe sends at most (broker, backend)."),
@@ -75,8 +77,10 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
                static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
                poll_interval: float | None, poll_strategy: str | None, pcap: str | None,
-               iface: str | None, duration: float, rabbitmq_api: str | None) -> ExitCode:
-    """Shared by doctor and probe: resolve, diagnose, render."""
+               iface: str | None, duration: float, rabbitmq_api: str | None,
+               state_bound: bool = False) -> ExitCode:
+    """Shared by doctor and probe: resolve, diagnose, render. ``state_bound``: say on stderr,
+    before the probes start, how long they may take at most (doctor)."""
     from celerydiag.doctor import diagnose
     from celerydiag.probe import Limits, ProbeOptions
     from celerydiag.target import resolve_target
@@ -92,7 +96,8 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                 report = diagnose(target, probes, budget_ms=budget_ms, static=static, progress=progress,
                                   limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
                                                 updates=updates),
-                                  options=options)
+                                  options=options,
+                                  on_start=(lambda line: click.echo(line, err=True)) if state_bound else None)
             finally:
                 progress.close()
             return emit_report(out, report, fmt, fail_on)
@@ -110,8 +115,8 @@ def command(**kw: Any) -> ExitCode:
 
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or
     input (an unwritable --output before any probe), 3 target unreachable, 4 internal error,
-    130 interrupted (after cleanup), 141 stdout closed early (`| head`).
+    130 Ctrl-C and 143 SIGTERM (after cleanup, within 2 s), 141 stdout closed early (`| head`).
     """
     from celerydiag.probe import probe_classes
 
-    return run_report(probes=probe_classes(), **kw)
+    return run_report(probes=probe_classes(), state_bound=True, **kw)
