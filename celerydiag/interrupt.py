@@ -61,6 +61,23 @@ def exit_code() -> int:
     return EXIT_SIGTERM if received and received[0] == signal.SIGTERM else EXIT_SIGINT
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` at once, after flushing stdout and stderr: once a signal's
+    cleanup is done, Python's own finalization (collecting Celery's, SQLAlchemy's, rich's
+    objects: 1-2 s on a busy host) would break the 2 s promise and has nothing left to do for us.
+    A daemon thread still stuck in a driver call is dropped with the process. For the console
+    script only (cli.main with argv None), never in-process callers such as tests."""
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing more to say on it
+            pass
+    os._exit(code)
+
+
 def signal_name() -> str:
     return "SIGTERM" if exit_code() == EXIT_SIGTERM else "Ctrl-C"
 

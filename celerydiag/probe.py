@@ -283,8 +283,8 @@ def _unwind(ctx: ProbeContext, interrupted: bool) -> str:
             if not interrupted:
                 raise
         cut = cut or bound.fired
+    log.debug("cleanup %s after %.2f s", "cut" if cut else "done", time.monotonic() - now)
     if cut:
-        log.debug("cleanup cut after %.2f s", time.monotonic() - now)
         return (f"its cleanup was cut after the {stated:g} s grace (a call to the target did not return); "
                 "what it made expires by itself (x-expires, result_expires)")
     return ""

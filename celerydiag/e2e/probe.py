@@ -45,6 +45,7 @@ DISPATCH_SHARE = 0.25  # of --max-seconds; the update phase gets the rest
 START_TIMEOUT_S = 15.0
 WORKER_STOP_S = 5.0
 FINISH_MARGIN_S = 1.0  # of --max-seconds, kept for stopping the worker and building the findings
+SQLITE_BUSY_S = 0.5  # SQLite lock wait of our e2e apps and cleanup (see _use_scratch_table)
 TRUST_FLOOR = 200  # updates seen: below this a P99 is a few samples' maximum, and the finding says so
 
 # Settings copied from the target so our worker and client talk to its services exactly as its
@@ -121,7 +122,8 @@ class E2ERun:
         # An ExitStack unwinds last-in first-out: remove what we made, then close the apps.
         ctx.cleanup.callback(worker_app.close)
         ctx.cleanup.callback(client_app.close)
-        ctx.cleanup.callback(self._forget_results, client_app)
+        if not self.target.scratch_dir:  # the embedded default's SQLite file goes with its temp dir
+            ctx.cleanup.callback(self._forget_results, client_app)
         ctx.cleanup.callback(self._delete_queue, client_app)
         self._register_tasks(worker_app)
         hostname = f"{ctx.scratch}@{socket.gethostname()}"
@@ -212,11 +214,21 @@ class E2ERun:
         """Database backend: Celery's own backend on a scratch copy of its task table (never the
         user's, see scratch_db). The worker pools connections as a prefork child does; the client
         opens one per read, as a web process does (reference A.2)."""
-        from celerydiag.access.backend import database_url, engine
+        from celerydiag.access.backend import database_url, dialect, engine
         from celerydiag.backend.scratch import scratch_backend_class, scratch_model
 
         url = database_url(self.target)
         conf = self.target.conf
+        cleanup_timeout_s = self.ctx.limits.timeout_s
+        if dialect(url) == "sqlite":
+            # SQLite waits for a lock in C, where no signal reaches us: keep each wait short, so
+            # a read that Ctrl-C interrupted cannot hold our cleanup (and the worker) for the
+            # driver's 5 s default, twice. Our worker and client hold locks for milliseconds.
+            cleanup_timeout_s = SQLITE_BUSY_S
+            for app in (worker, client):
+                options = dict(app.conf.database_engine_options or {})
+                options["connect_args"] = {"timeout": SQLITE_BUSY_S, **(options.get("connect_args") or {})}
+                app.conf.database_engine_options = options
         model = scratch_model(f"{self.table_prefix}_e2e_taskmeta",
                                    (conf.database_table_schemas or {}).get("task"),
                                    bool(conf.result_extended))
@@ -224,7 +236,7 @@ class E2ERun:
             app.backend_cls = scratch_backend_class(model, forked)
             app.conf.database_url = url
             app.conf.database_create_tables_at_setup = False
-        db = engine(url, self.ctx.limits.timeout_s)
+        db = engine(url, cleanup_timeout_s)
         self.ctx.cleanup.callback(db.dispose)
         self.ctx.cleanup.callback(model.__table__.drop, db, checkfirst=True)  # before create
         model.__table__.create(db, checkfirst=True)
@@ -534,6 +546,9 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
             raise TargetUnreachable(f"the e2e worker could not start on broker {redact_url(target.broker_url)} "
                                     f"within {start_s:.0f} s")
         yield worker
+    except BaseException as exc:
+        release_interrupted_calls(exc)
+        raise
     finally:
         stopping = time.perf_counter()
         state.should_terminate = 0
@@ -545,6 +560,19 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
         state.should_terminate = None
         celery_state._set_task_join_will_block(join_will_block)
         log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)
+
+
+def release_interrupted_calls(exc: BaseException) -> None:
+    """Let go of what the calls ``exc`` interrupted still hold. The traceback keeps their frames,
+    and with them a driver cursor mid-read: on SQLite that cursor holds a shared lock, so the
+    worker's next update_state() waits for it (in C, for the busy timeout) and cannot stop, and
+    our cleanup waits behind the worker. Clearing the finished frames' locals and collecting
+    closes that connection now; the traceback keeps its lines."""
+    import gc
+    import traceback
+
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
 
 
 def _stop_wait(ctx: ProbeContext) -> float:
