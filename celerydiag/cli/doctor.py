@@ -73,6 +73,58 @@ def probe_options(fn: Any) -> Any:
     return fn
 
 
+def bounded_target(app: str | None, broker: str | None, backend: str | None, timeout_s: float) -> Any:
+    """:func:`named_target`, with the import of ``--app`` cut at ``--timeout``: a settings module
+    that waits for a service at import time would hold us forever. The error says where the
+    import was when it was cut (the app's own line, and the call it was blocked in)."""
+    import time
+
+    from celerydiag import interrupt
+    from celerydiag.errors import InputError
+
+    if not app:
+        return named_target(app, broker, backend)
+    try:
+        with interrupt.deadline(time.monotonic() + timeout_s) as bound:
+            return named_target(app, broker, backend)
+    except (InputError, interrupt.Overrun) as exc:
+        if not bound.fired:
+            raise
+        cut = exc if isinstance(exc, interrupt.Overrun) else exc.__context__  # import_app re-raises it
+        raise InputError(f"--app {app!r} did not finish importing within --timeout {timeout_s:g} s"
+                         f"{where_blocked(cut)}",
+                         "an import that waits for a service (a settings module connecting at import "
+                         "time) hangs `celery -A` too; fix that, or raise --timeout if it is only slow") from None
+
+
+def where_blocked(exc: BaseException | None) -> str:
+    """", it was at proj/settings.py:12 (in socket.py:850 create_connection)": the innermost
+    line of the user's code in ``exc``'s traceback, and the innermost line of all if different."""
+    import os
+    import sys
+    import traceback
+
+    if exc is None or exc.__traceback__ is None:
+        return ""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # celerydiag/: the cut itself
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(("<", ours))]
+    if not frames:
+        return ""
+    library = (sys.prefix, sys.base_prefix)
+    own = [f for f in frames if not f.filename.startswith(library)]
+
+    def line(f: traceback.FrameSummary) -> str:
+        name = os.path.basename(f.filename) if f.filename.startswith(library) else os.path.relpath(f.filename)
+        code = (f.line or f.name).split("  #")[0].strip()
+        return f"{name}:{f.lineno} ({code[:60]})"
+
+    words = f", it was at {line(own[-1])}" if own else ""
+    if not own or own[-1] is not frames[-1]:
+        words += f"{', ' if own else ', it was '}in {line(frames[-1])}"
+    return words
+
+
 def run_report(app: str | None, broker: str | None, backend: str | None, probes: Any,
                fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
                static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
@@ -87,7 +139,7 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
     from celerydiag.ui import make_progress
 
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before any probe
-        target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
+        target = bounded_target(app, broker, backend, timeout) or resolve_target()  # nothing named: embedded
         options = ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
                                iface=iface, duration=duration, rabbitmq_api=rabbitmq_api)
         progress = make_progress(enabled=fmt is not OutputFormat.JSON)  # design.md: off for json, off a tty
