@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from celerydiag.findings import ProbeStatus
 from celerydiag.probe import Limits, ProbeContext, run_probe
 from celerydiag.target import resolve_target
 from tests.conftest import clean_env
-from tests.support.rabbitmq import PrivateNode, private_rabbitmq
+from tests.support.rabbitmq import PrivateNode
 
 pytestmark = pytest.mark.integration
 
@@ -39,24 +39,9 @@ SIGNAL_BOUND_S = 2.0  # the requirement
 SIGNAL_SLACK_S = 5.0  # what the test allows, so it is not flaky; the measured time is printed
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateNode]:
-    started = time.monotonic()
-    with private_rabbitmq(tmp_path_factory.mktemp("rabbitmq")) as private:
-        print(f"private RabbitMQ {private.name} on 127.0.0.1:{private.port} up in "
-              f"{time.monotonic() - started:.1f} s")
-        yield private
-
-
-def ours(node: PrivateNode, within_s: float = 10.0) -> list[str]:
-    """celerydiag's queues still on the node after up to ``within_s`` (an exclusive queue goes
-    when RabbitMQ notices its connection closed)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        left = [q for q in node.queues() if "celerydiag" in q]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.5)
+@pytest.fixture
+def node(private_rabbitmq_node: PrivateNode) -> PrivateNode:
+    return private_rabbitmq_node
 
 
 def stated_bound(stderr: str) -> float:
@@ -72,7 +57,7 @@ def test_doctor_on_a_blocked_broker_ends_within_its_bound_with_broker_blocked_fi
         done = run_cli("doctor", "--broker", node.url, "--backend", "rpc://", "--max-seconds", str(MAX_SECONDS),
                        "--timeout", str(TIMEOUT_S), "--format", "json", timeout=300)
         took = time.monotonic() - started
-        left = ours(node)
+        left = node.ours_left()
     print(f"doctor on the blocked private node: {took:.1f} s, exit {done.returncode}")
     bound = stated_bound(done.stderr)
     # the reach checks run before the stated bound: each within 2 x --timeout
@@ -113,7 +98,7 @@ def test_sigterm_while_doctor_waits_on_a_blocked_broker_exits_143_within_2_s(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-        left = ours(node)
+        left = node.ours_left()
     print(f"SIGTERM to exit on a blocked broker: {took:.2f} s")
     assert proc.returncode == ExitCode.TERMINATED, err
     assert took < SIGNAL_SLACK_S, f"{took:.1f} s from SIGTERM to exit (requirement {SIGNAL_BOUND_S:g} s)"
@@ -142,4 +127,4 @@ def test_a_block_that_starts_mid_measurement_is_cut_at_max_seconds(node: Private
     assert result.status in (ProbeStatus.RAN, ProbeStatus.FAILED), result
     if result.status is ProbeStatus.FAILED:
         assert "cut at its --max-seconds bound" in result.reason or "lost the connection" in result.reason, result
-    assert ours(node, within_s=20) == []
+    assert node.ours_left(within_s=20) == []

@@ -221,6 +221,16 @@ class PrivateNode:
             if self.proc is not None and self.proc.poll() is None:
                 self.set_memory_alarm(False)
 
+    def ours_left(self, within_s: float = 10.0) -> list[str]:
+        """celerydiag's queues still on this node after up to ``within_s`` (an exclusive queue
+        goes when RabbitMQ notices its connection closed, which takes a moment)."""
+        deadline = time.monotonic() + within_s
+        while True:
+            left = [q for q in self.queues() if "celerydiag" in q]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.5)
+
     def queues(self) -> list[str]:
         """Names of the queues on this node (vhost /)."""
         out = self.ctl("list_queues", "-q", "--no-table-headers", "name")
