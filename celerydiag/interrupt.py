@@ -45,6 +45,19 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def absorb() -> bool:
+    """For code where Ctrl-C means "stop this and go on" (a live capture: stop, then analyse):
+    forget the Ctrl-C (flag and cleanup bound) and return True, so the run continues as normal.
+    SIGTERM is never absorbed (it returns False, and the caller re-raises): it ends the command."""
+    if exit_code() == EXIT_SIGTERM:
+        return False
+    requested.clear()
+    received.clear()
+    _active[:] = [d for d in _active if not d.interrupt]
+    _arm()
+    return True
+
+
 def stop_by() -> float:
     """time.monotonic() by which cleanup after Ctrl-C/SIGTERM must be done (inf if none came)."""
     return min((d.at for d in _active if d.interrupt and not d.fired), default=math.inf)
