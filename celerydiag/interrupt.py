@@ -104,15 +104,35 @@ def handled() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        with _alarm_ours():
+            yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def _alarm_ours() -> Iterator[None]:
+    """SIGALRM is ours for the block (unless it already is): the previous handler and its timer
+    (pytest-timeout's, in a test) are put back after, with the time that passed taken off."""
+    previous = signal.getsignal(signal.SIGALRM)
+    if previous is _on_alarm:
+        yield
+        return
+    timer, interval = signal.setitimer(signal.ITIMER_REAL, 0)
+    since = time.monotonic()
+    signal.signal(signal.SIGALRM, _on_alarm)
     try:
         yield
     finally:
-        # First: no cut may land in the caller's "interrupted" message once we are out.
+        # First: no cut may land in the caller's code (its "interrupted" message) once we are out.
         _active[:] = [d for d in _active if not d.interrupt]
         _arm()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+        if timer > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(timer - (time.monotonic() - since), 0.001), interval)
 
 
 # ---- deadlines ---------------------------------------------------------------------------------
@@ -169,15 +189,11 @@ def deadline(at: float, repeat_s: float | None = None) -> Iterator[_Deadline]:
     if threading.current_thread() is not threading.main_thread():
         yield entry
         return
-    previous = signal.getsignal(signal.SIGALRM)
-    if previous is not _on_alarm:  # outside handled() (a test calling run_probe): ours for the block
-        signal.signal(signal.SIGALRM, _on_alarm)
-    _active.append(entry)
-    _arm()
-    try:
-        yield entry
-    finally:
-        _active.remove(entry)
+    with _alarm_ours():  # outside handled() (a test calling run_probe): ours for the block
+        _active.append(entry)
         _arm()
-        if previous is not _on_alarm:
-            signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+        try:
+            yield entry
+        finally:
+            _active.remove(entry)
+            _arm()

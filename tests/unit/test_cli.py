@@ -383,6 +383,24 @@ def test_signal_during_doctor_exits_130_or_143_after_cleanup(tmp_path, cli_argv,
     assert elapsed < 5, f"took {elapsed:.1f} s to stop after {sig.name} (requirement: 2 s)"
 
 
+@pytest.mark.slow
+def test_doctor_states_its_bound_and_every_probe_keeps_it(tmp_path, run_cli):
+    """--max-seconds 2 on the embedded default: the bound is said on stderr before the probes
+    start, the run ends within it, and each probe within --max-seconds + the 2 s cleanup grace."""
+    started = time.monotonic()
+    done = run_cli("doctor", "--max-seconds", "2", "--format", "json", cwd=tmp_path, timeout=120,
+                   env={"TMPDIR": str(tmp_path)})
+    took = time.monotonic() - started
+    assert done.returncode in (ExitCode.OK, ExitCode.FINDINGS), done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("celerydiag: bounded: at most 32 s for 8 probes (each cut at --max-seconds 2 s"
+                            " + 2 s cleanup grace"), first
+    probes = {p["name"]: p["elapsed_s"] for p in json.loads(done.stdout)["probes"]}
+    print(f"doctor --max-seconds 2: {took:.1f} s; probes {probes}")
+    assert took < 32 + 10, f"{took:.1f} s"  # + interpreter start; the embedded target needs no reach check
+    assert all(elapsed <= 2 + 2 + 0.5 for elapsed in probes.values()), probes
+
+
 def _e2e_running(tmp_path: Path) -> bool:
     """The e2e probe has made its scratch table in the embedded SQLite file (read-only look)."""
     import sqlite3

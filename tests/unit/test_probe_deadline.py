@@ -120,7 +120,7 @@ def test_the_context_hands_out_timeouts_that_end_by_the_deadline() -> None:
     assert ctx.expired() and ctx.left() == 0 and ctx.call_timeout() == pytest.approx(0.05)
 
 
-def test_nested_deadlines_fire_in_order_and_leave_no_timer_behind() -> None:
+def test_nested_deadlines_fire_in_order_and_leave_the_alarm_as_it_was() -> None:
     import signal
 
     fired = []
@@ -132,4 +132,22 @@ def test_nested_deadlines_fire_in_order_and_leave_no_timer_behind() -> None:
             fired.append("inner")
         assert not outer.fired
     assert fired == ["inner"]
-    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is not interrupt._on_alarm  # the previous one is back
+
+
+def test_an_outer_timer_such_as_pytest_timeouts_survives_a_deadline() -> None:
+    import signal
+
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.8)
+        with interrupt.deadline(time.monotonic() + 10):
+            time.sleep(0.1)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0.3 < left < 0.8
+        time.sleep(1.0)
+        assert fired == [1]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
