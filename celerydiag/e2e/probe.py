@@ -44,7 +44,9 @@ DISPATCH_SPACING_S = 0.02
 DISPATCH_SHARE = 0.25  # of --max-seconds; the update phase gets the rest
 START_TIMEOUT_S = 15.0
 WORKER_STOP_S = 5.0
-FINISH_MARGIN_S = 1.0  # of --max-seconds, kept for stopping the worker and building the findings
+# Of --max-seconds, kept for a watch's overshoot (Celery's result.get() checks its timeout between
+# drains, up to ~1 s late), stopping the worker and building the findings.
+FINISH_MARGIN_S = 1.5
 SQLITE_BUSY_S = 0.5  # SQLite lock wait of our e2e apps and cleanup (see _use_scratch_table)
 TRUST_FLOOR = 200  # updates seen: below this a P99 is a few samples' maximum, and the finding says so
 
@@ -356,7 +358,7 @@ class E2ERun:
         # Until the phase's end, plus a read's timeout for the last writes, but never past the
         # probe's own margin: the guard would cut the probe and lose what it measured.
         budget = max(self.trace.deadline - time.perf_counter(), 0.0) + self.ctx.limits.timeout_s
-        budget = max(min(budget, self.ctx.left() - FINISH_MARGIN_S / 2), 0.01)
+        budget = max(min(budget, self.ctx.left() - FINISH_MARGIN_S), 0.01)
         if mode == "push":
             self._watch_push(result, seen, budget)
         else:
@@ -578,7 +580,7 @@ def release_interrupted_calls(exc: BaseException) -> None:
 def _stop_wait(ctx: ProbeContext) -> float:
     """How long to wait for the worker thread to end: WORKER_STOP_S at most, what is left of the
     probe's time (its margin), and after a signal half of what is left of the signal's bound."""
-    wait = min(WORKER_STOP_S, max(ctx.left(), 0.2))
+    wait = min(WORKER_STOP_S, max(ctx.left() - 0.25, 0.1))
     signalled = interrupt.stop_by() - time.monotonic()
     if signalled < float("inf"):
         wait = min(wait, max(signalled / 2, 0.05))

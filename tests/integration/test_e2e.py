@@ -201,6 +201,7 @@ def test_a_run_cut_short_says_its_p99_is_not_to_be_trusted(redis_url: str, scrat
     """--max-seconds too short for 250 updates: the probe still ends within --max-seconds plus its
     cleanup grace, and a result from fewer than 200 updates says so in its title and evidence
     instead of printing a P99, and leaves the report's observed P99 empty."""
+    import re
     import time
 
     target = resolve_target(broker=redis_url, backend=redis_url)
@@ -215,6 +216,6 @@ def test_a_run_cut_short_says_its_p99_is_not_to_be_trusted(redis_url: str, scrat
     assert thin, [f.id for f in result.findings]
     for finding in thin:
         assert finding.evidence["samples"] < 200, finding.evidence
-        assert "too few for a P99" in finding.title and "P99 " not in finding.title, finding.title
+        assert "too few for a P99" in finding.title and not re.search(r"P99 \d", finding.title), finding.title
         assert finding.evidence["trusted"] is False and finding.evidence["trust_floor_count"] == 200
     assert result.latency.get("observed_p99_ms") is None
