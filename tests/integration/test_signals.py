@@ -104,3 +104,24 @@ def test_a_signal_mid_probe_ends_doctor_within_2_s_and_leaves_nothing(
     assert err.strip().splitlines()[-1].startswith("celerydiag: interrupted"), err
     assert our_keys(redis_db) == [], "keys left on Redis"
     assert node.ours_left() == [], "queues left on RabbitMQ"
+
+
+def test_sigterm_ends_a_live_capture_with_143_while_ctrl_c_only_stops_it(cli_argv: list[str]) -> None:
+    """Ctrl-C during `capture --iface` means "stop and analyse" (test_capture_live); SIGTERM ends
+    the command like any other: 143 within the bound."""
+    proc = subprocess.Popen([*cli_argv, "capture", "--iface", "lo", "--port", "5672", "--duration", "60",
+                             "--format", "json"], env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3.0)  # capturing by now (or refused: then the exit code says so below)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    print(f"SIGTERM during a live capture: exit {proc.returncode} after {took:.2f} s")
+    assert proc.returncode == ExitCode.TERMINATED, err
+    assert took < SIGNAL_SLACK_S and out == "" and "Traceback" not in err, err
