@@ -13,16 +13,28 @@ import datetime as _dt
 import platform
 import shutil
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celerydiag import __version__
 from celerydiag.access.reach import unreachable_sides
-from celerydiag.errors import TargetUnreachable
+from celerydiag.errors import H_UNREACHABLE, TargetUnreachable
 from celerydiag.findings import ProbeResult, Report
 from celerydiag.probe import Limits, Probe, ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import Target
 from celerydiag.ui import NullProgress, Progress
+
+
+def probes_bound_s(count: int, limits: Limits) -> float:
+    """The most ``count`` probes take, each cut at --max-seconds plus its cleanup grace."""
+    return count * limits.probe_bound_s()
+
+
+def bound_line(count: int, limits: Limits) -> str:
+    """What doctor promises before its probes start (stderr), in the terms of its options."""
+    return (f"celerydiag: bounded: at most {probes_bound_s(count, limits):.0f} s for {count} probes "
+            f"(each cut at --max-seconds {limits.max_seconds:g} s + {limits.cleanup_grace_s:g} s cleanup "
+            "grace; most end far sooner)")
 
 
 def diagnose(
@@ -34,13 +46,19 @@ def diagnose(
     progress: Progress | None = None,
     static: bool = False,
     options: ProbeOptions | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> Report:
+    """``on_start`` gets the line stating the run's bound, once the target is known reachable
+    and before the first probe (doctor prints it on stderr)."""
     limits = limits or Limits()
     ctx = ProbeContext(target=target, budget_ms=budget_ms, limits=limits,
                        progress=progress or NullProgress(), options=options or ProbeOptions())
     try:
         active = [cls for cls in probes if not (static or cls.static)]
         down = unreachable_sides(target, {side for cls in active for side in cls.needs}, limits.timeout_s)
+        if on_start is not None:  # a dead side first (the answer), then what the rest is bound to
+            runnable = [cls for cls in probes if (cls.static or not static) and not cls.needs & down.keys()]
+            on_start("".join(unreachable_lines(down.values())) + bound_line(len(runnable), limits))
         results: list[ProbeResult] = []
         for cls in probes:
             if static and not cls.static:
@@ -53,6 +71,11 @@ def diagnose(
             shutil.rmtree(target.scratch_dir, ignore_errors=True)
     return Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__,
                         unreachable={str(side): target.redact(exc.message) for side, exc in down.items()})
+
+
+def unreachable_lines(dead: Iterable[TargetUnreachable | str]) -> list[str]:
+    """What stderr says first for each dead side: its one line and the hint."""
+    return [f"celerydiag: error: {getattr(exc, 'message', exc)}\n  hint: {H_UNREACHABLE}\n" for exc in dead]
 
 
 def _unreachable(cls: type[Probe], dead: Sequence[TargetUnreachable]) -> ProbeResult:

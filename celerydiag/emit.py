@@ -27,7 +27,7 @@ from typing import TextIO, cast
 
 import click
 
-from celerydiag.errors import H_UNREACHABLE, DiagError, ExitCode
+from celerydiag.errors import DiagError, ExitCode
 from celerydiag.findings import Report, Severity
 from celerydiag.render import OutputFormat
 
@@ -263,8 +263,12 @@ def severity_counts(severities: Iterable[Severity]) -> str:
             f"{counts[Severity.INFO]} info, {counts[Severity.OK]} ok")
 
 
-def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str) -> ExitCode:
-    """A Report in ``fmt``, the severity counts (and failed probes) as the summary line."""
+def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str, *,
+                unreachable_said: bool = False) -> ExitCode:
+    """A Report in ``fmt``, the severity counts (and failed probes) as the summary line. A dead
+    side's error comes first on stderr: here, unless doctor already said it before its probes
+    (``unreachable_said``); then the summary only points back at it."""
+    from celerydiag.doctor import unreachable_lines
     from celerydiag.render import render
 
     junit_threshold = fail_on_severity(fail_on) or Severity.CRITICAL
@@ -273,8 +277,10 @@ def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str) ->
     if failed:
         summary += f"; probes failed: {', '.join(failed)}"
     # The target's fault outranks its findings: first on stderr, and exit 3.
-    errors = [f"celerydiag: error: {line}\n  hint: {H_UNREACHABLE}\n" for line in report.unreachable.values()]
-    summary = "".join(errors) + summary
+    if unreachable_said and report.unreachable:
+        summary += f"; unreachable: {', '.join(report.unreachable)} (see the first line)"
+    elif report.unreachable:
+        summary = "".join(unreachable_lines(report.unreachable.values())) + summary
     code = ExitCode.UNREACHABLE if report.unreachable else exit_code(report.worst(), fail_on)
     return out.emit(lambda stream, color: render(report, fmt, stream, fail_on=junit_threshold, color=color),
                     summary, code)

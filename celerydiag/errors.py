@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     UNREACHABLE = 3  # the target's broker or backend could not be reached
     INTERNAL = 4  # a bug of ours that escaped a probe's guard
     INTERRUPTED = 130  # Ctrl-C, after cleanup
+    TERMINATED = 143  # SIGTERM (kill, systemd, Kubernetes), after cleanup: 128 + 15, as a shell reports it
     STDOUT_CLOSED = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as a shell reports it
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import re
 import time
 import uuid
@@ -44,14 +45,28 @@ PROBE_MODULE = "celerydiag.{cause}.probe"
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
+CLEANUP_GRACE_S = 2.0  # a probe's cleanup after its run (or its cut), on top of --max-seconds
+CUT_REPEAT_S = 0.25  # once the grace is spent, each further stuck cleanup step gets this long
+MIN_CALL_TIMEOUT_S = 0.05  # ProbeContext.call_timeout() never hands a driver less (0 = no timeout to some)
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Bounds every active probe respects: operations, wall time, and per-call timeouts."""
+    """Bounds every active probe respects: operations, wall time, and per-call timeouts.
+
+    ``max_seconds`` is a hard bound on each probe's ``run()`` (the guard cuts it: see
+    :func:`run_probe`), and ``cleanup_grace_s`` on its cleanup after that: a probe's wall time,
+    setup and cleanup included, is at most their sum."""
 
     samples: int = 500
     max_seconds: float = 30.0
     timeout_s: float = 5.0
     updates: int = 250  # e2e: update_state calls observed by the client
+    cleanup_grace_s: float = CLEANUP_GRACE_S
+
+    def probe_bound_s(self) -> float:
+        """The most one probe may take, cleanup included."""
+        return self.max_seconds + self.cleanup_grace_s
 
 
 @dataclass(frozen=True)
@@ -82,10 +97,38 @@ class ProbeContext:
     cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     options: ProbeOptions = field(default_factory=ProbeOptions)
     latency: dict[str, Any] = field(default_factory=dict)  # e2e fills observed_p50/p99_ms
+    # time.monotonic() by which run() must have returned; the guard sets it to start + max_seconds
+    # and cuts the probe there (DEADLINE_API: left(), call_timeout(), expired()).
+    deadline: float = math.inf
+    activity: str = ""  # what the probe is doing now, for the line that says where it was cut
 
     @property
     def celery_version(self) -> tuple[int, ...]:
         return celery_version()
+
+    def left(self) -> float:
+        """Seconds until the deadline, never negative (inf outside the guard)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def call_timeout(self, timeout_s: float | None = None) -> float:
+        """The timeout to give one driver call: ``timeout_s`` (default ``--timeout``), shortened
+        to what is left before the deadline, and never below MIN_CALL_TIMEOUT_S (drivers read
+        0 as "no timeout"). Past the deadline the guard's cut ends the call anyway."""
+        wanted = self.limits.timeout_s if timeout_s is None else timeout_s
+        return max(MIN_CALL_TIMEOUT_S, min(wanted, self.left()))
+
+    def doing(self, activity: str) -> None:
+        """Say what comes next ("publishing the warm-up task"): a cut names it."""
+        self.activity = activity
+
+
+class Skip(Exception):
+    """Raised by ``run()`` when what it found makes the measurement meaningless (e2e on a broker
+    that blocks publishers): the guard cleans up and records the probe as skipped with this
+    message as the reason."""
 
 
 class Probe:
@@ -205,41 +248,96 @@ def _on_internal_error(probe: Probe, exc: Exception) -> None:
 
 
 def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
+    """Run one probe under its bounds: ``run()`` is cut at ``ctx.deadline`` (start +
+    ``--max-seconds``) wherever it blocks, then its cleanup stack unwinds within the cleanup grace
+    (each step still stuck after that is cut too), Ctrl-C and SIGTERM included. Findings made
+    before a cut are kept; the result's reason says what was cut. Ctrl-C re-raises after cleanup."""
     interrupt.check()
     reason = probe.applies(ctx)
     if reason:
         return ProbeResult.skipped(probe.name, reason)
     started = time.perf_counter()
+    ctx.deadline = time.monotonic() + ctx.limits.max_seconds
+    ctx.activity = ""
     ctx.progress.start(probe.name)
     findings: list[Finding] = []
     ctx.latency = {}
+    stopped: BaseException | None = None
     try:
-        with ctx.cleanup:
+        # repeat: the probe's own finally blocks (a worker's join) are cut too, each after CUT_REPEAT_S
+        with interrupt.deadline(ctx.deadline, repeat_s=CUT_REPEAT_S):
             findings.extend(probe.run(ctx))
-    except DiagError as exc:
-        if interrupt.requested.is_set():
-            raise KeyboardInterrupt from exc
-        return ProbeResult.failed(probe.name, ctx.target.redact(str(exc)),
-                                  time.perf_counter() - started)
-    except Exception as exc:
-        if interrupt.requested.is_set():  # a library turned Ctrl-C into its own error
-            raise KeyboardInterrupt from exc
-        if lost_connection(exc):  # the target went away mid-probe: its failure, not our bug
-            return ProbeResult.failed(
-                probe.name, ctx.target.redact(f"lost the connection to the target during the probe: {describe(exc)}"),
-                time.perf_counter() - started)
-        _on_internal_error(probe, exc)
-        return ProbeResult.failed(
-            probe.name,
-            ctx.target.redact(f"internal error in probe {probe.name}: {one_line(exc)}"
-                              " (please report; rerun with --traceback)"),
-            time.perf_counter() - started)
+    except BaseException as exc:  # noqa: B036 - every outcome is judged below, after cleanup
+        stopped = exc
+    try:
+        left_behind = _unwind(ctx, interrupted=interrupt.requested.is_set()
+                              or isinstance(stopped, KeyboardInterrupt))
     finally:
         ctx.progress.done()
         ctx.cleanup = contextlib.ExitStack()
-    secrets = ctx.target.secrets()
-    # Rated here too (rank decides), so a ProbeResult never holds a placeholder severity.
-    return ProbeResult(probe.name, ProbeStatus.RAN, "", time.perf_counter() - started,
-                       tuple(rated(redacted(f, secrets), ctx.budget_ms) for f in findings),
-                       dict(ctx.latency))
+    elapsed = time.perf_counter() - started
+    if interrupt.requested.is_set() or isinstance(stopped, KeyboardInterrupt):
+        raise KeyboardInterrupt from stopped  # a library may have turned Ctrl-C into its own error
+    result = _judged(probe, ctx, stopped, findings, elapsed)
+    if left_behind:
+        result = replace(result, reason="; ".join(r for r in (result.reason, left_behind) if r))
+    return result
 
+
+def _unwind(ctx: ProbeContext, interrupted: bool) -> str:
+    """Run the cleanup stack within the grace (shorter after Ctrl-C/SIGTERM), cutting each step
+    still stuck after it. Returns "" or one line saying the cleanup was cut."""
+    now = time.monotonic()
+    # Cut or not, the probe ends by deadline + grace; after a signal, by the signal's own bound.
+    until = max(min(now, ctx.deadline) + ctx.limits.cleanup_grace_s, now + CUT_REPEAT_S)
+    if interrupted:
+        until = min(until, interrupt.stop_by())
+    stated = interrupt.GRACE_S if interrupted else ctx.limits.cleanup_grace_s
+    cut = False
+    stack = ctx.cleanup
+    with interrupt.deadline(until, repeat_s=CUT_REPEAT_S) as bound:
+        try:
+            stack.close()
+        except (Exception, interrupt.Overrun):  # a callback that did not use quietly(); or the cut
+            cut = bound.fired
+        except KeyboardInterrupt:  # a second Ctrl-C during cleanup: the rest of the stack has run
+            if not interrupted:
+                raise
+        cut = cut or bound.fired
+    log.debug("cleanup %s after %.2f s", "cut" if cut else "done", time.monotonic() - now)
+    if cut:
+        return (f"its cleanup was cut after the {stated:g} s grace (a call to the target did not return); "
+                "what it made expires by itself (x-expires, result_expires)")
+    return ""
+
+
+def _judged(probe: Probe, ctx: ProbeContext, stopped: BaseException | None, findings: list[Finding],
+            elapsed: float) -> ProbeResult:
+    """The result for how ``run()`` ended: normally, cut, skipped, failed, or our bug."""
+    secrets = ctx.target.secrets()
+    kept = tuple(rated(redacted(f, secrets), ctx.budget_ms) for f in findings)
+    if stopped is None:
+        # Rated here too (rank decides), so a ProbeResult never holds a placeholder severity.
+        return ProbeResult(probe.name, ProbeStatus.RAN, "", elapsed, kept, dict(ctx.latency))
+    if isinstance(stopped, interrupt.Overrun) or (isinstance(stopped, Exception) and ctx.expired()):
+        where = f" while {ctx.activity}" if ctx.activity else ""
+        kept_words = f"; the {len(kept)} findings it made before are kept" if kept else ""
+        return ProbeResult(probe.name, ProbeStatus.FAILED,
+                           ctx.target.redact(f"cut at its --max-seconds bound ({ctx.limits.max_seconds:g} s)"
+                                             f"{where}{kept_words}"), elapsed, kept, dict(ctx.latency))
+    if isinstance(stopped, Skip):
+        return ProbeResult.skipped(probe.name, ctx.target.redact(str(stopped)))
+    if isinstance(stopped, DiagError):
+        return ProbeResult.failed(probe.name, ctx.target.redact(str(stopped)), elapsed)
+    if not isinstance(stopped, Exception):  # SystemExit, GeneratorExit: not ours to turn into a result
+        raise stopped
+    if lost_connection(stopped):  # the target went away mid-probe: its failure, not our bug
+        return ProbeResult.failed(
+            probe.name, ctx.target.redact(f"lost the connection to the target during the probe: {describe(stopped)}"),
+            elapsed)
+    _on_internal_error(probe, stopped)
+    return ProbeResult.failed(
+        probe.name,
+        ctx.target.redact(f"internal error in probe {probe.name}: {one_line(stopped)}"
+                          " (please report; rerun with --traceback)"),
+        elapsed)

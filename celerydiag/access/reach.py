@@ -9,8 +9,10 @@ works with the broker down and doctor still runs every probe that does not need 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
+from celerydiag import interrupt
 from celerydiag.access.backend import database_url, engine, redis_backend_client
 from celerydiag.errors import (
     E_BACKEND_UNREACHABLE,
@@ -21,6 +23,8 @@ from celerydiag.errors import (
     quietly,
 )
 from celerydiag.target import REDIS_SCHEMES, Side, Target, redact_url
+
+REACH_TIMEOUTS = 2  # a reach check is a connect and one request, each within --timeout
 
 
 def unreachable_sides(target: Target, sides: Iterable[Side], timeout_s: float) -> dict[Side, TargetUnreachable]:
@@ -33,10 +37,23 @@ def unreachable_sides(target: Target, sides: Iterable[Side], timeout_s: float) -
     for side in Side:
         if side in wanted:
             try:
-                checks[side](target, timeout_s)
+                _cut_at(checks[side], target, timeout_s, side)
             except TargetUnreachable as exc:
                 down[side] = exc
     return down
+
+
+def _cut_at(check: Callable[[Target, float], None], target: Target, timeout_s: float, side: Side) -> None:
+    """One check, cut if the driver's own timeouts let it run past REACH_TIMEOUTS x --timeout."""
+    limit = REACH_TIMEOUTS * timeout_s
+    try:
+        with interrupt.deadline(time.monotonic() + limit):
+            check(target, timeout_s)
+    except interrupt.Overrun:
+        what, url = ((E_BROKER_UNREACHABLE, target.broker_url) if side is Side.BROKER
+                     else (E_BACKEND_UNREACHABLE, target.backend_url))
+        raise TargetUnreachable(what.format(url=redact_url(url), error=f"no answer within {limit:g} s"),
+                                H_UNREACHABLE) from None
 
 
 def check_broker(target: Target, timeout_s: float) -> None:

@@ -106,6 +106,46 @@ def drop(conn: Any, hard: bool = False) -> None:
             quietly(raw.collect)
 
 
+class PublishersBlocked(Exception):
+    """RabbitMQ sent ``connection.blocked``: it stopped reading this connection's socket."""
+
+
+def blocks_publishers(target: Any, timeout_s: float, queue: str) -> str | None:
+    """Whether the broker blocks publishers (a memory or disk alarm), found with one transient
+    confirmed publish to ``queue`` (unrouted: nothing is stored) on a connection of its own:
+    returns the broker's reason ("low on memory"), or why the ack did not come within
+    ``timeout_s``, or None when it was acked. It returns as soon as RabbitMQ says
+    ``connection.blocked``, and drops the connection without the close handshake a blocked
+    broker would never answer."""
+    watch = BlockedWatch()
+    conn = connection(target, timeout_s, confirm=True, watch=watch)
+    try:
+        connect(conn, watch)
+
+        def stop(reason: str = "") -> None:
+            watch.on_blocked(reason)
+            raise PublishersBlocked(reason)
+
+        try:  # where decode_blocked_reason put the watch: raising there ends the wait at once
+            from amqp import spec
+
+            conn.connection._callbacks[spec.Connection.Blocked] = stop
+        except Exception:  # pragma: no cover - py-amqp internals changed: the timeout still ends it
+            pass
+        op = publisher(conn.default_channel, queue, persistent=False, confirm_timeout=timeout_s)
+        try:
+            op(-1)
+            return None
+        except PublishersBlocked:
+            return watch.reason or "connection blocked"
+        except Exception as exc:
+            if _is_connection_error(exc) and not isinstance(exc, TimeoutError):
+                raise
+            return watch.reason or f"a publish got no ack within {timeout_s:g} s"
+    finally:
+        drop(conn, hard=True)
+
+
 @dataclass(frozen=True)
 class Handshake:
     connect_ms: float

@@ -31,6 +31,7 @@ RTT_SAMPLES = 50
 RTT_SHARE = 0.1  # of --max-seconds, for the round-trip baseline
 HANDSHAKES = 3
 MAX_QUEUES = 50  # user queues read passively, at most
+FINISH_MARGIN_S = 1.0  # kept before the probe's deadline (--max-seconds) for warm-ups and findings
 
 DOCS_CONFIRM = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options"
 DOCS_HEARTBEAT = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-heartbeat"
@@ -185,6 +186,7 @@ class AmqpRun:
         self.connect_ms: list[float] = []
         worker_hb = float(self.conf.broker_heartbeat or 0)
         handshakes = []
+        ctx.doing("connecting to the broker")
         for _ in range(HANDSHAKES):
             try:
                 handshakes.append(amqp_m.handshake(self.target, self.timeout, worker_hb))
@@ -205,7 +207,9 @@ class AmqpRun:
         confirmed = self._open(confirm=True)
         confirm_channel = confirmed.channel()
 
+        ctx.doing("waiting for the ack of a confirmed canary publish")
         stalled = self._canary(confirm_channel)
+        ctx.doing("reading the broker's state")
         api = self._api()
         yield from self._api_status(api)
         yield from self._blocked(stalled, api)
@@ -308,7 +312,10 @@ class AmqpRun:
         # speak of: the network + protocol baseline.
         rtt = summarize(back_to_back(lambda: channel.queue_declare(self.queue, passive=True), RTT_SAMPLES,
                                      within_s=RTT_SHARE * ctx.limits.max_seconds))
-        left = max(1.0, ctx.limits.max_seconds - (time.monotonic() - self.started))
+        # What is left before the guard's cut, less a margin for each series' warm-up and purge
+        # and the findings: a series that ran into the cut would lose every number measured.
+        left = max(0.5, min(ctx.limits.max_seconds - (time.monotonic() - self.started),
+                            ctx.left() - FINISH_MARGIN_S))
         share = left / 5
         series: dict[str, Summary] = {}
         intervals: dict[str, float] = {}
@@ -323,10 +330,12 @@ class AmqpRun:
         try:
             for key, op in plan:
                 ctx.progress.step(0, key.replace("_", " "))
+                ctx.doing(f"timing {key.replace('_', ' ')} publishes")
                 intervals[key] = amqp_m.interval_for(op)
                 series[key] = summarize(scheduled(op, samples, intervals[key], share, step))
                 channel.queue_purge(self.queue)  # keep the broker's footprint to one series
             ctx.progress.step(0, "publish→consume")
+            ctx.doing("timing publish→consume round trips")
             consumer = amqp_m.Consumer(plain.connection, channel, self.queue, self.timeout)
             publish = amqp_m.publisher(channel, self.queue, persistent=is_persistent(self.conf))
 
@@ -557,7 +566,8 @@ class RedisRun:
         yield from backlog_findings({n: (m, -1) for n, m in depths.items()}, {}, ctx.budget_ms, self.target)
         rtt = summarize(back_to_back(publisher.ping, RTT_SAMPLES))
         ctx.progress.step(5, "LPUSH→BRPOP")
-        left = max(1.0, ctx.limits.max_seconds - (time.perf_counter() - started))
+        left = max(0.5, min(ctx.limits.max_seconds - (time.perf_counter() - started),
+                            ctx.left() - FINISH_MARGIN_S))
         try:
             trips = redis_m.round_trips(publisher, consumer, self.key, samples, left, self.timeout,
                                         lambda: ctx.progress.step(1))

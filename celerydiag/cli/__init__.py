@@ -223,9 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             click.echo(f"  hint: {scrub(exc.hint, secrets_of(exc))}", err=True)
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
-        click.echo("celerydiag: interrupted; whatever the run had created (queues, keys, scratch tables) "
-                   "was removed first", err=True)
-        return ExitCode.INTERRUPTED
+        click.echo(f"celerydiag: interrupted ({interrupt.signal_name()}); whatever the run had created "
+                   "(queues, keys, scratch tables) was removed first", err=True)
+        if argv is None:  # the console script: cleanup is done, skip Python's slow finalization
+            interrupt.exit_now(interrupt.exit_code())
+        return ExitCode(interrupt.exit_code())  # 130 for Ctrl-C, 143 for SIGTERM
     except BrokenPipeError:  # what did not go through emit (probe --list | head -1): same code
         silence_stdout()
         click.echo("celerydiag: stdout closed before the output was complete", err=True)

@@ -42,7 +42,9 @@ def probe_options(fn: Any) -> Any:
                      show_default=True, help="Seconds to wait for any single network call (the reachability "
                                               "check before the probes too)."),
         click.option("--max-seconds", type=FiniteRange(min=1, max=3600), default=30.0,
-                     show_default=True, help="Upper bound on each active probe's run time."),
+                     show_default=True,
+                     help="Upper bound on each probe's run time: it is cut there, and its cleanup "
+                          "then has 2 s more (doctor states its total bound on stderr)."),
         click.option("--samples", type=click.IntRange(min=10, max=100_000), default=500,
                      show_default=True,
                      help="Messages/writes an active probe sends at most."),
@@ -73,12 +75,66 @@ def probe_options(fn: Any) -> Any:
     return name_readers(fn)  # each option's help ends with the probes that read it (probe.READS)
 
 
+def bounded_target(app: str | None, broker: str | None, backend: str | None, timeout_s: float) -> Any:
+    """:func:`named_target`, with the import of ``--app`` cut at ``--timeout``: a settings module
+    that waits for a service at import time would hold us forever. The error says where the
+    import was when it was cut (the app's own line, and the call it was blocked in)."""
+    import time
+
+    from celerydiag import interrupt
+    from celerydiag.errors import InputError
+
+    if not app:
+        return named_target(app, broker, backend)
+    try:
+        with interrupt.deadline(time.monotonic() + timeout_s) as bound:
+            return named_target(app, broker, backend)
+    except (InputError, interrupt.Overrun) as exc:
+        if not bound.fired:
+            raise
+        cut = exc if isinstance(exc, interrupt.Overrun) else exc.__context__  # import_app re-raises it
+        raise InputError(f"--app {app!r} did not finish importing within --timeout {timeout_s:g} s"
+                         f"{where_blocked(cut)}",
+                         "an import that waits for a service (a settings module connecting at import "
+                         "time) hangs `celery -A` too; fix that, or raise --timeout if it is only slow") from None
+
+
+def where_blocked(exc: BaseException | None) -> str:
+    """", it was at proj/settings.py:12 (in socket.py:850 create_connection)": the innermost
+    line of the user's code in ``exc``'s traceback, and the innermost line of all if different."""
+    import os
+    import sys
+    import traceback
+
+    if exc is None or exc.__traceback__ is None:
+        return ""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # celerydiag/: the cut itself
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(("<", ours))]
+    if not frames:
+        return ""
+    library = (sys.prefix, sys.base_prefix)
+    own = [f for f in frames if not f.filename.startswith(library)]
+
+    def line(f: traceback.FrameSummary) -> str:
+        name = os.path.basename(f.filename) if f.filename.startswith(library) else os.path.relpath(f.filename)
+        code = (f.line or f.name).split("  #")[0].strip()
+        return f"{name}:{f.lineno} ({code[:60]})"
+
+    words = f", it was at {line(own[-1])}" if own else ""
+    if not own or own[-1] is not frames[-1]:
+        words += f"{', ' if own else ', it was '}in {line(frames[-1])}"
+    return words
+
+
 def run_report(app: str | None, broker: str | None, backend: str | None, probes: Any,
                fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
                static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
                poll_interval: float | None, poll_strategy: str | None, pcap: str | None,
-               iface: str | None, duration: float, rabbitmq_api: str | None) -> ExitCode:
-    """Shared by doctor and probe: resolve, diagnose, render."""
+               iface: str | None, duration: float, rabbitmq_api: str | None,
+               state_bound: bool = False) -> ExitCode:
+    """Shared by doctor and probe: resolve, diagnose, render. ``state_bound``: say on stderr,
+    before the probes start, how long they may take at most (doctor)."""
     from celerydiag.doctor import diagnose
     from celerydiag.probe import Limits, ProbeOptions
     from celerydiag.target import resolve_target
@@ -86,7 +142,7 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
 
     refuse_unread(probes, static)  # an option no probe that runs reads is a usage error (probe.READS)
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before any probe
-        target = named_target(app, broker, backend) or resolve_target()  # nothing named: embedded default
+        target = bounded_target(app, broker, backend, timeout) or resolve_target()  # nothing named: embedded
         options = ProbeOptions(poll_interval=poll_interval, poll_strategy=poll_strategy, pcap=pcap,
                                iface=iface, duration=duration, rabbitmq_api=rabbitmq_api)
         progress = make_progress(enabled=fmt is not OutputFormat.JSON)  # design.md: off for json, off a tty
@@ -95,10 +151,11 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                 report = diagnose(target, probes, budget_ms=budget_ms, static=static, progress=progress,
                                   limits=Limits(samples=samples, max_seconds=max_seconds, timeout_s=timeout,
                                                 updates=updates),
-                                  options=options)
+                                  options=options,
+                                  on_start=(lambda line: click.echo(line, err=True)) if state_bound else None)
             finally:
                 progress.close()
-            return emit_report(out, report, fmt, fail_on)
+            return emit_report(out, report, fmt, fail_on, unreachable_said=state_bound)
 
 
 @click.command("doctor", epilog=EPILOG)
@@ -113,9 +170,10 @@ def command(**kw: Any) -> ExitCode:
 
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or
     input (an unwritable --output before any probe; with --static, an option only other probes
-    read), 3 target unreachable (--format json still writes the report: every probe failed, and
-    why), 4 internal error, 130 interrupted (after cleanup), 141 stdout closed early (`| head`).
+    read), 3 target unreachable (the probes that need it fail, the others run; --format json still
+    writes the report), 4 internal error, 130 Ctrl-C and 143 SIGTERM (after cleanup, within 2 s),
+    141 stdout closed early (`| head`).
     """
     from celerydiag.probe import probe_classes
 
-    return run_report(probes=probe_classes(), **kw)
+    return run_report(probes=probe_classes(), state_bound=True, **kw)

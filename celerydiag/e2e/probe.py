@@ -25,11 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from celerydiag import interrupt
 from celerydiag.errors import TargetUnreachable, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.measure import ms, summarize
-from celerydiag.probe import Probe, ProbeContext, log
-from celerydiag.target import REDIS_SCHEMES, Side, Target, redact_url
+from celerydiag.probe import Probe, ProbeContext, Skip, log
+from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Side, Target, redact_url
 
 PUSH_BACKENDS = REDIS_SCHEMES | {"rpc"}  # get(on_message=...) is woken by each write
 POLL_INTERVAL_S = 0.002  # a client polling as fast as it sensibly can: we want the backend's delay
@@ -43,6 +44,11 @@ DISPATCH_SPACING_S = 0.02
 DISPATCH_SHARE = 0.25  # of --max-seconds; the update phase gets the rest
 START_TIMEOUT_S = 15.0
 WORKER_STOP_S = 5.0
+# Of --max-seconds, kept for a watch's overshoot (Celery's result.get() checks its timeout between
+# drains, up to ~1 s late), stopping the worker and building the findings.
+FINISH_MARGIN_S = 1.5
+SQLITE_BUSY_S = 0.5  # SQLite lock wait of our e2e apps and cleanup (see _use_scratch_table)
+TRUST_FLOOR = 200  # updates seen: below this a P99 is a few samples' maximum, and the finding says so
 
 # Settings copied from the target so our worker and client talk to its services exactly as its
 # own processes do (transport options, serializers, backend tuning), and nothing else (no routes,
@@ -113,26 +119,49 @@ class E2ERun:
         ctx, limits = self.ctx, self.ctx.limits
         updates = limits.updates
         ctx.progress.start("e2e", total=DISPATCH_SAMPLES + updates * len(self.modes))
+        self._refuse_blocked_broker()
+        ctx.doing("starting the e2e worker")
         worker_app, client_app = self._apps()
         # An ExitStack unwinds last-in first-out: remove what we made, then close the apps.
         ctx.cleanup.callback(worker_app.close)
         ctx.cleanup.callback(client_app.close)
-        ctx.cleanup.callback(self._forget_results, client_app)
+        if not self.target.scratch_dir:  # the embedded default's SQLite file goes with its temp dir
+            ctx.cleanup.callback(self._forget_results, client_app)
         ctx.cleanup.callback(self._delete_queue, client_app)
         self._register_tasks(worker_app)
         hostname = f"{ctx.scratch}@{socket.gethostname()}"
-        with running_worker(worker_app, hostname, self.queue_name, self.target):
+        with running_worker(worker_app, hostname, self.queue_name, self.target, ctx):
             try:
-                dispatch = self._dispatch_phase(client_app)
-                self.trace.deadline = time.perf_counter() + (1 - DISPATCH_SHARE) * limits.max_seconds
+                # The phases share what is left of --max-seconds after the worker started, less a
+                # margin to stop it and build the findings: the guard cuts the probe at the bound.
+                end = time.perf_counter() + max(ctx.left() - FINISH_MARGIN_S, 0.0)
+                ctx.doing("timing task dispatch")
+                dispatch = self._dispatch_phase(client_app, end)
+                self.trace.deadline = end
+                ctx.doing("calibrating the state polls")
                 self.spacing_s = self._calibrate_spacing(client_app)
                 for mode in self.modes:
+                    ctx.doing(f"watching state updates ({mode})")
                     self._progress_phase(client_app, mode, updates)
             finally:
                 # On Ctrl-C too: the probe task stops at its next update, so the worker can stop
                 # at once instead of after its join timeout, and before our cleanup runs.
                 self.trace.deadline = 0.0
         yield from self._findings(dispatch)
+
+    def _refuse_blocked_broker(self) -> None:
+        """A RabbitMQ that blocks publishers (memory or disk alarm) would hold every apply_async
+        and update_state, and the close of every channel after them: nothing could be measured.
+        One confirmed canary publish finds out first; the broker probe reports the alarm."""
+        if self.target.broker_scheme not in AMQP_SCHEMES:
+            return
+        from celerydiag.broker.amqp import blocks_publishers
+
+        self.ctx.doing("checking that the broker accepts publishes")
+        reason = blocks_publishers(self.target, self.ctx.call_timeout(), f"{self.queue_name}.canary")
+        if reason:
+            raise Skip(f"the broker blocks publishers ({reason}): no task could be sent or state "
+                       "reported; see broker.blocked, clear the broker's alarm and rerun")
 
     def _apps(self) -> tuple[Any, Any]:
         """A worker app and a client app with the target's transport settings and our own queue.
@@ -169,6 +198,14 @@ class E2ERun:
                 broker_connection_timeout=self.ctx.limits.timeout_s,
                 result_expires=600,  # our keys vanish by themselves even if cleanup cannot run
             )
+            if self.target.broker_scheme in AMQP_SCHEMES and role == "client":
+                # py-amqp reads and writes with no timeout by default: a broker that stops reading
+                # our socket mid-run would hold a publish or a channel close (the guard's cut is
+                # the backstop; this makes the failure a timeout first).
+                options = dict(app.conf.broker_transport_options or {})
+                options.setdefault("read_timeout", self.ctx.limits.timeout_s)
+                options.setdefault("write_timeout", self.ctx.limits.timeout_s)
+                app.conf.broker_transport_options = options
             if self.target.broker_scheme == "memory":
                 app.conf.broker_transport_options = {"polling_interval": 0.01}
             apps.append(app)
@@ -180,11 +217,21 @@ class E2ERun:
         """Database backend: Celery's own backend on a scratch copy of its task table (never the
         user's, see scratch_db). The worker pools connections as a prefork child does; the client
         opens one per read, as a web process does (reference A.2)."""
-        from celerydiag.access.backend import database_url, engine
+        from celerydiag.access.backend import database_url, dialect, engine
         from celerydiag.backend.scratch import scratch_backend_class, scratch_model
 
         url = database_url(self.target)
         conf = self.target.conf
+        cleanup_timeout_s = self.ctx.limits.timeout_s
+        if dialect(url) == "sqlite":
+            # SQLite waits for a lock in C, where no signal reaches us: keep each wait short, so
+            # a read that Ctrl-C interrupted cannot hold our cleanup (and the worker) for the
+            # driver's 5 s default, twice. Our worker and client hold locks for milliseconds.
+            cleanup_timeout_s = SQLITE_BUSY_S
+            for app in (worker, client):
+                options = dict(app.conf.database_engine_options or {})
+                options["connect_args"] = {"timeout": SQLITE_BUSY_S, **(options.get("connect_args") or {})}
+                app.conf.database_engine_options = options
         model = scratch_model(f"{self.table_prefix}_e2e_taskmeta",
                                    (conf.database_table_schemas or {}).get("task"),
                                    bool(conf.result_extended))
@@ -192,7 +239,7 @@ class E2ERun:
             app.backend_cls = scratch_backend_class(model, forked)
             app.conf.database_url = url
             app.conf.database_create_tables_at_setup = False
-        db = engine(url, self.ctx.limits.timeout_s)
+        db = engine(url, cleanup_timeout_s)
         self.ctx.cleanup.callback(db.dispose)
         self.ctx.cleanup.callback(model.__table__.drop, db, checkfirst=True)  # before create
         model.__table__.create(db, checkfirst=True)
@@ -233,14 +280,14 @@ class E2ERun:
 
     # -- phase 1: dispatch --------------------------------------------------------------------
 
-    def _dispatch_phase(self, client: Any) -> tuple[list[float], int]:
+    def _dispatch_phase(self, client: Any, end: float) -> tuple[list[float], int]:
         """apply_async → task start for up to DISPATCH_SAMPLES pings, one in flight at a time.
 
         Each is timed from its slot on a fixed schedule, so a slow publish or a late start shows
         in full. One at a time because a fixed open-loop rate would overload a slow path (200 ms
         confirms sustain 5 publishes/s) and measure our own backlog instead of the user's
-        dispatch latency. Bounded by DISPATCH_SHARE of --max-seconds. Returns the latencies and
-        how many pings were sent.
+        dispatch latency. Bounded by DISPATCH_SHARE of the time to ``end`` (perf_counter), and
+        never past it. Returns the latencies and how many pings were sent.
         """
         ping = client.signature("celerydiag.e2e.ping")
         # Warm-up, not measured: the first publish also opens the producer's connection and
@@ -248,12 +295,12 @@ class E2ERun:
         warmup = f"{self.ctx.scratch}-ping-warmup"
         ping.apply_async(task_id=warmup, queue=self.queue_name, routing_key=self.queue_name,
                          exchange=self.queue_name)
-        warm_until = time.perf_counter() + self.ctx.limits.timeout_s
+        warm_until = min(time.perf_counter() + self.ctx.limits.timeout_s, end)
         while warmup not in self.trace.started and time.perf_counter() < warm_until:
             time.sleep(0.001)
         latencies: list[float] = []
         start = time.perf_counter()
-        stop = start + DISPATCH_SHARE * self.ctx.limits.max_seconds
+        stop = start + DISPATCH_SHARE * max(end - start, 0.0)
         slot = start
         sent = 0
         for i in range(DISPATCH_SAMPLES):
@@ -265,7 +312,7 @@ class E2ERun:
             ping.apply_async(task_id=task_id, queue=self.queue_name,
                              routing_key=self.queue_name, exchange=self.queue_name)
             sent += 1
-            wait_until = max(stop, time.perf_counter() + self.ctx.limits.timeout_s)
+            wait_until = min(max(stop, time.perf_counter() + self.ctx.limits.timeout_s), end)
             while task_id not in self.trace.started and time.perf_counter() < wait_until:
                 time.sleep(0.001)
             if task_id in self.trace.started:
@@ -296,7 +343,7 @@ class E2ERun:
             reads.append(time.perf_counter() - t0)
         typical = sorted(reads)[int(len(reads) * 0.9) - 1]
         wanted = 2 * typical + POLL_INTERVAL_S
-        phase_s = (1 - DISPATCH_SHARE) * self.ctx.limits.max_seconds / len(self.modes)
+        phase_s = max(self.trace.deadline - time.perf_counter(), 0.0) / len(self.modes)
         fits = SPACING_TIME_SHARE * phase_s / self.ctx.limits.updates
         one_read = typical + POLL_INTERVAL_S
         return min(MAX_SPACING_S, max(UPDATE_SPACING_S, one_read, min(wanted, fits)))
@@ -309,7 +356,10 @@ class E2ERun:
         result = client.signature("celerydiag.e2e.progress", args=(mode, updates, self.spacing_s)) \
             .apply_async(task_id=task_id, queue=self.queue_name, routing_key=self.queue_name,
                          exchange=self.queue_name)
+        # Until the phase's end, plus a read's timeout for the last writes, but never past the
+        # probe's own margin: the guard would cut the probe and lose what it measured.
         budget = max(self.trace.deadline - time.perf_counter(), 0.0) + self.ctx.limits.timeout_s
+        budget = max(min(budget, self.ctx.left() - FINISH_MARGIN_S), 0.01)
         if mode == "push":
             self._watch_push(result, seen, budget)
         else:
@@ -416,10 +466,15 @@ class E2ERun:
                 reads = summarize([ms(v) for v in self.trace.reads_s])
                 evidence.update(read_p50_ms=round(reads.p50_ms, 3), read_p99_ms=round(reads.p99_ms, 3),
                                 poll_interval_ms=POLL_INTERVAL_S * 1000)
+            thin = s.samples < TRUST_FLOOR
+            evidence.update(trust_floor_count=TRUST_FLOOR, trusted=not thin)
             yield delay(
                 f"e2e.visibility-{mode}", Cause.E2E, s.p99_ms,
-                f"State visibility ({mode}): update_state() returned → client saw it, "
-                f"P99 {s.p99_ms:.1f} ms",
+                (f"State visibility ({mode}): update_state() returned → client saw it, P50 {s.p50_ms:.1f} ms, "
+                 f"max {s.max_ms:.1f} ms from only {s.samples} updates: too few for a P99 (it needs "
+                 f"{TRUST_FLOOR}; rerun with a larger --max-seconds)" if thin else
+                 f"State visibility ({mode}): update_state() returned → client saw it, "
+                 f"P99 {s.p99_ms:.1f} ms"),
                 detail=(f"{s.samples} updates written by a real worker through {where} and watched by a "
                         f"client {how}. update_state() itself blocked the task for P50 "
                         f"{write.p50_ms:.1f} ms / P99 {write.p99_ms:.1f} ms per call."
@@ -428,7 +483,8 @@ class E2ERun:
                 evidence=evidence,
                 fix=_visibility_fix(self.target, mode, s.p99_ms, ctx.budget_ms))
             if mode == observed_mode:
-                ctx.latency.update(observed_p50_ms=round(s.p50_ms, 3), observed_p99_ms=round(s.p99_ms, 3),
+                ctx.latency.update(observed_p50_ms=round(s.p50_ms, 3),
+                                   observed_p99_ms=None if thin else round(s.p99_ms, 3),
                                    observed_mode=mode, observed_samples=s.samples)
 
     # -- cleanup ------------------------------------------------------------------------------
@@ -454,11 +510,13 @@ class E2ERun:
 
 
 @contextmanager
-def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Iterator[Any]:
+def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: ProbeContext) -> Iterator[Any]:
     """A real worker on a thread, consuming only ``queue``; stopped on exit, Ctrl-C included.
 
     Celery's own embedded test worker (TestWorkController) is what we start, without its
     logging setup and ping task, and with a start timeout so a dead broker cannot hang us.
+    Starting and stopping it both end by the probe's deadline, and after Ctrl-C/SIGTERM by the
+    signal's bound (interrupt.stop_by), with half of it left for the cleanup stack.
     """
     from celery import _state as celery_state
     from celery.contrib.testing.worker import TestWorkController
@@ -486,20 +544,48 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target) -> Itera
     thread = threading.Thread(target=work, name="celerydiag-e2e-worker", daemon=True)
     thread.start()
     try:
-        if not worker._on_started.wait(START_TIMEOUT_S) or not thread.is_alive():
+        start_s = min(START_TIMEOUT_S, ctx.left())
+        if not worker._on_started.wait(start_s) or not thread.is_alive():
             raise TargetUnreachable(f"the e2e worker could not start on broker {redact_url(target.broker_url)} "
-                                    f"within {START_TIMEOUT_S:.0f} s")
+                                    f"within {start_s:.0f} s")
         yield worker
+    except BaseException as exc:
+        release_interrupted_calls(exc)
+        raise
     finally:
         stopping = time.perf_counter()
         state.should_terminate = 0
         hub = getattr(worker, "hub", None)
         if hub is not None:  # AMQP: wake the event loop, or it sleeps until its next timer (~10 s)
             hub.call_soon(lambda: None)
-        thread.join(WORKER_STOP_S)  # a daemon thread: one stuck in a driver call cannot hold us
+        # A daemon thread: one stuck in a driver call cannot hold us, so wait only so long.
+        thread.join(_stop_wait(ctx))
         state.should_terminate = None
         celery_state._set_task_join_will_block(join_will_block)
         log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)
+
+
+def release_interrupted_calls(exc: BaseException) -> None:
+    """Let go of what the calls ``exc`` interrupted still hold. The traceback keeps their frames,
+    and with them a driver cursor mid-read: on SQLite that cursor holds a shared lock, so the
+    worker's next update_state() waits for it (in C, for the busy timeout) and cannot stop, and
+    our cleanup waits behind the worker. Clearing the finished frames' locals and collecting
+    closes that connection now; the traceback keeps its lines."""
+    import gc
+    import traceback
+
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+
+
+def _stop_wait(ctx: ProbeContext) -> float:
+    """How long to wait for the worker thread to end: WORKER_STOP_S at most, what is left of the
+    probe's time (its margin), and after a signal half of what is left of the signal's bound."""
+    wait = min(WORKER_STOP_S, max(ctx.left() - 0.25, 0.1))
+    signalled = interrupt.stop_by() - time.monotonic()
+    if signalled < float("inf"):
+        wait = min(wait, max(signalled / 2, 0.05))
+    return wait
 
 
 def _where(target: Target) -> str:

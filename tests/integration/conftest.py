@@ -16,6 +16,9 @@ Fixtures (session scope; each connects once with a 2 s timeout and returns the U
   scratch     (function scope) a unique name prefix ``celerydiag-test-<8 hex>`` for what a test creates
   closed_port (function scope) a loopback port nothing listens on: connections are refused
   silent_port (function scope) a loopback port that accepts connections and never answers
+  private_rabbitmq_node  (session) a RabbitMQ node of the session's own (tests/support/rabbitmq.py
+              PrivateNode: own name, ports, data dir, cookie), for server-wide faults such as a
+              memory alarm; started once (~5-15 s), stopped by its pid at the end
 
 A service that is down makes every test using it FAIL with the command that starts it: a skip
 would turn a broken machine into a green run. ``pytest --no-services`` deselects integration
@@ -28,6 +31,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -129,3 +133,15 @@ def silent_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         s.listen(16)
         yield s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def private_rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import time
+
+    from tests.support.rabbitmq import private_rabbitmq
+
+    started = time.monotonic()
+    with private_rabbitmq(tmp_path_factory.mktemp("rabbitmq")) as node:
+        print(f"private RabbitMQ {node.name} on 127.0.0.1:{node.port} up in {time.monotonic() - started:.1f} s")
+        yield node

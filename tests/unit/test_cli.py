@@ -23,6 +23,7 @@ from celerydiag.errors import ExitCode
 TESTS = Path(__file__).resolve().parents[1]
 APPS = TESTS / "fixtures" / "apps"
 REPORTS = TESTS / "fixtures" / "reports"
+REPO = TESTS.parent  # fixtures.apps.* import from the repository root
 
 
 @pytest.fixture(autouse=True)
@@ -226,7 +227,9 @@ def test_exit_3_when_the_broker_port_is_closed(capsys):
     assert lines[0].startswith("celerydiag: error: broker") and f"127.0.0.1:{port}" in lines[0], err
     assert lines[2].startswith("celerydiag: error: result backend") and "127.0.0.1:1/0" in lines[2], err
     assert lines[1].startswith("  hint:") and lines[3].startswith("  hint:") and "Traceback" not in err
-    assert "probes failed: broker, backend, serialization, e2e" in lines[4], err  # polling, host, config ran
+    assert lines[4].startswith("celerydiag: bounded: at most") and "for 4 probes" in lines[4], err  # the rest
+    assert "probes failed: broker, backend, serialization, e2e" in lines[-1], err  # polling, host, config ran
+    assert "unreachable: broker, backend (see the first line)" in lines[-1], err
     assert 0 < out.find("UNREACHABLE: broker") < out.find("Findings"), out  # the report says it first
     assert "Hunter2pw" not in err + out
 
@@ -347,10 +350,13 @@ def test_report_merge_keeps_the_reports_budget_unless_asked(capsys, tmp_path):
 # ---- Ctrl-C --------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sigint_during_doctor_exits_130_after_cleanup(tmp_path, cli_argv):
-    """Ctrl-C in the middle of a long e2e run on the embedded default: 130 within a few seconds,
-    one line, no traceback, nothing left behind (the embedded SQLite scratch dir is created under
-    a private TMPDIR, so other runs on the machine cannot confuse the leak check)."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, ExitCode.INTERRUPTED), (signal.SIGTERM, ExitCode.TERMINATED)])
+def test_signal_during_doctor_exits_130_or_143_after_cleanup(tmp_path, cli_argv, sig, code):
+    """Ctrl-C (130) or SIGTERM (143) in the middle of a long e2e run on the embedded default:
+    within 2 s (asserted with slack: 5 s), one line, no traceback, nothing left behind (the
+    embedded SQLite scratch dir is created under a private TMPDIR, so other runs on the machine
+    cannot confuse the leak check). It once took ~15 s: the interrupted read's SQLite lock held
+    the worker's next write, and the cleanup behind it, for the driver's busy timeout twice."""
     env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
     env["TMPDIR"] = str(tmp_path)
     proc = subprocess.Popen(
@@ -363,21 +369,78 @@ def test_sigint_during_doctor_exits_130_after_cleanup(tmp_path, cli_argv):
         while not list(tmp_path.glob("celerydiag-embedded-*")) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()
-        time.sleep(2.0)  # well inside the e2e probe's measurement
+        while not _e2e_running(tmp_path) and time.monotonic() < deadline + 60:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)  # well inside the e2e probe's measurement: worker writing, client reading
         interrupted = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     elapsed = time.monotonic() - interrupted
-    assert proc.returncode == ExitCode.INTERRUPTED, err
+    print(f"{sig.name} to exit: {elapsed:.2f} s")
+    assert proc.returncode == code, err
     assert out == ""
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("celerydiag: interrupted")
     assert list(tmp_path.glob("celerydiag-embedded-*")) == []
-    assert elapsed < 15, f"took {elapsed:.1f} s to stop after Ctrl-C"
+    assert elapsed < 5, f"took {elapsed:.1f} s to stop after {sig.name} (requirement: 2 s)"
+
+
+@pytest.mark.slow
+def test_doctor_states_its_bound_and_every_probe_keeps_it(tmp_path, run_cli):
+    """--max-seconds 2 on the embedded default: the bound is said on stderr before the probes
+    start, the run ends within it, and each probe within --max-seconds + the 2 s cleanup grace."""
+    started = time.monotonic()
+    done = run_cli("doctor", "--max-seconds", "2", "--format", "json", cwd=tmp_path, timeout=120,
+                   env={"TMPDIR": str(tmp_path)})
+    took = time.monotonic() - started
+    assert done.returncode in (ExitCode.OK, ExitCode.FINDINGS), done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("celerydiag: bounded: at most 32 s for 8 probes (each cut at --max-seconds 2 s"
+                            " + 2 s cleanup grace"), first
+    probes = {p["name"]: p["elapsed_s"] for p in json.loads(done.stdout)["probes"]}
+    print(f"doctor --max-seconds 2: {took:.1f} s; probes {probes}")
+    assert took < 32 + 10, f"{took:.1f} s"  # + interpreter start; the embedded target needs no reach check
+    # The backend probe is left out here: on SQLite its contention writers can hold a lock wait
+    # in C that no cut reaches (see /work/wt/DEADLINE_API.md; its own tests bound it).
+    over = {name: s for name, s in probes.items() if name != "backend" and s > 2 + 2 + 0.5}
+    assert not over, probes
+
+
+def _e2e_running(tmp_path: Path) -> bool:
+    """The e2e probe has made its scratch table in the embedded SQLite file (read-only look)."""
+    import sqlite3
+
+    for db in tmp_path.glob("celerydiag-embedded-*/results.sqlite"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as conn:
+                names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            conn.close()
+        except sqlite3.Error:
+            continue
+        if any(name.endswith("_e2e_taskmeta") for name in names):
+            return True
+    return False
+
+
+def test_an_app_whose_import_hangs_is_cut_at_timeout_and_says_where(run_cli):
+    """fixtures/apps/hangs.py waits forever at import, as a settings module waiting for a service
+    does: exit 2 (an --app that does not import) after --timeout, one line naming its line."""
+    started = time.monotonic()
+    done = run_cli("doctor", "-A", "fixtures.apps.hangs", "--timeout", "2", cwd=REPO, timeout=60)
+    took = time.monotonic() - started
+    print(f"hanging --app import ended after {took:.2f} s")
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("celerydiag: error: --app 'fixtures.apps.hangs' did not finish importing "
+                               "within --timeout 2 s, it was at fixtures/apps/hangs.py:8"), lines
+    assert len(lines) == 2 and lines[1].startswith("  hint: "), lines
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert took < 2 + 10, f"{took:.1f} s"
 
 
 def test_merged_markdown_and_text_say_which_host_each_finding_came_from(capsys):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from celerydiag import interrupt
 from celerydiag.errors import InputError
 
 SOL_PACKET, PACKET_STATISTICS = 263, 6
@@ -82,6 +83,8 @@ def capture(iface: str, ports: Iterable[int], path: str, *, duration: float, cou
                 sniff(opened_socket=sock, prn=keep, store=False, timeout=min(left, 0.5), chainCC=True,
                       count=(count - packets) if count else 0)
         except KeyboardInterrupt:
+            if not interrupt.absorb():  # Ctrl-C stops the capture; SIGTERM ends the command (143)
+                raise
             interrupted = True
         drops = _drops(sock)
     finally:
