@@ -85,7 +85,7 @@ def command(serializers: tuple[str, ...], kinds: tuple[str, ...], payload_files:
     column adds what your result backend does with the payload (Redis: decode of the old meta,
     SETEX + PUBLISH; database: the row reads and the UPDATE) at --bandwidth-mbit.
     Exit codes: 0 done, 2 bad input (or an unwritable --output, before any work), 3 backend
-    unreachable (--from-backend), 130 interrupted, 141 stdout closed early (`| head`).
+    unreachable (--from-backend), 130 Ctrl-C, 143 SIGTERM, 141 stdout closed early (`| head`).
     """
     from celerydiag.doctor import collect_meta
     from celerydiag.serialization import harness as ser

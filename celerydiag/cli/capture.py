@@ -66,7 +66,7 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     state path and polls per task id. Findings are ranked by the milliseconds they add.
 
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or unreadable
-    file (or no capture privileges, or an unwritable --output), 130 interrupted, 141 stdout closed
+    file (or no capture privileges, or an unwritable --output), 130 Ctrl-C, 143 SIGTERM, 141 stdout closed
     early (`| head`).
     """
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the capture

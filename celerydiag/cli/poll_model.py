@@ -155,7 +155,7 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
     delay CDF, and the cheapest strategy that meets --target-delay within --request-budget.
     Needs no service, except with --from-backend TASK_ID, which measures the state durations on
     your result backend first. Exit codes: 0 done, 2 bad input (or an unwritable --output, before
-    any work), 3 backend unreachable, 130 interrupted, 141 stdout closed early (`| head`).
+    any work), 3 backend unreachable, 130 Ctrl-C, 143 SIGTERM, 141 stdout closed early (`| head`).
     """
     from celerydiag.polling import model as polling
 

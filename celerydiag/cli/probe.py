@@ -28,7 +28,7 @@ def command(name: str | None, list_: bool, **kw: Any) -> ExitCode:
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or input
     (no or an unknown NAME, an option NAME does not read, an unwritable --output, before the
     probe), 3 target unreachable, 4 internal error (a bug of ours; --traceback shows it), 130
-    interrupted (after cleanup), 141 stdout closed early (`| head`).
+    Ctrl-C and 143 SIGTERM (after cleanup), 141 stdout closed early (`| head`).
     """
     from celerydiag.probe import get_probe, probe_classes
 

@@ -27,7 +27,7 @@ def command(files: tuple[str, ...], fmt: OutputFormat, output: str | None, fail_
     Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad usage or a file
     it cannot read (not JSON, not a report, a report from a newer celerydiag, a malformed field:
     one line saying which), 4 internal error (a bug of ours; --traceback shows it), 130
-    interrupted, 141 stdout closed early (`| head`).
+    Ctrl-C, 143 SIGTERM, 141 stdout closed early (`| head`).
     """
     from celerydiag.merge import merge_reports
 
