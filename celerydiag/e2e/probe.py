@@ -73,6 +73,9 @@ class Trace:
     deadline: float = 0.0
 
 
+QUEUE_EXPIRES_MS = 60_000  # our queue outlives a cut cleanup by at most a minute
+
+
 class E2EProbe(Probe):
     """End-to-end: a real worker's update_state() to a client seeing it, P50/P95/P99.
 
@@ -179,8 +182,11 @@ class E2ERun:
             app = fresh_app(self.target, f"celerydiag-e2e-{role}", COPIED_PREFIXES, NOT_COPIED, broker=True)
             exchange = Exchange(self.queue_name, "direct", durable=False, auto_delete=True)
             app.conf.update(
+                # x-expires: RabbitMQ drops the queue by itself once unused, should the cleanup be
+                # cut (a signal on a loaded host); auto-delete alone keeps a never-consumed queue.
                 task_queues=[Queue(self.queue_name, exchange, routing_key=self.queue_name,
-                                   durable=False, auto_delete=True)],
+                                   durable=False, auto_delete=True,
+                                   queue_arguments={"x-expires": QUEUE_EXPIRES_MS})],
                 task_default_queue=self.queue_name,
                 task_default_exchange=self.queue_name,
                 task_default_routing_key=self.queue_name,

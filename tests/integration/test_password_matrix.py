@@ -36,6 +36,8 @@ import pytest
 
 from celerydiag.cli import main
 from celerydiag.errors import ExitCode
+from celerydiag.findings import Cause
+from celerydiag.probe import READS
 
 APPS = Path(__file__).resolve().parents[1] / "fixtures" / "apps"
 PCAP = Path(__file__).resolve().parents[2] / "fixtures" / "pcaps" / "amqp_healthy.pcap"
@@ -47,10 +49,19 @@ ALL_FORMATS = ("text", "json", "markdown", "junit")
 DOCUMENT_FORMATS = ("text", "json")  # poll-model, bench-serialize
 TASK_ID = str(uuid.UUID(int=0x0F0E0D0C))
 BOUNDS = ("--timeout", "1", "--max-seconds", "1", "--samples", "10", "--updates", "20", "--duration", "0.1")
+
+
+def bounds_read_by(name: str) -> tuple[str, ...]:
+    """BOUNDS less the options probe ``name`` does not read (those are a usage error: probe.READS)."""
+    reads = READS[Cause(name)]
+    return tuple(arg for option, value in zip(BOUNDS[::2], BOUNDS[1::2]) if option in reads
+                 for arg in (option, value))
+
+
 # command name -> (argv, formats); each runs with the case's target added.
 COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "doctor": (("doctor", *BOUNDS), ALL_FORMATS),
-    **{f"probe {name}": (("probe", name, *BOUNDS), ALL_FORMATS)
+    **{f"probe {name}": (("probe", name, *bounds_read_by(name)), ALL_FORMATS)
        for name in ("config", "broker", "backend", "e2e", "serialization", "polling", "network", "host")},
     "poll-model": (("poll-model", "--from-backend", TASK_ID, "--watch-seconds", "1"), DOCUMENT_FORMATS),
     "bench-serialize": (("bench-serialize", "--quick", "-k", "progress-meta", "-s", "json",

@@ -20,6 +20,7 @@ test's own instead, which nobody else uses::
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -230,6 +231,19 @@ class PrivateNode:
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.5)
+
+    def expiring(self, names: list[str], within_ms: int = 120_000) -> bool:
+        """Every one of ``names`` carries an ``x-expires`` of at most ``within_ms``: RabbitMQ drops
+        it by itself, so a cleanup cut by a signal on a loaded machine still leaves nothing for long."""
+        out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "arguments")
+        args = {line.split(None, 1)[0]: line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else ""
+                for line in out.splitlines() if line.strip()}
+        found = [re.search(r"x-expires.*?(\d+)", args.get(name, "")) for name in names]
+        return all(m is not None and int(m.group(1)) <= within_ms for m in found)
+
+    def delete(self, names: list[str]) -> None:
+        for name in names:
+            self.ctl("delete_queue", name)
 
     def queues(self) -> list[str]:
         """Names of the queues on this node (vhost /)."""
