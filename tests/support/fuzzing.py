@@ -1,8 +1,8 @@
 """Fuzzing the capture parsers: seeds cut from the real captures, the entry points, a mutator.
 
 One module for both fuzzers, so they exercise the same code the same way: ``bench/fuzz_parsers.py``
-(atheris, coverage-guided, 200,000+ inputs) and ``tests/unit/test_fuzz_parsers.py`` (hypothesis, a
-seeded corpus of a few thousand in the suite).
+(atheris, coverage-guided, 200,000+ inputs) and ``tests/unit/test_fuzz_parsers.py`` (a
+seeded corpus of a few thousand in the suite, :func:`corpus`).
 
 An input is one selector byte and a body. The selector picks the entry point:
 
@@ -297,6 +297,19 @@ def seeds() -> tuple[tuple[str, bytes], ...]:
 MUTATIONS = ("flip", "byte", "word", "insert", "delete", "truncate", "splice", "repeat")
 INTERESTING = (0, 1, 2, 3, 4, 12, 16, 20, 28, 32, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000,
                0x3FFFFFF, 0x4000000, 0x4000001, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
+
+
+def corpus(n: int, seed: int) -> Iterator[tuple[str, list[tuple[int, int, int]], bytes]]:
+    """``n`` mutated seeds, the same for the same ``seed``: ``(seed name, ops, input)``."""
+    import random
+
+    rng = random.Random(seed)
+    pool = seeds()
+    for _ in range(n):
+        name, data = pool[rng.randrange(len(pool))]
+        ops = [(rng.randrange(len(MUTATIONS)), rng.getrandbits(32), rng.getrandbits(32))
+               for _op in range(rng.randint(1, 6))]
+        yield name, ops, mutate(data, ops)
 
 
 def mutate(data: bytes, ops: Sequence[tuple[int, int, int]]) -> bytes:

@@ -192,6 +192,9 @@ def scrub_frames(frames: Iterable[tuple[float, int, bytes]], out: BinaryIO) -> i
                 a, b = start + span[0], start + span[1]
                 frame = frame[:a] + b"*" * (b - a) + frame[b:]
         ns = int(round(ts * 1e9))
+        if not 0 <= ns < PCAP_TS_LIMIT_NS:  # found by bench/fuzz_parsers.py: was a struct.error
+            raise InputError(f"packet {n + 1} has a timestamp ({ts:.3g} s since 1970) a pcap cannot hold: the "
+                             "capture is corrupt, or its pcapng if_tsresol is wrong")
         out.write(struct.pack("<IIII", ns // 1_000_000_000, ns % 1_000_000_000, len(frame), len(frame)))
         out.write(frame)
         n += 1

@@ -50,9 +50,9 @@ E_CUT = ("{path} is cut short in the middle of a packet: {good} complete packet{
          "writing it, stop it and copy again{keep})")
 H_CUT_KEEP = "; to analyse the packets before the cut: editcap -r {path} FIXED.pcap 1-{good}"
 E_CUT_HEADER = "{path} is cut short in its {format} file header ({size} bytes): not a complete capture"
-E_PCAP_RECORD = ("malformed pcap {path}: the record at byte {offset} (after {good} packets) claims {incl} bytes, "
+E_PCAP_RECORD = ("malformed pcap {path}: the record at byte {offset} (after {after}) claims {incl} bytes, "
                  "more than any frame; the file is corrupt from there")
-E_PCAPNG_BLOCK = ("malformed pcapng {path}: the block at byte {offset} (after {good} packets) has a bad block "
+E_PCAPNG_BLOCK = ("malformed pcapng {path}: the block at byte {offset} (after {after}) has a bad block "
                   "length ({why}); the file is corrupt from there")
 
 
@@ -135,6 +135,10 @@ def open_stream(stream: BinaryIO, path: str) -> tuple[CaptureInfo, Iterator[tupl
     raise InputError(E_NOT_CAPTURE.format(path=path, head=head[:4].hex()))
 
 
+def _packets(n: int) -> str:
+    return f"{n} packet" if n == 1 else f"{n} packets"
+
+
 def _cut(path: str, good: int, offset: int) -> InputError:
     keep = H_CUT_KEEP.format(path=path, good=good) if good else ""
     return InputError(E_CUT.format(path=path, good=good, s="" if good == 1 else "s", offset=offset, keep=keep))
@@ -182,7 +186,7 @@ def _pcap(stream: BinaryIO, head: bytes, info: CaptureInfo, path: str) -> Iterat
                 break
             incl = rec(buf.data, buf.pos)[2]
             if incl > MAX_RECORD:  # a corrupt length, not a frame
-                raise InputError(E_PCAP_RECORD.format(path=path, offset=buf.offset(), good=count, incl=incl))
+                raise InputError(E_PCAP_RECORD.format(path=path, offset=buf.offset(), after=_packets(count), incl=incl))
             if not buf.need(16 + incl):
                 raise _cut(path, count, buf.offset())
         info.packets = count
@@ -223,12 +227,12 @@ def _pcapng(stream: BinaryIO, head: bytes, info: CaptureInfo, path: str) -> Iter
             btype, blen = struct.unpack_from(sec.endian + "II", data, pos)
             why = _bad_length(btype, blen)
             if why:
-                raise InputError(E_PCAPNG_BLOCK.format(path=path, offset=buf.offset(), good=count, why=why))
+                raise InputError(E_PCAPNG_BLOCK.format(path=path, offset=buf.offset(), after=_packets(count), why=why))
             if not buf.need(blen):
                 raise _cut(path, count, buf.offset())
             data, pos = buf.data, buf.pos
             if struct.unpack_from(sec.endian + "I", data, pos + blen - 4)[0] != blen:
-                raise InputError(E_PCAPNG_BLOCK.format(path=path, offset=buf.offset(), good=count,
+                raise InputError(E_PCAPNG_BLOCK.format(path=path, offset=buf.offset(), after=_packets(count),
                                                        why=f"{blen} at its start, another at its end"))
             if btype in PACKET_BLOCKS:
                 packet = _packet_block(btype, data, pos, blen, sec, path, buf.offset(), count)
@@ -247,7 +251,7 @@ def _section_endian(data: bytes, pos: int, path: str, offset: int, count: int) -
     """A Section Header Block's byte order, from its byte-order magic."""
     endian = PCAPNG_BOMS.get(bytes(data[pos + 8:pos + 12]))
     if endian is None:
-        raise InputError(f"malformed pcapng {path}: the section header at byte {offset} (after {count} packets) "
+        raise InputError(f"malformed pcapng {path}: the section header at byte {offset} (after {_packets(count)}) "
                          "has no valid byte-order magic")
     return endian
 
@@ -280,7 +284,7 @@ def _packet_block(btype: int, data: bytes, pos: int, blen: int, sec: _Section, p
     if iface >= len(links):
         raise InputError(E_PCAPNG_IFACE.format(iface=iface))
     if caplen > blen - 32:
-        raise InputError(E_PCAPNG_BLOCK.format(path=path, offset=offset, good=count,
+        raise InputError(E_PCAPNG_BLOCK.format(path=path, offset=offset, after=_packets(count),
                                                why=f"{blen}, too short for the {caplen} bytes of packet it claims"))
     start = pos + 28
     return ((hi << 32) | lo) * sec.scales[iface], links[iface], data[start:start + caplen]
