@@ -6,7 +6,9 @@ The seed corpus is the real captures in fixtures/pcaps: windows of each, in ever
 tests/support/pcapwrite.py writes (pcap micro/nano, both byte orders, pcapng, Linux cooked v1/v2,
 raw, BSD null, IPv6), the pcapng blocks it does not write, and the AMQP and RESP byte streams of
 real connections. libFuzzer mutates them, guided by the edges it reaches in
-``celerydiag.network.capture`` (the only code instrumented).
+``celerydiag.network.capture`` (the only code instrumented); half its mutations go inside one packet
+of a pcap (``fuzzing.mutate_packet``), so the file stays valid and the bytes reach the TCP, AMQP and
+RESP parsers, the other half anywhere in the input (which mostly tests the reader's checks).
 
 Every input must parse or raise the documented ``InputError``. Anything else, or an input running
 past its time bound (2 s; the seeds take milliseconds), is a bug: each distinct one (exception type
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -201,7 +204,18 @@ def _child(out: str, libfuzzer_args: list[str]) -> int:
             print(f"fuzz: {n} inputs, {counts['parsed']} parsed, {counts['input_error']} InputError, "
                   f"{counts['other']} other ({len(seen)} distinct), {time.monotonic() - started:.0f} s", flush=True)
 
-    atheris.Setup([sys.argv[0], *libfuzzer_args], one_input)
+    def mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        """Half the time inside one packet of a pcap (the file stays valid, the bytes reach the
+        protocol parsers), else libFuzzer's own mutations of the whole input."""
+        rng = random.Random(seed)
+        if rng.random() < 0.5:
+            inside = fuzzing.mutate_packet(data, rng.getrandbits(32),
+                                           lambda frame: atheris.Mutate(frame, len(frame) + 256))
+            if inside is not None:
+                return inside[:max_size]
+        return atheris.Mutate(data, max_size)
+
+    atheris.Setup([sys.argv[0], *libfuzzer_args], one_input, custom_mutator=mutator)
     atheris.Fuzz()  # exits the process when -runs or -max_total_time is reached
     return 0
 

@@ -300,7 +300,9 @@ INTERESTING = (0, 1, 2, 3, 4, 12, 16, 20, 28, 32, 0x7F, 0x80, 0xFF, 0x100, 0x7FF
 
 
 def corpus(n: int, seed: int) -> Iterator[tuple[str, list[tuple[int, int, int]], bytes]]:
-    """``n`` mutated seeds, the same for the same ``seed``: ``(seed name, ops, input)``."""
+    """``n`` mutated seeds, the same for the same ``seed``: ``(seed name, ops, input)``. Half of
+    the mutations of a pcap go inside one packet (:func:`mutate_packet`), so the file stays valid
+    and the bytes reach the TCP, AMQP and RESP parsers rather than the reader's length checks."""
     import random
 
     rng = random.Random(seed)
@@ -309,7 +311,37 @@ def corpus(n: int, seed: int) -> Iterator[tuple[str, list[tuple[int, int, int]],
         name, data = pool[rng.randrange(len(pool))]
         ops = [(rng.randrange(len(MUTATIONS)), rng.getrandbits(32), rng.getrandbits(32))
                for _op in range(rng.randint(1, 6))]
-        yield name, ops, mutate(data, ops)
+        inside = None
+        if rng.random() < 0.5:
+            inside = mutate_packet(data, rng.getrandbits(32), lambda frame, ops=ops: mutate(b"\0" + frame, ops)[1:])
+        yield name, ops, inside if inside is not None else mutate(data, ops)
+
+
+_PCAP_LE_US = b"\xd4\xc3\xb2\xa1"
+
+
+def mutate_packet(data: bytes, which: int, change: Any) -> bytes | None:
+    """A capture input whose one packet (number ``which`` modulo their count) is replaced by
+    ``change(frame)``, lengths fixed up; None when ``data`` is not a capture input holding a
+    little-endian pcap (the envelope most seeds and tcpdump use). The structure-aware mutation of
+    both fuzzers: libFuzzer's byte mutations alone mostly break the file's framing."""
+    if len(data) < 25 or data[0] % 4 not in (CAPTURE, SCRUB) or data[1:5] != _PCAP_LE_US:
+        return None
+    head, body = data[:25], data[25:]
+    records, pos = [], 0
+    while pos + 16 <= len(body):
+        incl = struct.unpack_from("<I", body, pos + 8)[0]
+        if pos + 16 + incl > len(body):
+            return None
+        records.append((body[pos:pos + 8], body[pos + 16:pos + 16 + incl]))
+        pos += 16 + incl
+    if not records or pos != len(body):
+        return None
+    i = which % len(records)
+    stamp, frame = records[i]
+    records[i] = (stamp, bytes(change(frame)))
+    out = b"".join(st + struct.pack("<II", len(f), len(f)) + f for st, f in records)
+    return (head + out)[:MAX_INPUT]
 
 
 def mutate(data: bytes, ops: Sequence[tuple[int, int, int]]) -> bytes:
