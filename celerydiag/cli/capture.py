@@ -95,8 +95,13 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
             raise InputError(f"--write {write} is the file being read; it would be destroyed",
                              "write the scrubbed copy to another file")
         scrub_file(path, write) if scrub else _copy(path, write)
+    progress = _progress(fmt, output)
     try:
-        report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=_progress(fmt, output), extra=extra)
+        report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=progress, extra=extra)
+    except InputError:
+        if progress is not None:  # the error line replaces the "N packets read" line, not after it
+            click.echo("\r", err=True, nl=False)
+        raise
     finally:
         if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
             os.unlink(path)
