@@ -22,8 +22,8 @@ and the input target was reached, else 1.
 
 Seeded: the seed corpus is built the same way every run, libFuzzer gets ``-seed`` (default 12; also
 the child's PYTHONHASHSEED), one process, ``-reload=0``, a fresh corpus. Two runs with one seed make
-the same inputs for the first several hundred, then drift apart (libFuzzer under CPython is not
-bit-for-bit deterministic: atheris's own 1 s timer signal lands at different points); their
+the same inputs for the first several hundred, then drift apart (libFuzzer under atheris is not
+bit-for-bit deterministic here; the cause is not pinned down, -reload=0 only moved the drift); their
 figures agree within a few percent (8,000 inputs, seed 7: cov 877-881, ft 3207-3291). What must be
 exactly reproducible is a finding, and it is: its input is saved, ``--replay FILE`` reruns it. The
 suite's seeded corpus (tests/unit/test_fuzz_parsers.py) is deterministic.
