@@ -251,15 +251,18 @@ class RespParser:
                     pos = end + 2
                     continue
                 push = data[pos] == 0x3E
-                if data[pos] in _AGGREGATE:  # find its end first, resumably: see _scan
+                # An aggregate already found unfinished is scanned on from where it stopped, not
+                # parsed again from its start (see _scan); any other value is parsed at once.
+                value, nxt = (INCOMPLETE, 0) if self.scan.offset else parse(data, pos)
+                if value is INCOMPLETE:
+                    if data[pos] not in _AGGREGATE:
+                        self.want = nxt - pos
+                        break
                     if _scan(data, pos, self.scan) < 0:
                         self.want = self.scan.need - pos
                         break
                     self.scan = _Scan()
-                value, nxt = parse(data, pos)
-                if value is INCOMPLETE:
-                    self.want = nxt - pos
-                    break
+                    value, nxt = parse(data, pos)
                 if self.client:
                     self.state.command(ts, value)
                 else:
