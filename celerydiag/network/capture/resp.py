@@ -253,6 +253,7 @@ class RespParser:
                 push = data[pos] == 0x3E
                 # An aggregate already found unfinished is scanned on from where it stopped, not
                 # parsed again from its start (see _scan); any other value is parsed at once.
+                value: Any
                 value, nxt = (INCOMPLETE, 0) if self.scan.offset else parse(data, pos)
                 if value is INCOMPLETE:
                     if data[pos] not in _AGGREGATE:
