@@ -107,8 +107,13 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
                              "write the scrubbed copy to another file")
         with writing("--write", write):
             scrub_file(path, write) if scrub else _copy(path, write)
+    progress = _progress(fmt, output)
     try:
-        report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=_progress(fmt, output), extra=extra)
+        report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=progress, extra=extra)
+    except InputError:
+        if progress is not None:  # the error line replaces the "N packets read" line, not after it
+            click.echo("\r", err=True, nl=False)
+        raise
     finally:
         if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
             os.unlink(path)
@@ -178,8 +183,7 @@ def _emit_capture(out: Output, report: Any, fmt: OutputFormat, fail_on: str) -> 
 
     if sys.stderr.isatty():
         click.echo("\r", err=True, nl=False)
-    trunc = "; file truncated, analysed what was readable" if report.file.get("truncated") else ""
-    n = len(report.connections)
+    n = len(report.connections)  # a file cut short never gets here: the reader raised InputError
     summary = (f"celerydiag: {n} connection{'' if n == 1 else 's'}, "
-               f"{severity_counts(f.severity for f in report.findings)}{trunc}")
+               f"{severity_counts(f.severity for f in report.findings)}")
     return out.emit(write, summary, exit_code(report.worst(), fail_on))

@@ -35,6 +35,13 @@ def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | Non
     return value
 
 
+def _check_pcap(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A --pcap that is not a complete capture is bad input (exit 2) before any probe runs."""
+    from celerydiag.network.probe import check_pcap
+
+    return check_pcap(value)
+
+
 def probe_options(fn: Any) -> Any:
     """Bounds and inputs every active probe reads (ProbeContext.limits, ProbeContext.options)."""
     opts = [
@@ -58,7 +65,7 @@ def probe_options(fn: Any) -> Any:
         click.option("--poll-strategy", metavar="NAME", callback=_check_strategy,
                      help="How your clients poll: fixed, jitter, backoff, smart, push, with "
                           "optional values as in `poll-model --help`."),
-        click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
+        click.option("--pcap", type=click.Path(exists=True, dir_okay=False), callback=_check_pcap,
                      help="Analyse this capture of broker/backend traffic."),
         click.option("--iface", metavar="IFACE",
                      help="Capture live on this interface during the run (needs root or "

@@ -50,17 +50,26 @@ class NetworkProbe(Probe):
 
             live.capture(iface, sorted(ports.servers()), pcap, duration=duration, scrub=True, progress=tick)
         assert pcap is not None  # applies() ran: a file was given or captured above
+        # A file cut short or corrupt raises InputError (the guard: a failed probe, never a verdict on
+        # part of it); `doctor --pcap` has already refused such a file as usage, exit 2 (check_pcap).
         report = analyse(pcap, ports=ports, budget_ms=ctx.budget_ms)
-        if report.file.get("truncated"):
-            yield Finding(id="network.capture-truncated", cause=Cause.NETWORK, severity=Severity.INFO,
-                          title="The capture file is truncated; analysed what was readable",
-                          evidence={"packets_count": report.file["packets"]})
         yield from report.findings
         if not report.connections:
             yield Finding(id="network.no-traffic", cause=Cause.NETWORK, severity=Severity.INFO,
                           title="No broker or backend TCP traffic in the capture",
                           detail=f"Ports looked at: {', '.join(map(str, sorted(ports.servers())))}.",
                           evidence={"packets_count": report.file["packets"]})
+
+
+def check_pcap(path: str | None) -> str | None:
+    """``--pcap`` checked when the command line is read: a file that is not a complete capture is bad
+    input (InputError: exit 2, one line) before any probe runs, the same refusal ``capture --read``
+    gives, rather than a network probe that fails late under a report the other probes call ok."""
+    if path is not None:
+        from celerydiag.network.capture import check_capture
+
+        check_capture(path)
+    return path
 
 
 def _unlink(path: str) -> None:

@@ -85,6 +85,29 @@ def resp(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
+# Replies of every RESP2/RESP3 shape, nested, with a bulk past the 256-byte copy limit and one under.
+REPLY_STREAM = (b"+OK\r\n" + b"*3\r\n$5\r\nhello\r\n*2\r\n:1\r\n%1\r\n+k\r\n~2\r\n_\r\n,1.5\r\n$-1\r\n"
+                + b"$300\r\n" + b"v" * 300 + b"\r\n" + b"-ERR no\r\n" + b"*-1\r\n" + b"*0\r\n"
+                + b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\n{}\r\n"
+                + b"*2\r\n*2\r\n*1\r\n$3\r\nabc\r\n:7\r\n$1\r\nz\r\n" + b":42\r\n")
+REPLIES = 8  # replies that pair with a command (the push does not)
+
+
+def _reply_state(cuts: list[int]) -> tuple:
+    state = RedisState()
+    state.pending.extend(("GET", 1, 0.0) for _ in range(REPLIES + 1))
+    feed_in_pieces(REPLY_STREAM, cuts, RespParser(state, False))
+    return len(state.pending), state.pushes, state.errors, sorted((k, r.count) for k, r in state.latency.items())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(REPLY_STREAM)), max_size=60))
+def test_resp_replies_survive_any_segmentation(cuts: list[int]) -> None:
+    """Nested aggregates are found complete by a resumable scan (``resp._scan``) before they are
+    parsed: however TCP cut the stream, the same replies pair with the same commands."""
+    assert _reply_state(cuts) == _reply_state([]) == (1, 1, 1, [("GET", REPLIES)])
+
+
 def test_resp_pairs_pipelined_requests_and_pubsub_pushes() -> None:
     state = RedisState()
     client, server = RespParser(state, True), RespParser(state, False)

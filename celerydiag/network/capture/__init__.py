@@ -13,26 +13,39 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from celerydiag.network.capture.analysis import Ports
+from celerydiag.network.capture.reader import CaptureInfo, check_capture
 from celerydiag.network.capture.report import CAPTURE_SCHEMA, CaptureReport
 
-__all__ = ["CAPTURE_SCHEMA", "CaptureReport", "Ports", "analyse", "ports_for_target"]
+__all__ = ["CAPTURE_SCHEMA", "CaptureInfo", "CaptureReport", "Ports", "analyse", "analyse_frames", "check_capture",
+           "ports_for_target"]
 
 
 def analyse(path: str, *, ports: Ports | None = None, budget_ms: float = 1000.0,
             progress: Callable[[int], None] | None = None, extra: dict[str, Any] | None = None) -> CaptureReport:
     """Read ``path`` (pcap or pcapng) once and build the report. Raises InputError for a file that
-    is not a capture; a truncated file gives the analysis of what was readable."""
-    from celerydiag.network.capture import analysis, assess, report
+    is not a complete, valid capture (not one, cut short, corrupt): never a report on part of it."""
     from celerydiag.network.capture.reader import open_capture
-    from celerydiag.rank import rank
 
     info, frames = open_capture(path)
+    return analyse_frames(path, info, frames, ports=ports, budget_ms=budget_ms, progress=progress, extra=extra)
+
+
+def analyse_frames(path: str, info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], *,
+                   ports: Ports | None = None, budget_ms: float = 1000.0,
+                   progress: Callable[[int], None] | None = None,
+                   extra: dict[str, Any] | None = None) -> CaptureReport:
+    """The report on frames from the reader (:func:`~celerydiag.network.capture.reader.open_stream`
+    for a capture already in memory: the fuzzers feed it mutated files this way)."""
+    from celerydiag.network.capture import analysis, assess, report
+    from celerydiag.rank import rank
+
     result = analysis.run(info, frames, ports or Ports(), progress=progress)
     conns, timeline = report.summarise(result)
     findings = rank(assess.assess(conns), budget_ms)
     file_block: dict[str, Any] = {
         "path": path, "packets": info.packets, "link_type": info.link_type, "format": info.format,
-        "truncated": info.truncated, "tcp_packets": info.packets - result.non_tcp,
+        # celerydiag.capture/1 keeps the key; a file cut short raises InputError in the reader instead
+        "truncated": False, "tcp_packets": info.packets - result.non_tcp,
         "duration_s": round((result.last_ts or 0.0) - (result.first_ts or 0.0), 6),
     }
     if info.interface_drops is not None:

@@ -104,6 +104,7 @@ class AmqpParser:
         self.state = state
         self.side = side
         self.sidestate = state.sides[side]
+        self.want = 0  # stream.Parser: bytes the unfinished frame left by feed() needs
 
     def resync(self, data: Any) -> int:
         n = len(data)
@@ -121,6 +122,7 @@ class AmqpParser:
         pos = 0
         n = len(data)
         side = self.sidestate
+        self.want = 0
         if pos + 8 <= n and data[:4] == PROTOCOL_HEADER:
             self.state.event(ts, self.side, f"protocol header AMQP {data[5]}-{data[6]}-{data[7]}")
             pos = 8
@@ -128,6 +130,7 @@ class AmqpParser:
             ftype, channel, size = _HDR(data, pos)
             end = pos + 7 + size
             if end >= n:
+                self.want = end + 1 - pos  # the whole frame, its end octet included
                 break
             if data[end] != FRAME_END:
                 return -1

@@ -10,16 +10,20 @@ analysis of what was captured still runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from celerydiag import interrupt
 from celerydiag.errors import InputError
 
 SOL_PACKET, PACKET_STATISTICS = 263, 6
+PCAP_TS_LIMIT_NS = (1 << 32) * 1_000_000_000  # a pcap record's seconds are 32 bits: up to 2106
 PACKET_OUTGOING, ARPHRD_LOOPBACK = 4, 772
 E_PERMISSION = "live capture on {iface} needs root or CAP_NET_RAW ({error})"
 H_PERMISSION = ("run it as root (sudo celerydiag capture ...), or grant the interpreter the capability once: "
@@ -156,33 +160,50 @@ def _linktype(pkt) -> int | None:  # noqa: ANN001
 
 
 def scrub_file(src: str, dst: str) -> int:
-    """Copy a capture (pcap or pcapng) to a pcap with credentials blanked; returns frames written."""
-    from celerydiag.network.capture.amqp import start_ok_response_span
-    from celerydiag.network.capture.decode import tcp_segment
+    """Copy a capture (pcap or pcapng) to a pcap with credentials blanked; returns frames written.
+    A source that is cut short or corrupt raises InputError and leaves no partial copy behind;
+    only a regular file is removed, never a device (``--write /dev/full`` must not unlink it)."""
     from celerydiag.network.capture.reader import open_capture
 
-    info, frames = open_capture(src)
+    _info, frames = open_capture(src)
+    try:
+        with open(dst, "wb") as out:
+            return scrub_frames(frames, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(dst).st_mode):
+                os.unlink(dst)
+        raise
+
+
+def scrub_frames(frames: Iterable[tuple[float, int, bytes]], out: BinaryIO) -> int:
+    """:func:`scrub_file` on frames from the reader, written to an open binary stream."""
+    from celerydiag.network.capture.amqp import start_ok_response_span
+    from celerydiag.network.capture.decode import tcp_segment
+
     n = 0
     link_out = None
-    with open(dst, "wb") as out:
-        for ts, link, frame in frames:
-            if link_out is None:
-                link_out = link
-                out.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, link))
-            if link != link_out:
-                continue  # pcap holds one link type; pcapng with several interfaces keeps the first
-            seg = tcp_segment(link, frame)
-            if seg is not None and seg[8]:
-                payload = seg[9]
-                span = start_ok_response_span(payload)
-                if span is not None:
-                    start = frame.find(payload)
-                    a, b = start + span[0], start + span[1]
-                    frame = frame[:a] + b"*" * (b - a) + frame[b:]
-            ns = int(round(ts * 1e9))
-            out.write(struct.pack("<IIII", ns // 1_000_000_000, ns % 1_000_000_000, len(frame), len(frame)))
-            out.write(frame)
-            n += 1
+    for ts, link, frame in frames:
+        if link_out is None:
+            link_out = link
+            out.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, link))
+        if link != link_out:
+            continue  # pcap holds one link type; pcapng with several interfaces keeps the first
+        seg = tcp_segment(link, frame)
+        if seg is not None and seg[8]:
+            payload = seg[9]
+            span = start_ok_response_span(payload)
+            if span is not None:
+                start = frame.find(payload)
+                a, b = start + span[0], start + span[1]
+                frame = frame[:a] + b"*" * (b - a) + frame[b:]
+        ns = int(round(ts * 1e9))
+        if not 0 <= ns < PCAP_TS_LIMIT_NS:  # found by bench/fuzz_parsers.py: was a struct.error
+            raise InputError(f"packet {n + 1} has a timestamp ({ts:.3g} s since 1970) a pcap cannot hold: the "
+                             "capture is corrupt, or its pcapng if_tsresol is wrong")
+        out.write(struct.pack("<IIII", ns // 1_000_000_000, ns % 1_000_000_000, len(frame), len(frame)))
+        out.write(frame)
+        n += 1
     return n
 
 

@@ -28,9 +28,8 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
     console = Console(file=stream, force_terminal=color, no_color=not color, width=140, highlight=False,
                       soft_wrap=False, markup=False)
     f = report.file
-    extra = " (truncated: analysed what was readable)" if f.get("truncated") else ""
     console.print(f"Capture {f.get('path', '')}: {f['packets']} packets, {f['format']}, link {f['link_type']}, "
-                  f"{f.get('duration_s', 0):.1f} s{extra}. Budget {report.budget_ms:g} ms.")
+                  f"{f.get('duration_s', 0):.1f} s. Budget {report.budget_ms:g} ms.")
     live = report.extra.get("live")
     if live:
         console.print(f"Live on {live['iface']} ({live['filter']}): {live['seconds']:.1f} s, "
