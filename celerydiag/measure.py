@@ -13,6 +13,54 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+MIN_CALL_TIMEOUT_S = 0.05  # never hand a driver 0: to several of them it means "no timeout"
+CLEANUP_GRACE_S = 2.0  # a probe's cleanup after its run (or its cut), on top of --max-seconds
+
+
+@dataclass
+class Budget:
+    """The time a run may take, and the timeout each driver call gets from it.
+
+    Each call's timeout must shrink as the deadline comes closer, or ``--max-seconds`` is no bound
+    (a 5 s ``--timeout`` call started 0.1 s before the deadline ends 4.9 s after it). The probe
+    guard's ``ProbeContext`` answers ``left``/``expired``/``call_timeout`` through one of these;
+    code that runs outside a probe (``bench-serialize --from-backend``) makes its own with
+    :meth:`within`.
+    """
+
+    deadline: float  # time.monotonic() by which the run must be over (cleanup aside)
+    timeout_s: float = 5.0  # --timeout: the most any one call may take
+    grace_s: float = CLEANUP_GRACE_S  # cleanup after the deadline
+
+    @classmethod
+    def within(cls, seconds: float, timeout_s: float = 5.0, grace_s: float = CLEANUP_GRACE_S) -> Budget:
+        return cls(time.monotonic() + seconds, timeout_s, grace_s)
+
+    @classmethod
+    def of(cls, ctx: Any) -> Budget:
+        """A probe's budget: the guard's ``ctx.deadline`` when it sets one, else ``--max-seconds``
+        from now (a probe run outside the guard, in a test)."""
+        limits = ctx.limits
+        deadline = ctx.deadline if math.isfinite(ctx.deadline) else time.monotonic() + limits.max_seconds
+        return cls(deadline, limits.timeout_s, limits.cleanup_grace_s)
+
+    def left(self) -> float:
+        """Seconds until the deadline, never negative."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def call_timeout(self, timeout_s: float | None = None) -> float:
+        """``timeout_s`` (default ``--timeout``) cut to what is left, at least MIN_CALL_TIMEOUT_S."""
+        wanted = self.timeout_s if timeout_s is None else timeout_s
+        return max(MIN_CALL_TIMEOUT_S, min(wanted, self.left()))
+
+    def fits(self, seconds: float, margin_s: float = 0.0) -> bool:
+        """Whether something expected to take ``seconds`` ends before the deadline (less ``margin_s``)."""
+        return time.monotonic() + seconds + margin_s <= self.deadline
+
+
 MIN_SAMPLES_FOR_P99 = 100
 
 

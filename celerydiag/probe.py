@@ -30,6 +30,7 @@ from celerydiag import interrupt
 from celerydiag.compat import celery_version
 from celerydiag.errors import DiagError, describe, one_line
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus
+from celerydiag.measure import CLEANUP_GRACE_S, Budget
 from celerydiag.rank import rated
 from celerydiag.target import Side, Target, redact
 from celerydiag.ui import NullProgress, Progress
@@ -45,9 +46,7 @@ PROBE_MODULE = "celerydiag.{cause}.probe"
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
-CLEANUP_GRACE_S = 2.0  # a probe's cleanup after its run (or its cut), on top of --max-seconds
 CUT_REPEAT_S = 0.25  # once the grace is spent, each further stuck cleanup step gets this long
-MIN_CALL_TIMEOUT_S = 0.05  # ProbeContext.call_timeout() never hands a driver less (0 = no timeout to some)
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class ProbeContext:
     options: ProbeOptions = field(default_factory=ProbeOptions)
     latency: dict[str, Any] = field(default_factory=dict)  # e2e fills observed_p50/p99_ms
     # time.monotonic() by which run() must have returned; the guard sets it to start + max_seconds
-    # and cuts the probe there (DEADLINE_API: left(), call_timeout(), expired()).
+    # and cuts the probe there (left(), call_timeout(), expired(): its Budget).
     deadline: float = math.inf
     activity: str = ""  # what the probe is doing now, for the line that says where it was cut
 
@@ -106,19 +105,22 @@ class ProbeContext:
     def celery_version(self) -> tuple[int, ...]:
         return celery_version()
 
+    def budget(self) -> Budget:
+        """The guard's deadline as a Budget (inf outside the guard: then nothing is cut short)."""
+        return Budget(self.deadline, self.limits.timeout_s, self.limits.cleanup_grace_s)
+
     def left(self) -> float:
         """Seconds until the deadline, never negative (inf outside the guard)."""
-        return max(0.0, self.deadline - time.monotonic())
+        return self.budget().left()
 
     def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
+        return self.budget().expired()
 
     def call_timeout(self, timeout_s: float | None = None) -> float:
         """The timeout to give one driver call: ``timeout_s`` (default ``--timeout``), shortened
-        to what is left before the deadline, and never below MIN_CALL_TIMEOUT_S (drivers read
-        0 as "no timeout"). Past the deadline the guard's cut ends the call anyway."""
-        wanted = self.limits.timeout_s if timeout_s is None else timeout_s
-        return max(MIN_CALL_TIMEOUT_S, min(wanted, self.left()))
+        to what is left before the deadline, never below MIN_CALL_TIMEOUT_S. Past the deadline
+        the guard's cut ends the call anyway."""
+        return self.budget().call_timeout(timeout_s)
 
     def doing(self, activity: str) -> None:
         """Say what comes next ("publishing the warm-up task"): a cut names it."""

@@ -13,63 +13,14 @@ redis-py are imported inside the functions so ``--help`` stays fast.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from celerydiag.measure import MIN_CALL_TIMEOUT_S
 from celerydiag.target import Target
 
 # Celery's own defaults (celery/backends/database/models.py: __tablename__).
 DEFAULT_TABLES = {"task": "celery_taskmeta", "group": "celery_tasksetmeta"}
-MIN_CALL_TIMEOUT_S = 0.05  # never hand a driver 0: to several of them it means "no timeout"
-CLEANUP_GRACE_S = 2.0  # what a probe's cleanup may take after its deadline (probe.CLEANUP_GRACE_S)
-
-
-@dataclass
-class Budget:
-    """The time a run against the backend may take, and the timeout each driver call gets from it.
-
-    Why here: the backend probe, the serialization probe's stored-meta reads and ``poll-model
-    --from-backend`` all talk to the backend through this module, and each call's timeout must
-    shrink as the run's deadline comes closer, or ``--max-seconds`` is no bound (a 5 s
-    ``--timeout`` call started 0.1 s before the deadline ends 4.9 s after it). It mirrors the probe
-    guard's ``ProbeContext`` deadline API (``left``, ``expired``, ``call_timeout``; DEADLINE_API.md)
-    so a probe uses the guard's deadline when the guard sets one (:meth:`of`) and its own otherwise.
-    """
-
-    deadline: float  # time.monotonic() by which the run must be over (cleanup aside)
-    timeout_s: float = 5.0  # --timeout: the most any one call may take
-    grace_s: float = CLEANUP_GRACE_S  # cleanup after the deadline
-
-    @classmethod
-    def within(cls, seconds: float, timeout_s: float = 5.0, grace_s: float = CLEANUP_GRACE_S) -> Budget:
-        return cls(time.monotonic() + seconds, timeout_s, grace_s)
-
-    @classmethod
-    def of(cls, ctx: Any) -> Budget:
-        """A probe's budget: the guard's ``ctx.deadline`` when it sets one, else ``--max-seconds``
-        from now; the cleanup grace of ``ctx.limits`` when it has one."""
-        limits = ctx.limits
-        deadline = float(getattr(ctx, "deadline", math.inf))
-        if not math.isfinite(deadline):
-            deadline = time.monotonic() + limits.max_seconds
-        return cls(deadline, limits.timeout_s, float(getattr(limits, "cleanup_grace_s", CLEANUP_GRACE_S)))
-
-    def left(self) -> float:
-        """Seconds until the deadline, never negative."""
-        return max(0.0, self.deadline - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
-
-    def call_timeout(self, timeout_s: float | None = None) -> float:
-        """``timeout_s`` (default ``--timeout``) cut to what is left, at least MIN_CALL_TIMEOUT_S."""
-        wanted = self.timeout_s if timeout_s is None else timeout_s
-        return max(MIN_CALL_TIMEOUT_S, min(wanted, self.left()))
-
-    def fits(self, seconds: float, margin_s: float = 0.0) -> bool:
-        """Whether something expected to take ``seconds`` ends before the deadline (less ``margin_s``)."""
-        return time.monotonic() + seconds + margin_s <= self.deadline
 
 
 def database_url(target: Target) -> str:

@@ -27,10 +27,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from celerydiag.access.backend import Budget
 from celerydiag.backend import scratch as scratch_db
 from celerydiag.errors import quietly
-from celerydiag.measure import Summary, ms, summarize
+from celerydiag.measure import Budget, Summary, ms, summarize
 
 MAX_WRITERS = 16
 CANCEL_WAIT_S = 0.45  # after the cancels, how long the writers get in all to notice them and return

@@ -134,7 +134,7 @@ class DatabaseRun:
     """One run against a database backend; every object it creates is on ``ctx.cleanup``.
 
     Bounded by ``--max-seconds`` (issue 12), setup included: the budget starts when the probe does
-    (the guard's deadline when it sets one, DEADLINE_API.md), every connection's timeouts come from
+    (the guard's deadline when it sets one: ProbeContext.budget()), every connection's timeouts come from
     what is left of it, and each later stage gets a share of what is left when it starts: the lock
     sampling at most LOCK_SHARE of it (never more than ``--duration``), then the experiment's
     phases and the connection-cost reads equal shares, each at least one connect and a few writes
@@ -146,7 +146,8 @@ class DatabaseRun:
     STAGES = 4
 
     def __init__(self, ctx: ProbeContext) -> None:
-        from celerydiag.access.backend import Budget, TableRef, database_url, dialect
+        from celerydiag.access.backend import TableRef, database_url, dialect
+        from celerydiag.measure import Budget
 
         self.ctx = ctx
         self.target = ctx.target
@@ -164,10 +165,8 @@ class DatabaseRun:
         self.skipped: dict[str, str] = {}  # stage -> why the budget left it out
 
     def doing(self, what: str) -> None:
-        """Name the stage for a cut (the guard's ``ctx.doing`` when it has one) and the progress bar."""
-        doing = getattr(self.ctx, "doing", None)
-        if callable(doing):
-            doing(what)
+        """Name the stage for a cut (the guard's ``ctx.doing``)."""
+        self.ctx.doing(what)
 
     def engine(self) -> Any:
         from celerydiag.access.backend import engine
@@ -691,13 +690,11 @@ def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
 
     ctx.progress.start("backend", 2)
     ctx.progress.step(1, "Redis writes and reads on a key of our own")
-    from celerydiag.access.backend import Budget
+    from celerydiag.measure import Budget
 
     budget = Budget.of(ctx)
     budget.deadline -= min(FINDINGS_MARGIN_S, 0.1 * ctx.limits.max_seconds)
-    doing = getattr(ctx, "doing", None)
-    if callable(doing):
-        doing("Redis writes and reads on a key of our own")
+    ctx.doing("Redis writes and reads on a key of our own")
     facts = measure(ctx.target, ctx.scratch, ctx.cleanup, ctx.limits.samples, budget.left(), ctx.limits.timeout_s,
                     budget=budget)
     ctx.progress.step(1, "subscribers, eviction, TTLs")

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag.access.app import redis_backend_app
-from celerydiag.access.backend import Budget
 from celerydiag.errors import quietly
-from celerydiag.measure import Summary, ms, schedule, summarize
+from celerydiag.measure import Budget, Summary, ms, schedule, summarize
 
 WRITE_INTERVAL_S = 0.002
 MAX_WRITES = 500

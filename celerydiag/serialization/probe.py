@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from celerydiag.access.backend import Budget
 from celerydiag.errors import DiagError, one_line
 from celerydiag.findings import Cause, Finding, Fix, delay
+from celerydiag.measure import Budget
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.serialization.harness import (
     DEFAULT_BANDWIDTH_BYTES_PER_S,

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag.access.app import redis_backend_app
-from celerydiag.access.backend import Budget, readonly_engine, redis_backend_client, task_table
+from celerydiag.access.backend import readonly_engine, redis_backend_client, task_table
 from celerydiag.errors import DiagError, InputError, TargetUnreachable, describe, one_line, quietly
+from celerydiag.measure import Budget
 from celerydiag.serialization.harness import MB, ONE_LINE_CHARS, BackendModel, Payload, backend_model
 from celerydiag.target import Target
 

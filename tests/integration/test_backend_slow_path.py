@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from celerydiag.access.backend import CLEANUP_GRACE_S
+from celerydiag.measure import CLEANUP_GRACE_S
 from tests.support.relay import Relay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

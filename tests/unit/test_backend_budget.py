@@ -1,5 +1,5 @@
 """The time budget the backend probe, the stored-meta reads and their driver timeouts share
-(celerydiag.access.backend.Budget, statement_timeout_args; issue 12 point 2)."""
+(celerydiag.measure.Budget, access.backend.statement_timeout_args; issue 12 point 2)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import time
 
 import pytest
 
-from celerydiag.access.backend import (
-    CLEANUP_GRACE_S,
-    MIN_CALL_TIMEOUT_S,
-    Budget,
-    connect_timeout_args,
-    statement_timeout_args,
-)
+from celerydiag.access.backend import connect_timeout_args, statement_timeout_args
 from celerydiag.backend.probe import thin_note, trust_evidence
-from celerydiag.measure import MIN_SAMPLES_FOR_P99
+from celerydiag.measure import CLEANUP_GRACE_S, MIN_CALL_TIMEOUT_S, MIN_SAMPLES_FOR_P99, Budget
 from celerydiag.probe import Limits, ProbeContext
 from celerydiag.target import Target, TargetSource
 
@@ -36,7 +30,7 @@ def test_a_probe_budget_is_the_guards_deadline_when_it_sets_one() -> None:
                        limits=Limits(max_seconds=7, timeout_s=3))
     own = Budget.of(ctx)  # no guard deadline here: --max-seconds from now
     assert 6.9 < own.left() <= 7.0 and own.timeout_s == 3 and own.grace_s == CLEANUP_GRACE_S
-    ctx.deadline = time.monotonic() + 1.5  # what the guard sets (DEADLINE_API.md)
+    ctx.deadline = time.monotonic() + 1.5  # what the guard sets (probe.run_probe)
     assert 1.4 < Budget.of(ctx).left() <= 1.5
     ctx.deadline = math.inf
     assert 6.9 < Budget.of(ctx).left() <= 7.0

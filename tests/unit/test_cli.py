@@ -406,7 +406,7 @@ def test_doctor_states_its_bound_and_every_probe_keeps_it(tmp_path, run_cli):
     print(f"doctor --max-seconds 2: {took:.1f} s; probes {probes}")
     assert took < 32 + 10, f"{took:.1f} s"  # + interpreter start; the embedded target needs no reach check
     # The backend probe is left out here: on SQLite its contention writers can hold a lock wait
-    # in C that no cut reaches (see /work/wt/DEADLINE_API.md; its own tests bound it).
+    # in C that no cut reaches (its own tests bound it: test_backend_slow_path, test_backend_budget).
     over = {name: s for name, s in probes.items() if name != "backend" and s > 2 + 2 + 0.5}
     assert not over, probes
 
