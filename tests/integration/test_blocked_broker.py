@@ -28,6 +28,7 @@ from celerydiag.findings import ProbeStatus
 from celerydiag.probe import Limits, ProbeContext, run_probe
 from celerydiag.target import resolve_target
 from tests.conftest import clean_env
+from tests.support.process import running, signal_and_wait
 from tests.support.rabbitmq import PrivateNode
 
 pytestmark = pytest.mark.integration
@@ -80,24 +81,16 @@ def test_sigterm_while_doctor_waits_on_a_blocked_broker_exits_143_within_2_s(
     """The broker probe waits up to --timeout for the ack a blocked broker never sends: SIGTERM
     then must still end the run at once, after cleanup."""
     with node.memory_alarm():
-        proc = subprocess.Popen([*cli_argv, "doctor", "--broker", node.url, "--backend", "rpc://",
-                                 "--timeout", "30", "--max-seconds", "60", "--format", "json"],
-                                env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        argv = [*cli_argv, "doctor", "--broker", node.url, "--backend", "rpc://", "--timeout", "30",
+                "--max-seconds", "60", "--format", "json"]
+        with running(argv, env=clean_env()) as proc:
             deadline = time.monotonic() + 60
             while not [c for c in node.ctl("list_connections", "-q", "--no-table-headers", "state").split()
                        if c == "blocked"]:  # the broker probe's canary publish is waiting now
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "no connection got blocked within 60 s"
                 time.sleep(0.2)
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=60)
-            took = time.monotonic() - sent
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            out, err, took = signal_and_wait(proc, signal.SIGTERM)
         left = node.ours_left()
     print(f"SIGTERM to exit on a blocked broker: {took:.2f} s")
     assert proc.returncode == ExitCode.TERMINATED, err

@@ -9,7 +9,6 @@ one of ours), Redis a database number no other test uses (REDIS_DB), for the sam
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from celerydiag.errors import ExitCode
 from tests.conftest import clean_env
+from tests.support.process import running, signal_and_wait
 from tests.support.rabbitmq import PrivateNode
 
 pytestmark = pytest.mark.integration
@@ -79,26 +79,15 @@ def test_a_signal_mid_probe_ends_doctor_within_2_s_and_leaves_nothing(
     assert our_keys(redis_db) == [] and node.expiring(earlier), f"left over from an earlier run: {earlier}"
     node.delete(earlier)  # self-expiring leftovers of a cut cleanup: not this run's to judge
     backend = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    proc = subprocess.Popen([*cli_argv, "doctor", "--broker", node.url, "--backend", backend, *ARGS[phase],
-                             "--format", "json"],
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a runner started in the background ignores SIGINT; a user's shell does not
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    argv = [*cli_argv, "doctor", "--broker", node.url, "--backend", backend, *ARGS[phase], "--format", "json"]
+    with running(argv, env=clean_env(), sigint_default=True) as proc:
         deadline = time.monotonic() + PHASE_WAIT_S
         while not PHASES[phase](node, redis_db):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, f"the {phase} probe did not start within {PHASE_WAIT_S:.0f} s"
             time.sleep(0.1)
         time.sleep(0.5)  # inside its measurement
-        sent = time.monotonic()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        out, err, took = signal_and_wait(proc, sig)
     print(f"{sig.name} during the {phase} probe: exit {proc.returncode} after {took:.2f} s")
     assert proc.returncode == code, err
     assert took < SIGNAL_SLACK_S, f"{took:.1f} s from {sig.name} to exit (requirement {SIGNAL_BOUND_S:g} s)"
@@ -114,19 +103,10 @@ def test_a_signal_mid_probe_ends_doctor_within_2_s_and_leaves_nothing(
 def test_sigterm_ends_a_live_capture_with_143_while_ctrl_c_only_stops_it(cli_argv: list[str]) -> None:
     """Ctrl-C during `capture --iface` means "stop and analyse" (test_capture_live); SIGTERM ends
     the command like any other: 143 within the bound."""
-    proc = subprocess.Popen([*cli_argv, "capture", "--iface", "lo", "--port", "5672", "--duration", "60",
-                             "--format", "json"], env=clean_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    argv = [*cli_argv, "capture", "--iface", "lo", "--port", "5672", "--duration", "60", "--format", "json"]
+    with running(argv, env=clean_env()) as proc:
         time.sleep(3.0)  # capturing by now (or refused: then the exit code says so below)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        out, err, took = signal_and_wait(proc, signal.SIGTERM)
     print(f"SIGTERM during a live capture: exit {proc.returncode} after {took:.2f} s")
     assert proc.returncode == ExitCode.TERMINATED, err
     assert took < SIGNAL_SLACK_S and out == "" and "Traceback" not in err, err

@@ -19,6 +19,7 @@ import pytest
 from celerydiag import __version__
 from celerydiag.cli import COMMAND_MODULES, main
 from celerydiag.errors import ExitCode
+from tests.support.process import running, signal_and_wait
 
 TESTS = Path(__file__).resolve().parents[1]
 APPS = TESTS / "fixtures" / "apps"
@@ -359,12 +360,8 @@ def test_signal_during_doctor_exits_130_or_143_after_cleanup(tmp_path, cli_argv,
     the worker's next write, and the cleanup behind it, for the driver's busy timeout twice."""
     env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
     env["TMPDIR"] = str(tmp_path)
-    proc = subprocess.Popen(
-        [*cli_argv, "doctor", "--updates", "20000", "--format", "json"], env=env, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # a test runner started in the background inherits an ignored SIGINT; a user's shell does not
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    argv = [*cli_argv, "doctor", "--updates", "20000", "--format", "json"]
+    with running(argv, env=env, cwd=tmp_path, sigint_default=True) as proc:
         deadline = time.monotonic() + 30
         while not list(tmp_path.glob("celerydiag-embedded-*")) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -373,14 +370,7 @@ def test_signal_during_doctor_exits_130_or_143_after_cleanup(tmp_path, cli_argv,
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
         time.sleep(1.0)  # well inside the e2e probe's measurement: worker writing, client reading
-        interrupted = time.monotonic()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    elapsed = time.monotonic() - interrupted
+        out, err, elapsed = signal_and_wait(proc, sig)
     print(f"{sig.name} to exit: {elapsed:.2f} s")
     assert proc.returncode == code, err
     assert out == ""
