@@ -520,10 +520,8 @@ class DatabaseRun:
         s = distinct.summary if distinct is not None else None
         if distinct is None or s is None or (not s.samples and not sum(distinct.errors.values())):
             why = self.skipped.get("distinct_rows") or self.no_time("the timed writes")
-            yield Finding("backend.write-latency", Cause.BACKEND, Severity.INFO,
-                          "update_state write latency not measured: --max-seconds left no time for a timed write",
-                          detail=f"{why[:1].upper()}{why[1:]}. Give the probe more --max-seconds.",
-                          evidence={"table": table, **self.time_evidence(), **trust_evidence(0)})
+            yield self.not_measured("backend.write-latency", "update_state write latency not measured: "
+                                    "--max-seconds left no time for a timed write", why, table)
             return
         if not s.samples:
             raise DiagError(f"every write to the scratch table failed: {distinct.first_error}",
@@ -541,10 +539,15 @@ class DatabaseRun:
                     fix=redis_progress_fix() if s.p99_ms >= 0.2 * self.ctx.budget_ms else None)
         yield from self.contention_finding(info, table, phases, s)
 
+    def not_measured(self, fid: str, title: str, why: str, table: str) -> Finding:
+        """What a stage the budget left no time for says instead of a number."""
+        return Finding(fid, Cause.BACKEND, Severity.INFO, title,
+                       detail=f"{sentence(why)} Give the probe more --max-seconds.",
+                       evidence={"table": table, **self.time_evidence(), **trust_evidence(0)})
+
     def cut_note(self) -> str:
         """One sentence per stage the budget cut, for the detail of the findings it thinned."""
-        return "".join(f" {why[:1].upper()}{why[1:]}." for stage, why in self.skipped.items()
-                       if stage != "lock_sampling")
+        return "".join(f" {sentence(why)}" for stage, why in self.skipped.items() if stage != "lock_sampling")
 
     def contention_finding(self, info: Any, table: str, phases: dict[str, Any], s: Any) -> Iterator[Finding]:
         one = phases.get("one_row")
@@ -552,10 +555,8 @@ class DatabaseRun:
             return  # one writer only (SQLite): no row contention to measure
         if one is None or (not one.summary.samples and not sum(one.errors.values())):
             why = self.skipped.get("one_row") or self.no_time("the one_row phase's timed writes")
-            yield Finding("backend.row-contention", Cause.BACKEND, Severity.INFO,
-                          "concurrent writes to one task row not measured: --max-seconds left no time for it",
-                          detail=f"{why[:1].upper()}{why[1:]}. Give the probe more --max-seconds.",
-                          evidence={"table": table, **self.time_evidence(), **trust_evidence(0)})
+            yield self.not_measured("backend.row-contention", "concurrent writes to one task row not measured: "
+                                    "--max-seconds left no time for it", why, table)
             return
         o = one.summary
         impact = max(0.0, o.p99_ms - s.p99_ms) if o.samples else 0.0
@@ -573,7 +574,7 @@ class DatabaseRun:
                        f" {with_fix.errors['lock_timeout']} lock timeouts, {with_fix.errors['deadlock']} deadlocks.")
         elif "one_row_with_fix" in self.skipped:
             why = self.skipped["one_row_with_fix"]
-            detail += f" {why[:1].upper()}{why[1:]}."
+            detail += f" {sentence(why)}"
         if one.first_error:
             detail += f" First error: {self.target.redact(one.first_error)}."
         # failed writes are worse than their milliseconds say: at least a warning
@@ -684,6 +685,11 @@ def _log_lock_waits_note(info: Any) -> str:
 
 
 # ---- Redis ----------------------------------------------------------------------------------------------
+
+def sentence(text: str) -> str:
+    """``text`` as a sentence of a finding's detail: capitalised, with its full stop."""
+    return f"{text[:1].upper()}{text[1:]}."
+
 
 def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
     from celerydiag.backend.redis import EVICTING, measure

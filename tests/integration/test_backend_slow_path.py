@@ -151,9 +151,10 @@ def test_a_writer_blocked_at_its_phase_end_is_cancelled_not_waited_for(db_url: s
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
-    from celerydiag.access.backend import Budget, connect_timeout_args, statement_timeout_args
+    from celerydiag.access.backend import connect_timeout_args, statement_timeout_args
     from celerydiag.backend.contention import APPLICATION_NAME, Experiment, scratch_table_name
     from celerydiag.backend.scratch import scratch_model
+    from celerydiag.measure import Budget
 
     engine = create_engine(db_url, poolclass=NullPool, connect_args=connect_timeout_args(db_url, 5),
                            isolation_level="AUTOCOMMIT")
