@@ -196,7 +196,7 @@ def password_cases(ports: Ports) -> Iterator[Case]:
 
 def bad_url_cases() -> Iterator[Case]:
     """Point 5: each is a usage error at once (exit 2, one line with the expected form)."""
-    urls = {
+    brokers = {
         "garbage": "not a url",
         "no scheme": "127.0.0.1:5672",
         "unknown scheme": "foo://127.0.0.1:1/",
@@ -207,9 +207,6 @@ def bad_url_cases() -> Iterator[Case]:
         "rediss without ssl_cert_reqs": "rediss://127.0.0.1:6380/0",
         "empty": "",
     }
-    for label, url in urls.items():
-        yield Case(f"bad broker URL: {label}", ["probe", "broker", "--broker", url, "--timeout", str(TIMEOUT_S)],
-                   frozenset({2}), within_s=START_S)
     backends = {
         "db+ unknown dialect": "db+nosuchdialect://u@127.0.0.1/x",
         "db+ garbage": "db+not a url",
@@ -218,9 +215,10 @@ def bad_url_cases() -> Iterator[Case]:
         "rediss without ssl_cert_reqs": "rediss://127.0.0.1:6380/0",
         "empty": "",
     }
-    for label, url in backends.items():
-        yield Case(f"bad backend URL: {label}", ["probe", "backend", "--backend", url, "--timeout", str(TIMEOUT_S)],
-                   frozenset({2}), within_s=START_S)
+    for side, urls in (("broker", brokers), ("backend", backends)):
+        for label, url in urls.items():
+            yield Case(f"bad {side} URL: {label}", ["probe", side, f"--{side}", url, "--timeout", str(TIMEOUT_S)],
+                       frozenset({2}), within_s=START_S)
     yield Case("empty --app", ["doctor", "-A", ""], frozenset({2}), within_s=START_S)
     yield Case("bad URL in CELERY_BROKER_URL", ["probe", "broker", "--timeout", str(TIMEOUT_S)], frozenset({2}),
                env={"CELERY_BROKER_URL": "not a url"}, within_s=START_S)
