@@ -13,12 +13,12 @@ import datetime as _dt
 import platform
 import shutil
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celerydiag import __version__
 from celerydiag.access.reach import unreachable_sides
-from celerydiag.errors import H_UNREACHABLE, TargetUnreachable
+from celerydiag.errors import TargetUnreachable, unreachable_lines
 from celerydiag.findings import ProbeResult, Report
 from celerydiag.probe import Limits, Probe, ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import Target
@@ -58,7 +58,8 @@ def diagnose(
         down = unreachable_sides(target, {side for cls in active for side in cls.needs}, limits.timeout_s)
         if on_start is not None:  # a dead side first (the answer), then what the rest is bound to
             runnable = [cls for cls in probes if (cls.static or not static) and not cls.needs & down.keys()]
-            on_start("".join(unreachable_lines(down.values())) + bound_line(len(runnable), limits))
+            on_start("".join(unreachable_lines(exc.message for exc in down.values()))
+                     + bound_line(len(runnable), limits))
         results: list[ProbeResult] = []
         for cls in probes:
             if static and not cls.static:
@@ -71,11 +72,6 @@ def diagnose(
             shutil.rmtree(target.scratch_dir, ignore_errors=True)
     return Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__,
                         unreachable={str(side): target.redact(exc.message) for side, exc in down.items()})
-
-
-def unreachable_lines(dead: Iterable[TargetUnreachable | str]) -> list[str]:
-    """What stderr says first for each dead side: its one line and the hint."""
-    return [f"celerydiag: error: {getattr(exc, 'message', exc)}\n  hint: {H_UNREACHABLE}\n" for exc in dead]
 
 
 def _unreachable(cls: type[Probe], dead: Sequence[TargetUnreachable]) -> ProbeResult:

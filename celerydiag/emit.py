@@ -27,7 +27,7 @@ from typing import TextIO, cast
 
 import click
 
-from celerydiag.errors import DiagError, ExitCode
+from celerydiag.errors import DiagError, ExitCode, unreachable_lines
 from celerydiag.findings import Report, Severity
 from celerydiag.render import OutputFormat
 
@@ -268,7 +268,6 @@ def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str, *,
     """A Report in ``fmt``, the severity counts (and failed probes) as the summary line. A dead
     side's error comes first on stderr: here, unless doctor already said it before its probes
     (``unreachable_said``); then the summary only points back at it."""
-    from celerydiag.doctor import unreachable_lines
     from celerydiag.render import render
 
     junit_threshold = fail_on_severity(fail_on) or Severity.CRITICAL

@@ -102,6 +102,12 @@ E_BACKEND_UNREACHABLE = "result backend {url} unreachable: {error}"
 H_UNREACHABLE = "check host, port, credentials and vhost/database; is the service running and reachable from here?"
 
 
+def unreachable_lines(messages: Iterable[str]) -> list[str]:
+    """What stderr says first for each dead side (doctor before its probes, emit otherwise): its
+    one line and the hint."""
+    return [f"celerydiag: error: {message}\n  hint: {H_UNREACHABLE}\n" for message in messages]
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """``Type: first line of the message`` (just ``Type`` when it has none), cut at ``limit``
     characters: some libraries embed a whole payload in the message (YAML's repr of an array)."""
