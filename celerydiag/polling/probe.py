@@ -66,6 +66,12 @@ class PollingProbe(Probe):
             return
         if interval is None and spec is None:
             measured = self._measure(ctx)
+            if getattr(self, "measure_error", None):
+                yield Finding("polling.measured-reads", Cause.POLLING, Severity.INFO,
+                              "the clients' reads of task states could not be counted: the poll interval "
+                              "below is assumed",
+                              detail=f"Reading the {scheme} backend's counters failed: {self.measure_error}.",
+                              evidence={"error": self.measure_error})
             if measured is not None:
                 yield self._reads_finding(measured, scheme)
                 if measured.interval_s is not None:

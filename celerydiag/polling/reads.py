@@ -203,7 +203,7 @@ def _redis(target: Target, window_s: float, timeout_s: float, sleep: Callable[[f
             result = _counted("commandstats", "server", window, first, last)
             result.notes.append("INFO commandstats counts every GET on the server (an upper bound on the "
                                 "clients' reads of task states)")
-            prefix = backend.get_key_for_task("")
+            prefix = backend.get_key_for_task("x")[:-1]  # global_keyprefix + celery-task-meta-
             result.in_flight = _redis_in_flight(client, backend, prefix, result)
             return result
         finally:
