@@ -127,10 +127,21 @@ class PollingProbe(Probe):
                         f"{seen.window_s:.1f} s. Clients that poll only now and then (or a page nobody has "
                         "open) are not seen; pass --poll-interval SECONDS to model them."),
                 evidence=evidence)
-        interval = seen.interval_s or 0.0
-        lower = (" (a lower bound: no task was in flight, so the reads are counted for one)"
-                 if not seen.in_flight else "")
-        server = " Server-wide counters also count other applications' reads." if seen.scope == "server" else ""
+        if seen.interval_s is None:  # reads, but no task in flight: nobody is waiting on a state
+            return Finding(
+                "polling.measured-reads", Cause.POLLING, Severity.INFO,
+                f"{seen.reads_per_s:.1f} reads/s counted but no task was in flight: not polls of a running task",
+                detail=(f"{seen.reads} reads in {seen.window_s:.1f} s from the {scheme} backend's counters "
+                        f"({seen.source}, {where}), the workers' {seen.writes} writes subtracted; with no task "
+                        "in a non-final state they are reads of finished tasks, of tasks not stored yet "
+                        "(PENDING has no row), or other applications' queries."),
+                evidence=evidence)
+        interval = seen.interval_s
+        lower = (" (a lower bound: tasks in flight could not be counted, so the reads are counted for one)"
+                 if seen.in_flight is None else "")
+        server = (" Server-wide counters also count other applications' reads, so the interval is a lower bound"
+                  + ("" if seen.attributable else " and the delay below is only a model (at most info)") + "."
+                  if seen.scope == "server" else "")
         return Finding(
             "polling.measured-reads", Cause.POLLING, Severity.INFO,
             f"clients read task states {seen.reads_per_s:.1f} times/s over {seen.tasks} task"
@@ -166,7 +177,10 @@ class PollingProbe(Probe):
         if measured is not None:
             evidence["measured"] = measured.evidence()
         who = ("AsyncResult.get() (Celery's default, interval=0.5)" if assumed
-               else f"clients polling every {polling.fmt_s(strategy.interval_s)} (measured)" if measured
+               else f"clients polling every {polling.fmt_s(strategy.interval_s)} (measured)"
+               if measured and measured.attributable
+               else f"clients polling every {polling.fmt_s(strategy.interval_s)} or less (server-wide count)"
+               if measured
                else f"clients polling {strategy.name}")
         assumption = ("Assumption: clients wait with result.get() and its default interval of 0.5 s; if a "
                       "web page polls result.state instead, pass --poll-interval SECONDS. " if assumed else "")
@@ -186,7 +200,8 @@ class PollingProbe(Probe):
                   "`celerydiag poll-model` shows the full trade-off.")
         yield delay("polling.detection-delay", Cause.POLLING, ms["p99"],
                     f"states reach {who} up to {polling.fmt_s(ms['p99'] / 1000)} late (P99)",
-                    kind=Kind.MEASURED if measured is not None else Kind.MODELLED, detail=detail, evidence=evidence,
+                    kind=Kind.MEASURED if measured is not None and measured.attributable else Kind.MODELLED,
+                    detail=detail, evidence=evidence,
                     fix=self._fix(ctx, strategy, scheme, push))
 
     def _fix(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None) -> Fix:

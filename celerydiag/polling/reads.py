@@ -69,10 +69,19 @@ class ClientReads:
 
     @property
     def interval_s(self) -> float | None:
-        """The effective poll interval of one task's client, None when nobody read."""
-        if self.reads <= 0:
+        """The effective poll interval of one task's client; None when nobody read, or when no
+        task was in flight (then the reads were not polls of a running task: another
+        application's, or of tasks already final)."""
+        if self.reads <= 0 or self.in_flight == 0:
             return None
         return self.window_s * self.tasks / self.reads
+
+    @property
+    def attributable(self) -> bool:
+        """Whether the reads can be taken for the clients' polls: the task table's own counters,
+        or Redis GETs (a result Redis holds task states). Server-wide SELECTs are mostly other
+        queries: their interval is only a lower bound, a model's number."""
+        return self.scope == "table" or self.source == "commandstats"
 
     def evidence(self) -> dict[str, Any]:
         interval = self.interval_s
@@ -158,10 +167,18 @@ def _database(target: Target, window_s: float, timeout_s: float, sleep: Callable
             result.notes.append("performance_schema is off: reads are every SELECT on the server (an upper "
                                 "bound), so the interval is a lower bound")
         table = ref.core_table()
-        with engine.connect() as conn:  # after the window: our own scan is not in it
-            result.in_flight = int(conn.execute(
-                select(func.count()).select_from(table).where(table.c.status.notin_(READY))).scalar() or 0)
-            conn.rollback()
+        try:
+            with engine.connect() as conn:  # after the window: our own scan is not in it
+                result.in_flight = int(conn.execute(
+                    select(func.count()).select_from(table).where(table.c.status.notin_(READY))).scalar() or 0)
+                conn.rollback()
+        except Exception as exc:
+            from celerydiag.errors import describe
+
+            missing = "exist" in str(exc).lower()  # no such table / relation does not exist / doesn't exist
+            result.in_flight = 0 if missing else None
+            result.notes.append(f"no task table {ref.qualified} yet: no task in flight" if missing else
+                                f"tasks in flight not counted ({describe(exc)}): the reads are spread over one")
         return result
     finally:
         engine.dispose()

@@ -209,6 +209,8 @@ def test_mariadb_without_performance_schema_counts_server_wide_selects(mysql_url
         assert reads.evidence["client_reads_count"] > 0
         assert reads.evidence["poll_interval_ms"] / 1000 <= HIGH * POLL_S, reads.evidence
         assert any("performance_schema is off" in note for note in reads.evidence["notes"])
+        modelled = found["polling.detection-delay"]  # a lower bound from other queries too: never a warning
+        assert modelled.kind is Kind.MODELLED and modelled.severity <= Severity.INFO
     finally:
         drop(mysql_url, table, f"{table}_group")
 

@@ -154,7 +154,9 @@ def test_terminal_chart_rows() -> None:
 
 def _probe(backend: str, tmp_path: Path, **options) -> list:
     target = resolve_target(broker="memory://", backend=backend)
-    result = run_probe(PollingProbe(), ProbeContext(target=target, budget_ms=1000, options=ProbeOptions(**options)))
+    # static: a unit test counts no real backend's reads (tests/integration/test_polling_measured.py does)
+    result = run_probe(PollingProbe(), ProbeContext(target=target, budget_ms=1000, options=ProbeOptions(**options),
+                                                    static=True))
     assert str(result.status) == "ran", result.reason
     return list(result.findings)
 
