@@ -31,6 +31,7 @@ for one task and said to be a lower bound.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -241,15 +242,37 @@ def _redis_in_flight(client: Any, backend: Any, prefix: bytes | str, result: Cli
     if cursor:
         result.notes.append(f"more than {SCAN_KEYS_MAX} task keys: tasks in flight counted among the first "
                             f"{len(keys)}")
-    in_flight = 0
+    idle = _idle_s(client, keys)  # before our MGET, which would touch every key
+    touched_within = int(math.ceil(result.window_s)) + 1  # the LRU clock ticks once a second
+    in_flight = stale = 0
     for start in range(0, len(keys), SCAN_COUNT):
-        for raw in client.mget(keys[start:start + SCAN_COUNT]):
+        batch = keys[start:start + SCAN_COUNT]
+        for key, raw in zip(batch, client.mget(batch)):
             if raw is None:
                 continue
             try:
                 status = backend.decode_result(raw).get("status")
             except Exception:  # a value we cannot decode: not counted
                 continue
-            if status not in READY:
+            if status in READY:
+                continue
+            if idle is not None and idle.get(key, 0) > touched_within:
+                stale += 1  # nobody read or wrote it while we watched: not a task anyone waits on
+            else:
                 in_flight += 1
+    if stale:
+        result.notes.append(f"{stale} task key(s) in a non-final state untouched for the whole window (a task "
+                            "whose worker died, or one nobody polls): not counted in flight")
     return in_flight
+
+
+def _idle_s(client: Any, keys: list[Any]) -> dict[Any, int] | None:
+    """OBJECT IDLETIME of each key (seconds since its last read or write; OBJECT itself touches
+    nothing), or None when the server cannot say (an LFU maxmemory-policy refuses it)."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.object("idletime", key)
+        return {key: int(v or 0) for key, v in zip(keys, pipe.execute())}
+    except Exception:
+        return None

@@ -244,10 +244,16 @@ def private_redis() -> Iterator[str]:
 
 @pytest.mark.redis
 def test_redis_poll_interval_is_measured_from_commandstats(private_redis: str) -> None:
+    """Two tasks in PROGRESS, one polled: the other (a task whose worker died) is untouched for the
+    whole window (OBJECT IDLETIME), so the reads are spread over the polled one only."""
     app = _app(private_redis)
     task_id = _in_flight_task(app)
+    _in_flight_task(app)  # abandoned: nobody reads or writes it again
     _assert_no_pollers(_probe(app))
     with Poller(_app(private_redis), task_id):
+        time.sleep(2.0)  # the abandoned key's idle time grows past the window (the LRU clock ticks per second)
         found = _probe(app)
     _assert_measured_near_poll_interval(found, "commandstats")
-    assert found["polling.measured-reads"].evidence["tasks_in_flight_count"] == 1
+    reads = found["polling.measured-reads"]
+    assert reads.evidence["tasks_in_flight_count"] == 1, reads.evidence
+    assert any("untouched for the whole window" in note for note in reads.evidence["notes"])
