@@ -149,7 +149,10 @@ class PollingProbe(Probe):
             f"{interval * 1000:.0f} ms{lower}",
             detail=(f"{seen.reads} reads in {seen.window_s:.1f} s from the {scheme} backend's counters "
                     f"({seen.source}, {where}), the workers' {seen.writes} state writes and our own "
-                    f"{seen.own_reads} reads subtracted, over {seen.tasks} task(s) not yet final." + server),
+                    f"{seen.own_reads} reads subtracted, over {seen.tasks} task(s) not yet final." + server
+                    + (" A task left in a non-final state by a dead worker counts as in flight and stretches "
+                       "this interval: if every read was of one task, it was polled every "
+                       f"{seen.window_s / seen.reads * 1000:.0f} ms." if seen.tasks > 1 else "")),
             evidence=evidence)
 
     def _modelled(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None, *, assumed: bool,

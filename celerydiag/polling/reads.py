@@ -92,6 +92,10 @@ class ClientReads:
                 "client_reads_per_s": round(self.reads_per_s, 3),
                 "tasks_in_flight_count": self.in_flight,
                 "poll_interval_ms": None if interval is None else round(interval * 1000, 3),
+                # the other end of the range: every read was of one task (rows a dead worker left in
+                # a non-final state count as in flight and stretch poll_interval_ms)
+                "poll_interval_one_task_ms": (round(self.window_s / self.reads * 1000, 3)
+                                              if self.reads > 0 else None),
                 "notes": list(self.notes)}
 
 
