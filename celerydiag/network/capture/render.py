@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from celerydiag.findings import Finding, Report, Severity
 from celerydiag.network.capture.report import CaptureReport
-from celerydiag.render.words import evidence_lines, impact_brief
+from celerydiag.render.words import evidence_lines, impact_brief, ok_line, verdict
 
 STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",
          Severity.OK: "green"}
@@ -21,12 +21,14 @@ def _pair(d: dict[str, Any]) -> str:
     return f"{d['client']}/{d['server']}"
 
 
-def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -> None:
+def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False, verbose: bool = False) -> None:
     from rich.console import Console
 
     # markup off: addresses ("[fd00::2]:40000") and broker close texts are data, never style tags
     console = Console(file=stream, force_terminal=color, no_color=not color, width=140, highlight=False,
                       soft_wrap=False, markup=False)
+    for line in verdict(as_report(report)):
+        console.print(line, style="bold")
     f = report.file
     console.print(f"Capture {f.get('path', '')}: {f['packets']} packets, {f['format']}, link {f['link_type']}, "
                   f"{f.get('duration_s', 0):.1f} s. Budget {report.budget_ms:g} ms.")
@@ -42,7 +44,20 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
     if report.timeline:
         console.print(_timeline_table(report))
     for finding in report.findings:  # ranked by analyse()
-        _print_finding(console, finding)
+        if verbose or finding.severity != Severity.OK:
+            _print_finding(console, finding)
+    folded = None if verbose else ok_line(as_report(report))
+    if folded:
+        console.print(f"ok {folded}")
+
+
+def render_html(report: CaptureReport, stream: TextIO, *, verbose: bool = False) -> None:
+    """The findings as every HTML report shows them, with the per-connection timeline first."""
+    from celerydiag.render import charts, html
+
+    as_doc = as_report(report)
+    drawn = [c for c in (charts.capture_timeline(report), *html.report_charts(as_doc)) if c is not None]
+    html.render(as_doc, stream, verbose=verbose, charts=drawn)
 
 
 def _connections_table(report: CaptureReport) -> Any:
@@ -52,7 +67,7 @@ def _connections_table(report: CaptureReport) -> Any:
     for col in ("#", "client -> server", "proto", "pkts", "zero win", "win full", "retrans", "fast rtx",
                 "dup ack", "RST", "RTT ms", "heartbeat", "max silence s", "close"):
         table.add_column(col, justify="right" if col not in ("client -> server", "proto", "close") else "left",
-                         no_wrap=col == "client -> server")
+                         no_wrap=col == "client -> server", overflow="fold")
     for c in report.connections:
         t = c.tcp
         a = c.amqp or {}
