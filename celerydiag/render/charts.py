@@ -121,11 +121,11 @@ def _series(f: Any, key: str) -> list[float]:
 def impact(report: Any) -> Chart | None:
     """A bar per cause: its measured and modelled milliseconds stacked, against the budget; the
     observed e2e P99 as its own bar, for comparison with the sum."""
-    from celerydiag.findings import Kind
+    from celerydiag.findings import Kind, Severity
 
     by_cause: dict[str, dict[str, float]] = {}
-    for f in report.findings:
-        if f.kind is Kind.HAZARD or f.impact_ms <= 0 or str(f.cause) == "e2e":
+    for f in report.findings:  # what latency_block sums per cause, split by kind
+        if f.kind is Kind.HAZARD or f.impact_ms <= 0 or str(f.cause) in ("e2e", "config") or f.severity == Severity.OK:
             continue
         slot = by_cause.setdefault(str(f.cause), {"measured": 0.0, "modelled": 0.0})
         slot[str(f.kind)] += f.impact_ms

@@ -74,7 +74,7 @@ def _findings_table(console: Any, report: Report, verbose: bool) -> None:
         console.print("No findings.")
     folded = None if verbose else ok_line(report)
     if folded:
-        console.print(f"[{STYLE[Severity.OK]}]ok[/] {escape(folded)}")
+        console.print(f"[{STYLE[Severity.OK]}]{escape(folded)}[/]")
 
 
 def _details(console: Any, f: Any) -> None:

@@ -48,7 +48,7 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False, v
             _print_finding(console, finding)
     folded = None if verbose else ok_line(as_report(report))
     if folded:
-        console.print(f"ok {folded}")
+        console.print(folded)
 
 
 def render_html(report: CaptureReport, stream: TextIO, *, verbose: bool = False) -> None:
