@@ -353,8 +353,9 @@ def _render_html(doc: dict[str, Any], results: list[Any], stream: TextIO) -> Non
     body = ["<h1>celerydiag poll-model</h1>",
             f'<div class="verdict">Recommendation (P99 &le; target delay): {escape(doc["recommendation"]["text"])}'
             "</div>",
-            f'<p class="meta">{inputs["states_count"]} PROGRESS states per task, each {escape(str(inputs["durations"]))}'
-            f", queue wait {escape(str(inputs['queue_wait']))}, read latency {_ms(inputs['read_latency_ms'])}, "
+            f'<p class="meta">{inputs["states_count"]} PROGRESS states per task, each '
+            f"{escape(str(inputs['durations']))}, queue wait {escape(str(inputs['queue_wait']))}, "
+            f"read latency {_ms(inputs['read_latency_ms'])}, "
             f"{inputs['clients_count']} clients</p>",
             html.figure(charts.poll_cdf(_curves(results), _x_max_ms(results))),
             "<h2>Trade-off per strategy</h2>", html.table(headers, rows, numeric=range(1, 9)),

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from celerydiag.polling import model as polling
-from celerydiag.render import charts, terminal
 from celerydiag.polling.probe import PollingProbe
 from celerydiag.probe import ProbeContext, ProbeOptions, run_probe
+from celerydiag.render import charts, terminal
 from celerydiag.target import resolve_target
 
 REPO = Path(__file__).resolve().parents[2]
