@@ -209,6 +209,7 @@ def capture_timeline(report: Any) -> Chart | None:
         _connection_row(ax, c, len(conns) - 1 - row, end_all, seen)
     ax.set_yticks(range(len(conns)), [f"#{c.stream} {c.client} → {c.server}" for c in conns][::-1], fontsize=8)
     ax.set_xlim(0, end_all * 1.02)
+    ax.set_ylim(-0.6, len(conns) - 0.4)
     ax.set_xlabel("seconds from the first packet (upper marks: client, lower: server)")
     if seen:
         ax.legend(fontsize=8, loc="upper right")

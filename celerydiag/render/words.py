@@ -13,8 +13,11 @@ EMBEDDED_NOTE = ("Measured celerydiag's embedded default (in-memory broker, SQLi
 
 def headline(report: Report) -> str:
     t = report.target
-    line = (f"Target: broker {t.get('broker', '?')}, backend {t.get('backend', '?')} "
-            f"(source: {t.get('source', '?')}). Budget {report.budget_ms:g} ms.")
+    if not t.get("broker") and not t.get("backend") and t.get("source"):  # a capture's findings
+        line = f"Source: {t['source']}. Budget {report.budget_ms:g} ms."
+    else:
+        line = (f"Target: broker {t.get('broker', '?')}, backend {t.get('backend', '?')} "
+                f"(source: {t.get('source', '?')}). Budget {report.budget_ms:g} ms.")
     if t.get("source") == "embedded":
         line += f"\n{EMBEDDED_NOTE}"
     for side, why in report.unreachable.items():  # the first thing to fix: before any finding
