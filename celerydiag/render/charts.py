@@ -60,6 +60,7 @@ def svg(fig: Any, prefix: str) -> str:
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF boilerplate: bytes, no picture
     return re.sub(r'(id="|url\(#|href="#)', rf"\g<1>{prefix}-", text)
 
 
