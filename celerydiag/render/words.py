@@ -83,7 +83,7 @@ def probe_lines(report: Report) -> list[str]:
 
 
 SERIES = "series"  # evidence key of a finding's bounded data series: for charts, never printed as text
-UNITS = (("_ms", "ms"), ("_s", "s"), ("_bytes", "bytes"), ("_count", ""), ("_ratio", "%"))
+UNITS = (("_per_s", "/s"), ("_ms", "ms"), ("_s", "s"), ("_bytes", "bytes"), ("_count", ""), ("_ratio", "%"))
 
 
 def evidence_lines(evidence: Mapping[str, Any]) -> list[str]:
@@ -154,6 +154,8 @@ def value_words(value: Any, unit: str = "") -> str:
     if isinstance(value, (int, float)) and unit == "bytes":
         return _bytes(float(value))
     text = _num(value)
+    if unit == "/s" and isinstance(value, (int, float)):
+        return f"{text}/s"
     return f"{text} {unit}" if unit and isinstance(value, (int, float)) else text
 
 
