@@ -81,3 +81,49 @@ def test_doctor_html_on_the_real_services(run_cli: Any, tmp_path: Path) -> None:
     seen = look(html, tmp_path, {"impact", "e2e-visibility"})
     assert SECRET not in html.read_text(encoding="utf-8") and SECRET not in seen.text
     assert "postgres:**@" in seen.text
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_lock_wait_chart_from_a_real_blocker(run_cli: Any, tmp_path: Path, pg_url: str) -> None:
+    """A real blocker (an open transaction holding a task row) and a real waiter on PostgreSQL:
+    the backend probe keeps when the wait was seen, and the page draws blocker -> blocked."""
+    import threading
+    import uuid
+
+    import psycopg
+
+    url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    task_id = f"celerydiag-html-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("CREATE TABLE IF NOT EXISTS celery_taskmeta (id serial PRIMARY KEY, task_id varchar(155) "
+                      "UNIQUE, status varchar(50), result bytea, date_done timestamp, traceback text)")
+        admin.execute("INSERT INTO celery_taskmeta (task_id, status) VALUES (%s, 'PENDING')", (task_id,))
+        holder = psycopg.connect(url)
+        waiter_done = threading.Event()
+
+        def wait_for_the_row() -> None:
+            with psycopg.connect(url) as waiter:
+                try:  # bounded: the lock_timeout ends it even if the holder were never released
+                    waiter.execute("SET lock_timeout = '20s'")
+                    waiter.execute("UPDATE celery_taskmeta SET status = 'PROGRESS' WHERE task_id = %s", (task_id,))
+                except psycopg.errors.LockNotAvailable:
+                    pass
+                finally:
+                    waiter.rollback()
+                    waiter_done.set()
+
+        thread = threading.Thread(target=wait_for_the_row, daemon=True)
+        try:
+            holder.execute("UPDATE celery_taskmeta SET status = 'STARTED' WHERE task_id = %s", (task_id,))
+            thread.start()
+            backend = url.replace("postgresql://postgres@", f"db+postgresql+psycopg://postgres:{SECRET}@")
+            html = make_html(run_cli, tmp_path, ("probe", "backend", "--broker", "memory://", "--backend", backend,
+                                                 "--duration", "2", "--samples", "60", "--max-seconds", "10"))
+        finally:
+            holder.rollback()
+            holder.close()
+            waiter_done.wait(25)
+            admin.execute("DELETE FROM celery_taskmeta WHERE task_id = %s", (task_id,))
+    seen = look(html, tmp_path, {"lock-waits", "impact"})
+    assert "blocker" in html.read_text(encoding="utf-8") and SECRET not in seen.text
