@@ -197,7 +197,8 @@ def verdict(report: Report) -> list[str]:
         top = late[0]
         modelled = " (modelled)" if top.kind is Kind.MODELLED else ""
         over = ", over it" if top.impact_ms >= budget else ""
-        first = (f"Verdict: {CAUSE_WORDS.get(str(top.cause), str(top.cause))} makes states late by "
+        where = f" on {host_of(top)}" if host_of(top) else ""  # a merged report: which host
+        first = (f"Verdict: {CAUSE_WORDS.get(str(top.cause), str(top.cause))}{where} makes states late by "
                  f"{top.impact_ms:.1f} ms at P99{modelled}, {top.impact_ms / budget * 100:.0f} % of the "
                  f"{budget:g} ms budget{over} ({top.id}).{seen}")
         return [first, f"Next: {_next_step(report, top)}"]
