@@ -205,7 +205,7 @@ def verdict(report: Report) -> list[str]:
     costs = delays(report)
     if costs:
         top = costs[0]
-        first = (f"Verdict: nothing makes states late against the {budget:g} ms budget; the largest cost is "
+        first = (f"Verdict: nothing makes states late against the {budget:g} ms budget; the largest single cost is "
                  f"{CAUSE_WORDS.get(str(top.cause), str(top.cause))} at {impact_brief(top)} "
                  f"({top.impact_ms / budget * 100:.0f} % of it).{seen}")
     else:

@@ -51,7 +51,7 @@ def test_verdict_names_the_cause_its_milliseconds_the_budget_and_the_fix():
 def test_verdict_says_when_nothing_is_late_and_what_to_do_next():
     report = report_of(delay("backend.write-latency", Cause.BACKEND, 12.0, "fast writes"))
     first, then = verdict(report)
-    assert first.startswith("Verdict: nothing makes states late against the 1000 ms budget; the largest cost is "
+    assert first.startswith("Verdict: nothing makes states late against the 1000 ms budget; the largest single cost is "
                             "the result backend at 12.0 ms (1 % of it).")
     assert then == "Next: nothing to change."
 
