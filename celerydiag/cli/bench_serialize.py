@@ -226,11 +226,12 @@ DEFAULT_SERIALIZER = "json"  # kombu's and Celery's default: what the usual advi
 def _skipped_payloads(results: list[dict[str, Any]]) -> dict[str, str]:
     """Payloads no serializer ran because the payload itself could not be built (NumPy missing):
     the payload -> the one reason, said once instead of as an error per serializer."""
-    by_payload: dict[str, set[Any]] = {}
+    from celerydiag.serialization.harness import NUMPY_MISSING
+
+    by_payload: dict[str, set[bool]] = {}
     for r in results:
-        by_payload.setdefault(r["payload"], set()).add(r["error"] if r["error"] and "not installed" in r["error"]
-                                                       else None)
-    return {p: next(iter(errors)) for p, errors in by_payload.items() if len(errors) == 1 and None not in errors}
+        by_payload.setdefault(r["payload"], set()).add(r["error"] == NUMPY_MISSING)
+    return {p: NUMPY_MISSING for p, skipped in by_payload.items() if skipped == {True}}
 
 
 def _default_vs_fastest(doc: dict[str, Any], default: str) -> Any:

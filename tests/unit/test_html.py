@@ -194,3 +194,13 @@ def test_bench_numpy_rows_compare_the_default_with_the_fastest():
     console.print(_default_vs_fastest({"results": rows}, "json"))
     out = console.file.getvalue()
     assert "cannot encode it (EncodeError)" in out and "pickle5" in out and "x3.0" in out
+
+
+def test_bench_advice_skips_a_payload_numpy_could_not_build():
+    """No NumPy: the array payloads are skipped, not 'heavy', so no serializer is suggested for them."""
+    from celerydiag.serialization.harness import NUMPY_MISSING, CaseResult, backend_model, recommend
+
+    results = [CaseResult("ndarray-1mb", s, error=NUMPY_MISSING) for s in ("json", "pickle5")]
+    lines, suggested = recommend(results, backend_model("redis"))
+    assert lines[1] == f"ndarray-1mb: skipped ({NUMPY_MISSING})" and suggested == []
+    assert lines[0].startswith("json is fine for these payloads")
