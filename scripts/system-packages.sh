@@ -11,7 +11,7 @@ command -v nft     >/dev/null 2>&1 || missing+=(nftables)  # capture fixture: lo
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "system-packages: missing ${missing[*]}; install them to run the capture tests" >&2
+  echo "system-packages: missing ${missing[*]}; install them to run the capture and browser tests" >&2
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
