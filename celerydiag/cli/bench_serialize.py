@@ -175,6 +175,7 @@ def render_text(doc: dict[str, Any], stream: TextIO, color: bool = False) -> Non
 
     console = Console(file=stream, force_terminal=color, no_color=not color, width=130, highlight=False)
     model = doc["backend_model"]
+    console.print(verdict(doc), markup=False)
     table = Table(title="Serializer cost per payload (median per call; ± relative spread)")
     for col, just in (("payload", "left"), ("serializer", "left"), ("encode ms", "right"),
                       ("decode ms", "right"), ("size", "right"), (f"per update on {model['backend']} ms", "right"),
@@ -221,6 +222,28 @@ def render_text(doc: dict[str, Any], stream: TextIO, color: bool = False) -> Non
 
 
 DEFAULT_SERIALIZER = "json"  # kombu's and Celery's default: what the usual advice compares against
+NEGLIGIBLE_UPDATE_MS = 1.0  # below this per update, encoding is not what makes a state late
+
+
+def verdict(doc: dict[str, Any]) -> str:
+    """The answer first (issue 15): which payload costs most per update with the serializer in use,
+    and what the fastest serializer that encodes it would cost; or that serialization is negligible."""
+    current = doc["meta"].get("result_serializer") or DEFAULT_SERIALIZER
+    backend = doc["backend_model"]["backend"]
+    timed = [r for r in doc["results"] if r["error"] is None and r.get("update_ms") is not None]
+    mine = [r for r in timed if r["serializer"] == current]
+    if not mine:
+        return f"Verdict: no payload could be timed with {current}; see the table."
+    worst = max(mine, key=lambda r: r["update_ms"])
+    if worst["update_ms"] < NEGLIGIBLE_UPDATE_MS:
+        return (f"Verdict: serialization does not make states late: the costliest payload ({worst['payload']}) "
+                f"takes {worst['update_ms']:.3g} ms per update on {backend} with {current}.")
+    fastest = min((r for r in timed if r["payload"] == worst["payload"]), key=lambda r: r["update_ms"])
+    better = ("" if fastest["serializer"] == current else
+              f"; {fastest['serializer']} takes {fastest['update_ms']:.3g} ms")
+    return (f"Verdict: {worst['payload']} costs {worst['update_ms']:.3g} ms per update on {backend} with "
+            f"{current} (the serializer in use){better}. Next: keep update_state meta small, or switch "
+            "(Recommendation below).")
 
 
 def _skipped_payloads(results: list[dict[str, Any]]) -> dict[str, str]:

@@ -302,6 +302,7 @@ def _render(doc: dict[str, Any], results: list[Any], fmt: str, stream: TextIO, c
     console = Console(file=stream, force_terminal=color, no_color=not color, width=120, highlight=False,
                       soft_wrap=True)
     inputs = doc["inputs"]
+    console.print(f"Verdict: {doc['recommendation']['text']}")  # the answer first (issue 15)
     if doc.get("observed"):
         _render_observed(console, doc["observed"], inputs)
     console.print(f"Polling model: {inputs['states_count']} PROGRESS states per task, each {inputs['durations']}"

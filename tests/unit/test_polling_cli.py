@@ -49,6 +49,8 @@ def test_text_shows_table_chart_claim_and_recommendation(run_cli, tmp_path: Path
         assert name in out
     assert "135ms" in out and "mean delay is 2.5s" in out  # the 97.3 % claim, automatic at 5 s
     assert "No fixed interval meets both" in out  # 200 clients at ~1 s is 200 req/s > 100
+    first = out.splitlines()[0]  # issue 15: the answer first, the same recommendation as at the end
+    assert first.startswith("Verdict: No fixed interval meets both"), first
     assert "█" in out  # the terminal chart
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "Traceback" not in proc.stderr
