@@ -7,7 +7,7 @@ from typing import Any
 
 from celerydiag.errors import describe
 from celerydiag.findings import Cause, Finding, Fix, Kind, Severity, delay
-from celerydiag.polling.reads import ClientReads
+from celerydiag.polling.reads import MIN_READS, ClientReads
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.rank import GIVEN
 from celerydiag.target import Target
@@ -126,6 +126,16 @@ class PollingProbe(Probe):
                         f"state besides the workers' writes ({seen.writes}) while we watched for "
                         f"{seen.window_s:.1f} s. Clients that poll only now and then (or a page nobody has "
                         "open) are not seen; pass --poll-interval SECONDS to model them."),
+                evidence=evidence)
+        if seen.reads < MIN_READS:
+            return Finding(
+                "polling.measured-reads", Cause.POLLING, Severity.INFO,
+                f"only {seen.reads} client read(s) of task states in {seen.window_s:.1f} s: too few to tell a "
+                "poll interval",
+                detail=(f"The {scheme} backend's counters ({seen.source}, {where}) show {seen.reads} read(s) besides "
+                        f"the workers' {seen.writes} writes: within the counters' edge error, or a client "
+                        f"polling less often than every {seen.window_s / MIN_READS:.1f} s. Pass --poll-interval "
+                        "SECONDS to model it, or a longer --duration to measure it."),
                 evidence=evidence)
         if seen.interval_s is None:  # reads, but no task in flight: nobody is waiting on a state
             return Finding(

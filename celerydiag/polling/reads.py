@@ -6,14 +6,15 @@ and warn about 495 ms on every database backend, healthy or not. The backend alr
 every read of the task table (or of every GET), so the real poll rate is one subtraction away:
 
 - PostgreSQL: ``pg_stat_user_tables`` of the task table. Every client read (``get_task_meta``)
-  is one index (or sequential) scan; every state write is one scan too (Celery looks the row up
-  before its INSERT/UPDATE), so ``reads = Δ(idx_scan + seq_scan) - Δ(n_tup_ins + n_tup_upd)``.
+  is one index (or sequential) scan; every state write adds its own (:func:`lookups_per_write`:
+  one per INSERT, three per UPDATE on 5.7), so ``reads = Δ(idx_scan + seq_scan) - Δn_tup_ins
+  - 3 Δn_tup_upd``.
   A backend flushes its counters at most once a second, so a window's edges are off by up to
   a second of reads (the rate is steady-state: fine for a poll interval, not for a spike).
 - MariaDB/MySQL: ``performance_schema.table_io_waits_summary_by_table`` of the task table when
-  ``performance_schema`` is on (``COUNT_FETCH - COUNT_INSERT - COUNT_UPDATE``); otherwise the
-  server-wide ``Com_select - Com_insert - Com_update`` (every database on the server: an upper
-  bound on the clients' reads, so a lower bound on their interval, and said so).
+  ``performance_schema`` is on (``COUNT_FETCH`` less the writers' fetches, counted the same way);
+  otherwise the server-wide ``Com_select - Com_insert - 2 Com_update`` (every database on the
+  server: an upper bound on the clients' reads, so a lower bound on their interval, and said so).
 - Redis: ``INFO commandstats``. Every read is a GET (MGET for groups); every state write is a
   GET followed by a SET/SETEX (``KeyValueStoreBackend._store_result``), so
   ``reads = Δ(GET + MGET) - Δ(SET + SETEX)``. Server-wide, like the MySQL fallback.
@@ -31,6 +32,7 @@ for one task and said to be a lower bound.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +42,7 @@ from typing import Any
 from celerydiag.target import REDIS_SCHEMES, Target
 
 READY = ("SUCCESS", "FAILURE", "REVOKED")  # celery.states.READY_STATES
+MIN_READS = 3  # fewer is within the counters' edge error (a Redis write's GET and SET can straddle one)
 SCAN_KEYS_MAX = 2000  # Redis keys examined for the in-flight count, at most
 SCAN_COUNT = 500
 
@@ -70,10 +73,11 @@ class ClientReads:
 
     @property
     def interval_s(self) -> float | None:
-        """The effective poll interval of one task's client; None when nobody read, or when no
+        """The effective poll interval of one task's client; None when fewer than MIN_READS were
+        counted (nobody polled, or slower than the window can tell), or when no
         task was in flight (then the reads were not polls of a running task: another
         application's, or of tasks already final)."""
-        if self.reads <= 0 or self.in_flight == 0:
+        if self.reads < MIN_READS or self.in_flight == 0:
             return None
         return self.window_s * self.tasks / self.reads
 
@@ -122,10 +126,10 @@ def measure(target: Target, window_s: float, timeout_s: float,
 
 # ---- database ---------------------------------------------------------------------------------
 
-PG_STATS = ("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0), n_tup_ins + n_tup_upd "
+PG_STATS = ("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0), n_tup_ins, n_tup_upd "
             "FROM pg_stat_user_tables WHERE relname = :name AND schemaname = coalesce(:schema, current_schema())")
 PS_ON = "SELECT @@performance_schema"
-PS_STATS = ("SELECT COUNT_FETCH, COUNT_INSERT + COUNT_UPDATE FROM performance_schema.table_io_waits_summary_by_table "
+PS_STATS = ("SELECT COUNT_FETCH, COUNT_INSERT, COUNT_UPDATE FROM performance_schema.table_io_waits_summary_by_table "
             "WHERE OBJECT_SCHEMA = coalesce(:schema, database()) AND OBJECT_NAME = :name")
 GLOBAL_STATS = "SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_select', 'Com_insert', 'Com_update')"
 
@@ -148,21 +152,21 @@ def _database(target: Target, window_s: float, timeout_s: float, sleep: Callable
         if name == "postgresql":
             source, scope = "pg_stat_user_tables", "table"
 
-            def snapshot() -> tuple[int, int]:
+            def snapshot() -> tuple[int, int, int]:
                 rows = query(PG_STATS, name=ref.name, schema=ref.schema)
-                return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+                return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else (0, 0, 0)
         elif query(PS_ON)[0][0]:
             source, scope = "performance_schema", "table"
 
-            def snapshot() -> tuple[int, int]:
+            def snapshot() -> tuple[int, int, int]:
                 rows = query(PS_STATS, name=ref.name, schema=ref.schema)
-                return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+                return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else (0, 0, 0)
         else:
             source, scope = "global_status", "server"
 
-            def snapshot() -> tuple[int, int]:
+            def snapshot() -> tuple[int, int, int]:
                 status = {str(k).lower(): int(v) for k, v in query(GLOBAL_STATS)}
-                return status.get("com_select", 0), status.get("com_insert", 0) + status.get("com_update", 0)
+                return status.get("com_select", 0), status.get("com_insert", 0), status.get("com_update", 0)
 
         first, started = snapshot(), time.monotonic()
         sleep(window_s)
@@ -189,12 +193,33 @@ def _database(target: Target, window_s: float, timeout_s: float, sleep: Callable
         engine.dispose()
 
 
-def _counted(source: str, scope: str, window_s: float, first: tuple[int, int], last: tuple[int, int],
-             own: int = 0) -> ClientReads:
-    """Reads and writes between two (lookups, writes) snapshots; each write had its own lookup."""
+def lookups_per_write(source: str) -> tuple[int, int]:
+    """(lookups per INSERT, per UPDATE) that Celery's own state writes add to ``source``'s count.
+
+    ``DatabaseBackend._store_result`` SELECTs the row by task_id; a new task is then INSERTed (one
+    lookup); an existing one is, since 5.7 (``_query_task(for_update=True)``), SELECTed again FOR
+    UPDATE and UPDATEd by id, itself one more scan (PostgreSQL) or row fetch (performance_schema):
+    three, or two before 5.7. Server-wide ``Com_select`` counts statements: the UPDATE is not one.
+    Redis: one GET before each SET/SETEX. tests/integration/test_polling_measured.py pins these with
+    a real writer and no reader."""
+    if source == "commandstats":
+        return 1, 1
+    from celery.backends.database import DatabaseBackend
+
+    query_task = getattr(DatabaseBackend, "_query_task", None)
+    selects = 2 if query_task is not None and "for_update" in inspect.signature(query_task).parameters else 1
+    return 1, selects if source == "global_status" else selects + 1
+
+
+def _counted(source: str, scope: str, window_s: float, first: tuple[int, int, int],
+             last: tuple[int, int, int], own: int = 0) -> ClientReads:
+    """Reads and writes between two (lookups, inserts, updates) snapshots, the writers' own
+    lookups (:func:`lookups_per_write`) and ours subtracted."""
     raw = max(0, last[0] - first[0])
-    writes = max(0, last[1] - first[1])
-    return ClientReads(source, scope, window_s, max(0, raw - writes - own), writes, raw, own)
+    inserts, updates = max(0, last[1] - first[1]), max(0, last[2] - first[2])
+    per_insert, per_update = lookups_per_write(source)
+    writers = inserts * per_insert + updates * per_update
+    return ClientReads(source, scope, window_s, max(0, raw - writers - own), inserts + updates, raw, own)
 
 
 # ---- Redis ------------------------------------------------------------------------------------
@@ -214,10 +239,10 @@ def _redis(target: Target, window_s: float, timeout_s: float, sleep: Callable[[f
         params.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         client = backend.redis.StrictRedis(connection_pool=backend.redis.ConnectionPool(**params))
         try:
-            def snapshot() -> tuple[int, int]:
-                stats = client.info("commandstats")
+            def snapshot() -> tuple[int, int, int]:
+                stats = client.info("commandstats")  # each write: one GET, then SET/SETEX
                 return (_calls(stats, "get") + _calls(stats, "mget"),
-                        _calls(stats, "set") + _calls(stats, "setex"))
+                        _calls(stats, "set") + _calls(stats, "setex"), 0)
 
             first, started = snapshot(), time.monotonic()
             sleep(window_s)

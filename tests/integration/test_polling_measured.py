@@ -257,3 +257,39 @@ def test_redis_poll_interval_is_measured_from_commandstats(private_redis: str) -
     reads = found["polling.measured-reads"]
     assert reads.evidence["tasks_in_flight_count"] == 1, reads.evidence
     assert any("untouched for the whole window" in note for note in reads.evidence["notes"])
+
+
+class Writer(Poller):
+    """A worker's progress: a PROGRESS write to the task every 0.1 s, bounded, and no reader."""
+
+    def _run(self) -> None:
+        end = time.monotonic() + POLLER_MAX_S
+        while not self.stop.is_set() and time.monotonic() < end and self.reads < 300:
+            self.app.backend.store_result(self.task_id, {"step": self.reads}, "PROGRESS")
+            self.reads += 1
+            self.stop.wait(0.1)
+
+
+@pytest.mark.parametrize("backend", ["pg", "mariadb", "redis"])
+def test_a_workers_own_writes_are_not_counted_as_polls(backend: str, request: pytest.FixtureRequest) -> None:
+    """Celery 5.7 looks a row up twice and updates it by id on every state write (three scans or
+    fetches), and GETs a Redis key before each SET: none of that is a client polling."""
+    url = {"pg": "pg_url", "mariadb": "private_mariadb", "redis": "private_redis"}[backend]
+    url = request.getfixturevalue(url)
+    table = None if backend == "redis" else f"cdiag_poll_{uuid.uuid4().hex[:8]}"
+    if table:
+        precreate(url, table)
+    try:
+        app = _app(url, table)
+        task_id = _in_flight_task(app)
+        with Writer(_app(url, table), task_id) as writer:
+            found = _probe(app)
+        reads = found["polling.measured-reads"]
+        assert writer.reads > 10 and reads.evidence["state_writes_count"] > 0, reads.evidence
+        # a Redis write is two commands: one whose GET falls before the window's end and its SET
+        # after it counts one read; a database write is one transaction, flushed as one
+        assert reads.evidence["client_reads_count"] <= (1 if backend == "redis" else 0), reads.evidence
+        assert "polling.detection-delay" not in found or found["polling.detection-delay"].severity <= Severity.INFO
+    finally:
+        if table:
+            drop(url, table, f"{table}_group")
