@@ -52,7 +52,7 @@ def diagnose(
     and before the first probe (doctor prints it on stderr)."""
     limits = limits or Limits()
     ctx = ProbeContext(target=target, budget_ms=budget_ms, limits=limits,
-                       progress=progress or NullProgress(), options=options or ProbeOptions())
+                       progress=progress or NullProgress(), options=options or ProbeOptions(), static=static)
     try:
         active = [cls for cls in probes if not (static or cls.static)]
         down = unreachable_sides(target, {side for cls in active for side in cls.needs}, limits.timeout_s)
