@@ -32,6 +32,7 @@ from celerydiag.compat import sqlalchemy_version
 from celerydiag.config.fixes import (
     CONNECT_TIMEOUT_S,
     NULLPOOL_FILTER_FROM,
+    PLACEHOLDER_REDIS,
     assignments,
     db_dialect,
     engine_options,
@@ -107,8 +108,6 @@ S_POOL_DISABLED = "Re-enable the broker connection pool"
 S_POOL_SMALL = "Give each thread/greenlet a pooled broker connection"
 S_RESULT_VISIBILITY = "Remove visibility_timeout from result_backend_transport_options (a broker option)"
 
-# Placed in pasteable config when we cannot know the user's value (another host, a secret).
-PLACEHOLDER_REDIS = "redis://REDIS-HOST:6379/0"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,11 @@ def render(report: Report, stream: TextIO, **_: Any) -> None:
     w("## Probes\n\n")
     for line in probe_lines(report):
         w(f"- {line}\n")
+    from celerydiag.config.paste import paste_block
+
+    block = paste_block(report)
+    if block:  # last: the one block to paste (issue 17)
+        w(f"\n## Paste block, every fix at once\n\n```python\n{block.rstrip()}\n```\n")
 
 
 def _summary_table(report: Report, w: Callable[[str], Any]) -> None:

@@ -70,3 +70,9 @@ def render(report: Report, stream: TextIO, *, color: bool = False, **_: Any) -> 
     console.print("Probes:")
     for line in probe_lines(report):
         console.print(f"  {escape(line)}")
+    from celerydiag.config.paste import paste_block
+
+    block = paste_block(report)
+    if block:  # last: the one block to paste (issue 17)
+        console.print("Paste block, every fix at once:")
+        console.print(block.rstrip(), markup=False, highlight=False, crop=False, soft_wrap=True)
