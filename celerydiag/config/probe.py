@@ -40,6 +40,7 @@ from celerydiag.config.fixes import (
     index_ddl,
     recommended_engine_options,
     recommended_transport_options,
+    retry_settings,
     transport_options,
 )
 from celerydiag.findings import Cause, Finding, Fix, Kind, Severity, delay, hazard
@@ -57,9 +58,16 @@ PUBLISH_RETRY_KEYS = ("max_retries", "interval_start", "interval_step", "interva
 PICKLE_MARKERS = ("pickle", "python-serialize")
 INNODB_LOCK_WAIT_S = 50.0  # E: innodb_lock_wait_timeout default
 SANE_REDIS_TIMEOUT_S = 10.0  # a healthy Redis answers in milliseconds; above this a stall is the risk
+# No redis_retry_on_timeout: result_backend_always_retry already retries a timed-out store on a
+# new connection, and retry_on_timeout would double every wait (audit: 1.1 s -> 2.0 s).
 RECOMMENDED_REDIS = {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0,
-                     "redis_retry_on_timeout": True, "redis_backend_health_check_interval": 25}
-NOMINAL_BROKER_RTT_MS = 1.0  # one LAN round trip plus broker enqueue; the broker probe measures yours
+                     "redis_backend_health_check_interval": 25}
+REDIS_TIMEOUT_SETTINGS = ("redis_socket_timeout", "redis_socket_connect_timeout")
+NOMINAL_BROKER_RTT_MS = 1.0
+# py-amqp's DEFAULT_SOCKET_SETTINGS (amqp/transport.py:31-37): keepalive after 60 s idle, 9 probes
+# 10 s apart; what notices a dead connection when heartbeats are off
+AMQP_KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 9}
+KEEPALIVE_DETECT_S = AMQP_KEEPALIVE["TCP_KEEPIDLE"] + AMQP_KEEPALIVE["TCP_KEEPINTVL"] * AMQP_KEEPALIVE["TCP_KEEPCNT"]  # one LAN round trip plus broker enqueue; the broker probe measures yours
 
 DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#"
 D_ENGINE_OPTIONS = DOCS + "database-engine-options"
@@ -91,7 +99,8 @@ S_PUBLISH_RETRY = "Set publish retries where Celery reads them: task_publish_ret
 S_CONFIRM_IGNORED = "Remove confirm_publish: only the AMQP transport reads it"
 S_CONFIRM_DELIVERY = "confirm_delivery is not an option: the AMQP spelling is confirm_publish"
 S_CONFIRM_DELIVERY_NON_AMQP = "Remove confirm_delivery: no Celery/kombu transport reads it"
-S_REDIS_TIMEOUT = "Bound Redis result-backend socket waits and reconnect on timeout"
+S_REDIS_TIMEOUT = ("Bound Redis result-backend socket waits and retry a failed store a few times; if Redis stays "
+                   "away, update_state() raises BackendStoreError in the task")
 S_RETRY_RPC = "Remove result_backend_always_retry: rpc:// retries publishes with kombu's own policy"
 S_RETRY_UPGRADE = "Upgrade Celery to {version} or later for result_backend_always_retry to work on {backend}"
 S_RETRY_DB_OFF = "Let the database backend retry transient errors again (its default since Celery 5.7)"
@@ -252,9 +261,10 @@ def check_rpc_confirm(conf: Any, target: Target, facts: Facts) -> Iterator[Findi
         if confirm:
             yield _ok("rpc-confirm-publish",
                       "confirm_publish is not on the update_state path (results do not go through the broker)",
-                      "Publisher confirms slow task dispatch (PENDING→STARTED) by one broker round trip "
-                      "per message, not state updates: the worker writes states straight to the result "
-                      "backend.")
+                      "With confirms the caller's apply_async() waits one broker round trip for the ack "
+                      "after the message is routed; the task itself is delivered as fast (the broker probe "
+                      "measures the wait), and state updates do not go through the broker: the worker "
+                      "writes them straight to the result backend.")
         return
     if not confirm:
         yield _ok("rpc-confirm-publish", "rpc:// results are published without waiting for broker acks")
@@ -347,31 +357,57 @@ def _seconds(value: Any) -> float | None:
 
 
 def check_redis_timeout(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
-    """A.1: redis_socket_timeout defaults to 120 s; a half-open socket stalls update_state that long."""
+    """A.1 + audit: redis_socket_timeout defaults to 120 s. Against a half-open connection
+    update_state() blocks that long and then raises redis TimeoutError inside the task: the GET
+    before each write (celery/backends/base.py:1367) is outside ensure(), which covers only
+    SETEX/PUBLISH (redis.py:790-824), and nothing retries it unless result_backend_always_retry
+    is on. So the fix is the timeouts *and* a finite retry, and it says what the task sees when
+    Redis stays away: BackendStoreError from update_state()."""
     if target.backend_scheme not in REDIS_SCHEMES:
         return
     params = _redis_params(conf, target)
     timeout = _seconds(params.get("socket_timeout"))
     connect = _seconds(params.get("socket_connect_timeout"))
+    retries = retry_settings(conf)
     evidence: dict[str, Any] = {"socket_timeout_s": timeout, "socket_connect_timeout_s": connect}
     if timeout is not None and timeout <= SANE_REDIS_TIMEOUT_S and connect is not None \
             and connect <= SANE_REDIS_TIMEOUT_S:
+        retry = bool(conf.get("result_backend_always_retry"))
         yield _ok("redis-socket-timeout", f"Redis result backend socket waits are bounded ({timeout:g} s)",
-                  **evidence)
+                  "A stalled connection makes update_state() raise after that wait"
+                  + (", then Celery retries it on a new connection." if retry else
+                     ": with result_backend_always_retry off nothing retries it and the task gets "
+                     "redis TimeoutError."), **evidence)
         return
     stall = None if timeout is None else max(timeout, connect or 0.0)
     bound = "forever" if timeout is None else f"up to {timeout:g} s"
+    tries = retries["result_backend_max_retries"] + 1
+    fixed_worst_s = tries * RECOMMENDED_REDIS["redis_socket_timeout"]
     detail = (
         f"redis_socket_timeout is {'unset' if timeout is None else f'{timeout:g} s'} (Celery's default is "
         f"120 s) and redis_socket_connect_timeout is {'unset' if connect is None else f'{connect:g} s'}. "
-        "update_state() is a synchronous GET then MULTI/SETEX/PUBLISH/EXEC; when the connection has "
-        "gone half-open (a NAT or load-balancer idle timeout, a failover) the write blocks "
-        f"{bound} before Celery reconnects and retries, and the task body waits with it. worst_case_ms is "
-        "that stall for one affected update; it costs nothing while the network is healthy. The fix "
-        "bounds both waits, retries once on a timeout, and PINGs connections idle for 25 s before use.")
-    fix = Fix(S_REDIS_TIMEOUT, assignments(**RECOMMENDED_REDIS), (D_REDIS_SETTINGS,))
+        "update_state() is a GET then MULTI/SETEX/PUBLISH/EXEC; when the connection has gone half-open "
+        f"(a NAT or load-balancer idle timeout, a failover) the GET blocks {bound} and then raises "
+        "redis TimeoutError inside the task: that GET is not retried (only SETEX/PUBLISH run under "
+        "Celery's reconnecting ensure()), so without result_backend_always_retry the task fails after "
+        "the wait. worst_case_ms is that stall for one affected update; it costs nothing while the "
+        "network is healthy. The fix bounds both waits, PINGs connections idle for 25 s before use, "
+        f"and retries a failed store on a new connection {tries - 1} times (result_backend_always_retry "
+        "with a finite result_backend_max_retries; the default maximum is infinite). If Redis is still "
+        f"unreachable after about {fixed_worst_s:g} s, update_state() raises "
+        "celery.exceptions.BackendStoreError in the task (the task fails unless it catches it around "
+        "update_state()).")
+    fix = Fix(S_REDIS_TIMEOUT, assignments(**RECOMMENDED_REDIS, **retries), (D_REDIS_SETTINGS, D_ALWAYS_RETRY))
+    evidence.update(worst_case_with_fix_s=fixed_worst_s)
+    if not any(conf.value_set_for(k) for k in REDIS_TIMEOUT_SETTINGS) and "timeout" not in target.backend_url:
+        # Celery's own default: fine on a healthy network, so info (issue 17: no warning on a
+        # default Redis backend); an explicit long or unset timeout is rated by its stall.
+        yield hazard(f"config.{'redis-socket-timeout'}", Cause.CONFIG, None if stall is None else stall * 1000,
+                     f"Redis result backend: a stalled connection can block update_state() {bound}, then fail it",
+                     severity=Severity.INFO, detail=detail, evidence=evidence, fix=fix)
+        return
     yield _hazard(facts, "redis-socket-timeout", stall,
-                  f"Redis result backend: a stalled connection can block update_state() {bound}",
+                  f"Redis result backend: a stalled connection can block update_state() {bound}, then fail it",
                   detail, fix, **evidence)
 
 
@@ -427,8 +463,10 @@ def check_date_done_index(conf: Any, target: Target, facts: Facts) -> Iterator[F
     dialect = db_dialect(target)
     if target.backend_scheme != "db" or not dialect or dialect == "sqlite":
         return
-    ddl = index_ddl(conf)
-    fix = Fix(S_INDEX, "".join(f"# {line}\n" for line in ddl.splitlines()), (D_INDEX_ISSUE,))
+    ddl = index_ddl(conf, dialect)
+    where = ("run once in the database, outside a transaction (CONCURRENTLY does not block writes):"
+             if dialect == "postgresql" else "run once in the database:")
+    fix = Fix(S_INDEX, f"# {where}\n" + "".join(f"# {line}\n" for line in ddl.splitlines()), (D_INDEX_ISSUE,))
     innodb = dialect in ("mysql", "mariadb")
     lock_story = (
         "On InnoDB the daily celery.backend_cleanup DELETE ... WHERE date_done < :t then scans and "
@@ -491,8 +529,8 @@ def check_result_extended(conf: Any, target: Target, facts: Facts) -> Iterator[F
                 "result_extended: every state write also carries the task's name, args and kwargs",
                 "Each update_state() and the final result serialize name, args, kwargs, worker, retries "
                 "and queue, so write and read cost grow with the size of the task's arguments (Redis also "
-                "decodes the old payload before each write; the database backend fills six extra "
-                "columns). `celerydiag probe serialization` measures the encode/decode cost.",
+                "decodes the old payload before each write; the database backend fills seven extra "
+                "columns, stamps included). `celerydiag probe serialization` measures the encode/decode cost.",
                 Fix(S_RESULT_EXTENDED, assignments(result_extended=False), (D_RESULT_EXTENDED,)))
 
 
@@ -507,6 +545,16 @@ def check_pickle(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     accepted = accept + list(result_accept or ())
     bad = sorted({str(c) for c in accepted if _pickle_like(c)})
     if not bad:
+        if target.backend_scheme == "db":
+            yield _fixed("pickle-accepted", Severity.INFO,
+                         "No pickle serializer is accepted, but the database backend still unpickles old-style rows",
+                         "accept_content and result_accept_content exclude pickle, yet Celery 5.7's database "
+                         "backend falls back to pickle.loads() for any stored result that starts with \\x80 "
+                         "(celery/backends/database/__init__.py:289-297, for rows written before celery#3025), "
+                         "whatever the accept lists say: whoever can write the result tables can run code in "
+                         "every client that reads a state. No setting turns this off; keep write access to "
+                         "those tables to Celery's own database user.", None)
+            return
         yield _ok("pickle-accepted", "No pickle-family serializer is accepted")
         return
     safe = [c for c in accept if not _pickle_like(c)] or ["json"]
@@ -544,8 +592,10 @@ def check_ignore_result(conf: Any, target: Target, facts: Facts) -> Iterator[Fin
         yield _fixed("result-backend-disabled", severity,
                      "No result backend: update_state() does nothing and clients can read no state",
                      "With result_backend unset Celery uses its DisabledBackend: store_result() is a no-op, "
-                     "so update_state() silently stores nothing, and AsyncResult.state raises "
-                     "NotImplementedError('No result backend is configured').",
+                     "so update_state() silently stores nothing. On Celery 5.7 AsyncResult.state and "
+                     ".ready() raise AttributeError ('DisabledBackend' object has no attribute "
+                     "'_get_task_meta_for'); only .get() raises NotImplementedError('No result backend "
+                     "is configured').",
                      Fix(S_NO_BACKEND, assignments(result_backend=PLACEHOLDER_REDIS), (D_RESULT_BACKEND,)))
         return
     if conf.get("task_ignore_result"):
@@ -599,14 +649,17 @@ def check_broker_heartbeat(conf: Any, target: Target, facts: Facts) -> Iterator[
     heartbeat = conf.get("broker_heartbeat")
     if heartbeat:
         yield _ok("broker-heartbeat", f"AMQP heartbeats on (broker_heartbeat={heartbeat})",
-                  "Negotiated with the server: the smaller non-zero value wins (RabbitMQ proposes 60 s).")
+                  "Negotiated with the server: the smaller non-zero value wins (RabbitMQ proposes 60 s), "
+                  "so a client value cannot raise a shorter one the server proposes.")
         return
-    yield _hazard(facts, "broker-heartbeat", None,
+    yield _hazard(facts, "broker-heartbeat", KEEPALIVE_DETECT_S,
                   "broker_heartbeat disables AMQP heartbeats: a dead worker connection goes unnoticed",
                   f"broker_heartbeat is {heartbeat!r}; py-amqp then forces heartbeat 0 whatever the server "
                   "proposes (client veto). The worker's consumer connection is the only one that uses "
-                  "heartbeats: without them a half-open connection is not detected, the worker receives "
-                  "no tasks, and they stay PENDING with no bound until TCP gives up.",
+                  "heartbeats: without them a half-open connection is noticed only by py-amqp's TCP "
+                  "keepalive (on by default: 60 s idle, then 9 probes 10 s apart, about 150 s on Linux; "
+                  "amqp/transport.py DEFAULT_SOCKET_SETTINGS), and meanwhile the worker receives no tasks "
+                  "and they stay PENDING.",
                   Fix(S_HEARTBEAT, assignments(broker_heartbeat=120), (D_HEARTBEAT,)))
 
 
@@ -647,8 +700,8 @@ def check_result_transport_options(conf: Any, target: Target, facts: Facts) -> I
     yield _fixed("result-transport-visibility-timeout", Severity.INFO,
                  "result_backend_transport_options visibility_timeout does nothing",
                  "visibility_timeout is a Redis/SQS *broker* transport option (broker_transport_options); "
-                 "the result backend reads only global_keyprefix, retry_policy, result_chord_ordered and the "
-                 "Sentinel keys from result_backend_transport_options.",
+                 "the result backend reads only global_keyprefix, retry_policy, result_chord_ordered, "
+                 "additional_connection_errors and the Sentinel keys from result_backend_transport_options.",
                  Fix(S_RESULT_VISIBILITY, assignments(result_backend_transport_options=options),
                      (D_RESULT_TRANSPORT,)))
 

@@ -103,7 +103,8 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, Severity | None]] = 
     ("confirm-delivery", {"broker_transport_options": {"confirm_delivery": True}}, {},
      "confirm-delivery-unknown", INFO),
     # Redis socket timeout (A.1)
-    ("redis-default-timeout", {}, {}, "redis-socket-timeout", WARNING),
+    ("redis-default-timeout", {}, {}, "redis-socket-timeout", INFO),  # issue 17: a default is not a warning
+    ("redis-explicit-long-timeout", {"redis_socket_timeout": 120.0}, {}, "redis-socket-timeout", WARNING),
     ("redis-bounded", {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0},
      {}, "redis-socket-timeout", OK),
     ("redis-url-query-wins", {"backend": REDIS + "?socket_timeout=3&socket_connect_timeout=3"},
