@@ -115,7 +115,13 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, Severity | None]] = 
     # result_backend_always_retry (A.0-A.2)
     ("always-retry-rpc", {"backend": "rpc://", "result_backend_always_retry": True}, {}, "always-retry", INFO),
     ("always-retry-redis-54", {"result_backend_always_retry": True}, {"celery": (5, 4, 0)}, "always-retry", INFO),
-    ("always-retry-redis-55", {"result_backend_always_retry": True}, {"celery": (5, 5, 0)}, "always-retry", OK),
+    # issue 17: Redis keeps Celery's infinite result_backend_max_retries: a down backend blocks forever
+    ("always-retry-redis-55", {"result_backend_always_retry": True}, {"celery": (5, 5, 0)}, "always-retry", WARNING),
+    ("always-retry-redis-limited", {"result_backend_always_retry": True, "result_backend_max_retries": 3},
+     {"celery": (5, 5, 0)}, "always-retry", OK),
+    ("always-retry-db-default-limit", {"backend": PG, "result_backend_always_retry": True}, {}, "always-retry", OK),
+    ("always-retry-db-explicit-inf", {"backend": PG, "result_backend_always_retry": True,
+                                      "result_backend_max_retries": float("inf")}, {}, "always-retry", WARNING),
     ("always-retry-db-56", {"backend": PG, "result_backend_always_retry": True}, {"celery": (5, 6, 0)},
      "always-retry", INFO),
     ("always-retry-db-563", {"backend": PG, "result_backend_always_retry": True}, {"celery": (5, 6, 3)},
