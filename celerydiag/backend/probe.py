@@ -347,7 +347,8 @@ class DatabaseRun:
             if float(raw or 0) > LONG_LOCK_WAIT_S and not configured:
                 yield Finding("backend.lock-timeout", Cause.BACKEND, Severity.INFO,
                               f"innodb_lock_wait_timeout is {raw} s: a blocked update_state can wait that long,"
-                              " then Celery retries it (and the task waits)", evidence={"innodb_lock_wait_timeout_s": float(raw)}, fix=fix)
+                              " then Celery retries it (and the task waits)",
+                              evidence={"innodb_lock_wait_timeout_s": float(raw)}, fix=fix)
             else:
                 yield Finding("backend.lock-timeout", Cause.BACKEND, Severity.OK,
                               f"innodb_lock_wait_timeout {raw} s", evidence={"innodb_lock_wait_timeout_s": float(raw)})

@@ -32,7 +32,7 @@ PLACEHOLDER_REDIS = "redis://REDIS-HOST:6379/0"
 # (mysql-connector as an alias), pg8000 has none and takes ``timeout=`` (a socket timeout that
 # also bounds reads); given ``connect_timeout`` pg8000 raises TypeError on every connect.
 LIBPQ_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi")
-CONNECT_TIMEOUT_KEY = {**{d: "connect_timeout" for d in LIBPQ_DRIVERS}, "pg8000": "timeout",
+CONNECT_TIMEOUT_KEY = {**dict.fromkeys(LIBPQ_DRIVERS, "connect_timeout"), "pg8000": "timeout",
                        "pymysql": "connect_timeout", "mysqldb": "connect_timeout",
                        "mysqlconnector": "connect_timeout"}
 INIT_COMMAND_DRIVERS = ("pymysql", "mysqldb")  # mysqlclient and PyMySQL run init_command per connect

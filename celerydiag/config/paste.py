@@ -83,9 +83,10 @@ def parse(config: str, naming: Naming | None = None) -> Parsed:
     out = Parsed()
     spans: set[int] = set()
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
-        if not isinstance(target, ast.Name):
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1 \
+                or not isinstance(node.targets[0], ast.Name):
             return Parsed(code=config)
+        target = node.targets[0]
         try:
             value = ast.literal_eval(node.value)
         except (ValueError, SyntaxError, TypeError):

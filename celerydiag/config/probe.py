@@ -63,11 +63,12 @@ SANE_REDIS_TIMEOUT_S = 10.0  # a healthy Redis answers in milliseconds; above th
 RECOMMENDED_REDIS = {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0,
                      "redis_backend_health_check_interval": 25}
 REDIS_TIMEOUT_SETTINGS = ("redis_socket_timeout", "redis_socket_connect_timeout")
-NOMINAL_BROKER_RTT_MS = 1.0
+NOMINAL_BROKER_RTT_MS = 1.0  # one LAN round trip plus broker enqueue; the broker probe measures yours
 # py-amqp's DEFAULT_SOCKET_SETTINGS (amqp/transport.py:31-37): keepalive after 60 s idle, 9 probes
 # 10 s apart; what notices a dead connection when heartbeats are off
 AMQP_KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 9}
-KEEPALIVE_DETECT_S = AMQP_KEEPALIVE["TCP_KEEPIDLE"] + AMQP_KEEPALIVE["TCP_KEEPINTVL"] * AMQP_KEEPALIVE["TCP_KEEPCNT"]  # one LAN round trip plus broker enqueue; the broker probe measures yours
+KEEPALIVE_DETECT_S = (AMQP_KEEPALIVE["TCP_KEEPIDLE"]
+                      + AMQP_KEEPALIVE["TCP_KEEPINTVL"] * AMQP_KEEPALIVE["TCP_KEEPCNT"])
 
 DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#"
 D_ENGINE_OPTIONS = DOCS + "database-engine-options"
@@ -113,8 +114,10 @@ S_TASK_EVENTS = ("If you watch tasks in Flower or another event monitor: worker_
                  "celery worker -E) and task_send_sent_event = True; each adds one broker message per event")
 S_ENGINE_DEFAULTS = "Keep Celery's pool_pre_ping/pool_recycle in your database_engine_options"
 S_PREFETCH = ("For long tasks, reserve one task per worker process: worker_prefetch_multiplier = 1 (and "
-              "task_acks_late = True for idempotent tasks); not for short tasks, where prefetch keeps workers busy")
-S_RESULT_EXPIRES = "Let results expire (seconds; Celery's default is one day), and run celery beat on a database backend"
+              "task_acks_late = True for idempotent tasks); not for short tasks, where prefetch keeps "
+              "workers busy")
+S_RESULT_EXPIRES = ("Let results expire (seconds; Celery's default is one day), and run celery beat on a "
+                    "database backend")
 S_RPC_READER = "Use a stored result backend if any process other than the sender reads states"
 S_REDIS_KEEPALIVE = "Turn on TCP keepalive for the Redis result backend"
 S_FAILOVER_ONE = "Remove broker_failover_strategy, or list the alternate broker URLs"
@@ -801,7 +804,8 @@ def check_prefetch(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]
     reserved = ("up to worker_prefetch_multiplier x concurrency messages beyond the running ones"
                 if not late else "worker_prefetch_multiplier x concurrency messages")
     yield _fixed("prefetch", Severity.INFO,
-                 f"worker_prefetch_multiplier={multiplier}, task_acks_late={late}: reserved tasks wait behind long ones",
+                 f"worker_prefetch_multiplier={multiplier}, task_acks_late={late}: "
+                 "reserved tasks wait behind long ones",
                  f"A worker reserves {reserved}; a reserved task waits for a busy process even when "
                  "another worker is idle, and stays PENDING until it starts. Harmless for short tasks; for "
                  "long ones set worker_prefetch_multiplier = 1 (the fix), and task_acks_late = True if your "

@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 import pytest
-from kombu import Queue
 from celery.app.defaults import DEFAULTS, SETTING_KEYS
+from kombu import Queue
 from test_config_probe import MYSQL, PG, REDIS, SA2, make_target  # same directory (pytest rootdir imports)
 
 from celerydiag.config import probe as config_probe
