@@ -195,6 +195,9 @@ def index_ddl(conf: Any, dialect_name: str = "") -> str:
 
 # ---- the broker ---------------------------------------------------------------------------------
 
+AMQP_IGNORED_KEYS = ("socket_keepalive", "socket_keepalive_options")
+
+
 def transport_options(conf: Any) -> dict[str, Any]:
     return dict(conf.get("broker_transport_options") or {})
 
@@ -209,4 +212,16 @@ def recommended_transport_options(conf: Any, target: Target) -> dict[str, Any]:
             options["confirm_publish"] = True  # False is the default: nothing to spell
     if not amqp:
         options.pop("confirm_publish", None)
+    else:
+        # Redis-only keys py-amqp ignores (it keeps TCP keepalive on), and socket_settings keys that
+        # are not socket.TCP_* ints (setsockopt raises TypeError on them): every fix drops them, so
+        # no fix keeps what another removes
+        for key in AMQP_IGNORED_KEYS:
+            options.pop(key, None)
+        if "socket_settings" in options:
+            settings = {k: v for k, v in dict(options["socket_settings"] or {}).items() if isinstance(k, int)}
+            if settings:
+                options["socket_settings"] = settings
+            else:
+                options.pop("socket_settings")
     return options

@@ -946,7 +946,6 @@ def check_amqp_keepalive(conf: Any, target: Target, facts: Facts) -> Iterator[Fi
     ignored = sorted(k for k in ("socket_keepalive", "socket_keepalive_options") if k in options)
     if bad:
         fixed = recommended_transport_options(conf, target)
-        fixed["socket_settings"] = {k: v for k, v in dict(settings or {}).items() if isinstance(k, int)}
         yield _fixed("amqp-keepalive", Severity.CRITICAL,
                      f"socket_settings keys {', '.join(bad)} are not socket options: every broker connect fails",
                      "py-amqp passes each socket_settings key to setsockopt(SOL_TCP, key, value); a string "
@@ -957,8 +956,6 @@ def check_amqp_keepalive(conf: Any, target: Target, facts: Facts) -> Iterator[Fi
         return
     if ignored:
         fixed = recommended_transport_options(conf, target)
-        for key in ignored:
-            fixed.pop(key, None)
         yield _fixed("amqp-keepalive", Severity.INFO,
                      f"broker_transport_options {', '.join(ignored)} do nothing on py-amqp",
                      f"These are Redis transport options. py-amqp always enables TCP keepalive "
