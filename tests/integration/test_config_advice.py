@@ -99,9 +99,9 @@ def _scratch_schema() -> str:
 
 def test_pg_lock_timeout_fix_trades_the_wait_for_backend_store_error() -> None:
     """A row lock held longer than lock_timeout x (retries + 1): the task fails, as printed."""
-    from celerydiag.backend.probe import engine_fix
-
     import psycopg
+
+    from celerydiag.backend.probe import engine_fix
 
     schema = _scratch_schema()
     tables = {"task": schema, "group": schema}

@@ -196,7 +196,7 @@ def test_json_report_carries_the_block(tmp_path: Path) -> None:
     out = io.StringIO()
     render_json.render(report, out)
     data = json.loads(out.getvalue())
-    assert data["paste_block"].startswith("# celerydiag") and "CELERY_RESULT_BACKEND_MAX_RETRIES = 3" in data[
+    assert data["paste_block"].startswith("# Every fix") and "CELERY_RESULT_BACKEND_MAX_RETRIES = 3" in data[
         "paste_block"]
     # a saved report re-renders the same block (the style travels in meta)
     assert paste_block(Report.from_dict(data)) == data["paste_block"]

@@ -82,6 +82,7 @@ def test_json_is_the_report_itself_and_report1_shaped(check_report):
     report = load("full-v1")
     data = json.loads(rendered(report, "json"))
     check_report(data)
+    assert isinstance(data.pop("paste_block"), str)  # issue 17: the one block, beside the report
     assert data == report.to_dict()
 
 
