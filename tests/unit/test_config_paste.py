@@ -201,3 +201,71 @@ def test_json_report_carries_the_block(tmp_path: Path) -> None:
     # a saved report re-renders the same block (the style travels in meta)
     assert paste_block(Report.from_dict(data)) == data["paste_block"]
     assert ROOT.exists()
+
+
+# ---- point 2: connect arguments right for the driver in the user's URL, or none ------------------
+
+# SQLAlchemy 2.1 loads psycopg (3) for a bare postgresql:// and mysqlclient (mysqldb) for mysql://
+DRIVER_URLS = {
+    "db+postgresql://u@h/d": ("psycopg", {"connect_timeout": 5}, {"options": "-c lock_timeout=2000"}),
+    "db+postgresql+psycopg://u@h/d": ("psycopg", {"connect_timeout": 5}, {"options": "-c lock_timeout=2000"}),
+    "db+postgresql+psycopg2://u@h/d": ("psycopg2", {"connect_timeout": 5}, {"options": "-c lock_timeout=2000"}),
+    # pg8000 1.31 connect() has timeout= and startup_params=, no connect_timeout/options (TypeError)
+    "db+postgresql+pg8000://u@h/d": ("pg8000", {"timeout": 5}, {"startup_params": {"lock_timeout": "2000"}}),
+    "db+mysql+pymysql://u@h/d": ("pymysql", {"connect_timeout": 5},
+                                 {"init_command": "SET SESSION innodb_lock_wait_timeout=5"}),
+    "db+mysql://u@h/d": ("mysqldb", {"connect_timeout": 5}, {"init_command": "SET SESSION innodb_lock_wait_timeout=5"}),
+    "db+mysql+mysqlconnector://u@h/d": ("mysqlconnector", {"connect_timeout": 5}, None),
+    "db+mysql+asyncmy://u@h/d": ("asyncmy", None, None),
+}
+
+
+@pytest.mark.parametrize("url", sorted(DRIVER_URLS))
+def test_connect_and_lock_args_are_spelled_for_the_driver(url: str) -> None:
+    from test_config_probe import make_target
+
+    from celerydiag.config.fixes import connect_timeout_args, db_driver, lock_timeout_args
+
+    driver, timeout, lock = DRIVER_URLS[url]
+    t = make_target(backend=url)
+    assert db_driver(t) == driver
+    assert connect_timeout_args(driver) == timeout
+    assert lock_timeout_args(driver, {}) == lock
+    found = {f.id: f for f in check_config_now(t)}
+    fix = found["config.db-connection-per-read"].fix
+    if timeout is None:
+        assert fix is None or "connect_args" not in fix.config  # nothing printed rather than a wrong keyword
+    else:
+        assert fix is not None
+        assert parse(fix.config).settings["database_engine_options"]["connect_args"] == timeout
+    if "pg8000" in url:
+        assert "connect_timeout" not in (fix.config if fix else "")
+        dialect = "postgresql"
+    else:
+        dialect = "postgresql" if "postgresql" in url else "mysql"
+    lock_fix = engine_fix(dialect, t)
+    options = parse(lock_fix.config).settings["database_engine_options"] if lock_fix else {}
+    for key, value in (lock or {}).items():
+        assert options["connect_args"][key] == value
+    if lock is None and dialect == "mysql":
+        assert lock_fix is not None and "SET GLOBAL innodb_lock_wait_timeout" in lock_fix.summary
+        assert "init_command" not in lock_fix.config
+
+
+def check_config_now(t: Any) -> list[Finding]:
+    from celerydiag.config.probe import Facts, check_config
+
+    return check_config(t, Facts((5, 7, 0), (2, 0, 0)))
+
+
+def test_postgres_index_ddl_is_concurrent() -> None:
+    """Point 4: a plain CREATE INDEX blocks writes to the task table while it builds."""
+    from test_config_probe import PG, make_target
+
+    fix = {f.id: f for f in check_config_now(make_target(backend=PG))}["config.db-date-done-index"].fix
+    assert fix is not None and "CREATE INDEX CONCURRENTLY ix_celery_taskmeta_date_done" in fix.config
+
+
+def test_redis_progress_fix_says_every_result_moves() -> None:
+    fix = redis_progress_fix()
+    assert "every result" in fix.summary and "let progress" not in fix.summary
