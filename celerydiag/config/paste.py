@@ -124,6 +124,11 @@ def _merge_into(into: dict[str, Any], name: str, value: Any, path: str, conflict
         for key, item in value.items():
             _merge_into(old, key, item, f"{path}[{key!r}]", conflicts)
         return
+    if isinstance(old, list) and isinstance(value, list):
+        # content-type lists (accept_content, result_accept_content): every fix's types are
+        # needed at once (a serializer switch adds one, the pickle fix never lists pickle)
+        into[name] = old + [item for item in value if item not in old]
+        return
     if old != value:
         conflicts.append(f"{path}: {old!r} vs {value!r}")
 
@@ -134,6 +139,8 @@ def merge(parsed: Iterable[Parsed]) -> Merged:
     out = Merged()
     for one in parsed:
         for name, value in one.settings.items():
+            if name in ALTERNATIVES and name in out.settings:
+                continue  # placeholders for the user's own server: one suggestion is enough
             _merge_into(out.settings, name, value, name, out.conflicts)
         out.notes += [n for n in one.notes if n not in out.notes]
         if one.code and one.code not in out.code:
