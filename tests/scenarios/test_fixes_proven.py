@@ -140,4 +140,18 @@ def test_mariadb_and_broker_config_fixes_proven(amqp_url: str, mysql_url: str, m
                                      "config.result-expires", "config.broker-heartbeat",
                                      "config.confirm-delivery-unknown", "config.amqp-keepalive",
                                      "config.publish-retry-keys", "backend.isolation-level",
-                                     "backend.lock-timeout"])
+                                     "backend.lock-timeout", "broker.confirm-publish"])
+
+
+@pytest.mark.redis
+def test_redis_broker_config_fixes_proven(redis_url: str, redis_prefix: str, user_config: Any) -> None:
+    """Injected on a Redis broker and backend: confirm_publish (AMQP only), a broker option in the
+    result backend's transport options, pickle accepted, no broker connection pool."""
+    config = user_config(broker_url=redis_url, result_backend=redis_url,
+                         broker_transport_options={"confirm_publish": True},
+                         result_backend_transport_options={"global_keyprefix": redis_prefix,
+                                                           "visibility_timeout": 3600},
+                         accept_content=["json", "pickle"], broker_pool_limit=0)
+    _prove(config, "fixes-redis-broker", ["config.confirm-publish-ignored",
+                                          "config.result-transport-visibility-timeout",
+                                          "config.pickle-accepted", "config.broker-pool-limit"])
