@@ -179,8 +179,8 @@ def paste_block(report: Report) -> str:
     text = "\n".join(lines) + "\n" + render(settings, naming)
     other = {k: v for k, v in block.settings.items() if k in ALTERNATIVES}
     if other:
-        text += ("\n# Instead of tuning this backend, some findings suggest another one (this moves every"
-                 " result of the app,\n# not only progress; point it at your own server):\n")
+        text += ("\n# Some findings suggest another result backend. It moves every result of the app, not only"
+                 " progress;\n# point it at your own server and uncomment it:\n")
         text += "".join(f"# {line}\n" for line in render(other, naming).splitlines())
     for code in block.code:
         text += "\n" + code.rstrip() + "\n"

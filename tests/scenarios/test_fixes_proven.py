@@ -58,12 +58,20 @@ def _record(name: str, verified: list[str]) -> None:
                                               encoding="utf-8")
 
 
-def _prove(config: UserConfig, name: str, ids: list[str], *doctor_args: str) -> None:
+def _prove(config: UserConfig, name: str, ids: list[str], *doctor_args: str, backend: str = "") -> None:
+    """``backend``: the user's own server for a suggested result_backend, which the block prints
+    commented with a placeholder (a user points it at their server and uncomments it)."""
     before = doctor(config, *doctor_args)
     for fid in ids:
         _problem(before, fid)
     block = before.get("paste_block") or ""
     assert block.strip(), "no paste block"
+    if backend:
+        lines = block.splitlines()
+        suggested = [i for i, line in enumerate(lines) if line.startswith("# result_backend = ")]
+        assert suggested, block
+        lines[suggested[0]] = f"result_backend = {backend!r}"
+        block = "\n".join(lines) + "\n"
     config.paste(block)
     _tasks_succeed(config)
     after = doctor(config, *doctor_args)
@@ -140,7 +148,7 @@ def test_mariadb_and_broker_config_fixes_proven(amqp_url: str, mysql_url: str, m
                                      "config.result-expires", "config.broker-heartbeat",
                                      "config.confirm-delivery-unknown", "config.amqp-keepalive",
                                      "config.publish-retry-keys", "backend.isolation-level",
-                                     "backend.lock-timeout", "broker.confirm-publish"])
+                                     "backend.lock-timeout", "broker.confirm-publish", "broker.heartbeat"])
 
 
 @pytest.mark.redis
@@ -155,3 +163,14 @@ def test_redis_broker_config_fixes_proven(redis_url: str, redis_prefix: str, use
     _prove(config, "fixes-redis-broker", ["config.confirm-publish-ignored",
                                           "config.result-transport-visibility-timeout",
                                           "config.pickle-accepted", "config.broker-pool-limit"])
+
+
+@pytest.mark.redis
+def test_rpc_results_fixes_proven(amqp_url: str, redis_url: str, redis_prefix: str, user_config: Any) -> None:
+    """Injected: rpc:// results with publisher confirms (every update_state waits for an ack, and
+    only the sender can read states). The block suggests a stored backend; the user points it at
+    their Redis: afterwards a second process reads the states and no rpc finding is left."""
+    config = user_config(broker_url=amqp_url, result_backend="rpc://",
+                         broker_transport_options={"confirm_publish": True},
+                         result_backend_transport_options={"global_keyprefix": redis_prefix})
+    _prove(config, "fixes-rpc", ["config.rpc-confirm-publish", "config.rpc-single-reader"], backend=redis_url)
