@@ -182,7 +182,9 @@ def retry_settings(conf: Any) -> dict[str, Any]:
 
 
 def index_ddl(conf: Any, dialect_name: str = "") -> str:
-    """The DDL for the indexes SQLAlchemy's index=True creates on fresh tables (ix_<table>_<col>);
+    """The DDL for the date_done indexes Celery's models declare (index=True), named after the
+    configured table (Celery itself keeps ix_celery_taskmeta_date_done for a renamed table, which
+    collides per schema on PostgreSQL; any name serves the DELETE);
     on PostgreSQL ``CONCURRENTLY`` (it does not block writes while it builds; it must run outside
     a transaction block)."""
     how = "CREATE INDEX CONCURRENTLY" if dialect_name == "postgresql" else "CREATE INDEX"

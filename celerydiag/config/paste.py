@@ -173,8 +173,9 @@ def paste_block(report: Report) -> str:
     block = merged(report)
     if not (block.settings or block.code or block.notes):
         return ""
-    lines = [f"# Every fix of this report at once ({naming.describe()}).",
-             "# Dicts are complete: paste them over your own (your other keys are kept in them)."]
+    lines = [f"# Every fix of this report at once ({naming.describe()})."]
+    if any(isinstance(v, dict) for k, v in block.settings.items() if k not in ALTERNATIVES):
+        lines.append("# Dicts are complete: paste them over your own (your other keys are kept in them).")
     settings = {k: v for k, v in block.settings.items() if k not in ALTERNATIVES}
     text = "\n".join(lines) + "\n" + render(settings, naming)
     other = {k: v for k, v in block.settings.items() if k in ALTERNATIVES}
