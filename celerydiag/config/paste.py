@@ -82,17 +82,23 @@ def parse(config: str, naming: Naming | None = None) -> Parsed:
         return Parsed(code=config)
     out = Parsed()
     spans: set[int] = set()
+    code: list[str] = []
     for node in tree.body:
-        if not isinstance(node, ast.Assign) or len(node.targets) != 1 \
-                or not isinstance(node.targets[0], ast.Name):
-            return Parsed(code=config)
-        target = node.targets[0]
-        try:
-            value = ast.literal_eval(node.value)
-        except (ValueError, SyntaxError, TypeError):
-            return Parsed(code=config)
-        out.settings[_new_name(target.id, naming)] = _unkeep(value)
-        spans.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        span = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+        spans.update(span)
+        value: Any = None
+        literal = isinstance(node, ast.Assign) and len(node.targets) == 1 \
+            and isinstance(node.targets[0], ast.Name)
+        if literal:
+            try:
+                value = ast.literal_eval(node.value)  # type: ignore[attr-defined]
+            except (ValueError, SyntaxError, TypeError):
+                literal = False
+        if literal:
+            out.settings[_new_name(node.targets[0].id, naming)] = _unkeep(value)  # type: ignore[attr-defined]
+        else:  # code to run (a serializer registration): kept as written, in order
+            code.append("\n".join(lines[i - 1] for i in span))
+    out.code = "\n".join(code) + "\n" if code else ""
     for number, line in enumerate(lines, 1):
         if number not in spans and line.strip().startswith("#"):
             out.notes.append(line.strip())
@@ -126,11 +132,22 @@ def _merge_into(into: dict[str, Any], name: str, value: Any, path: str, conflict
         return
     if isinstance(old, list) and isinstance(value, list):
         # content-type lists (accept_content, result_accept_content): every fix's types are
-        # needed at once (a serializer switch adds one, the pickle fix never lists pickle)
-        into[name] = old + [item for item in value if item not in old]
+        # needed at once (a serializer switch adds one), except a pickle-family type one of them
+        # leaves out: the security fix wins over a latency one
+        union = old + [item for item in value if item not in old]
+        into[name] = [item for item in union if not (_pickle_like(item) and (item not in old or item not in value))]
+        return
+    if old != value and _pickle_like(old) != _pickle_like(value):
+        into[name] = value if _pickle_like(old) else old  # never trade code execution for speed
         return
     if old != value:
         conflicts.append(f"{path}: {old!r} vs {value!r}")
+
+
+def _pickle_like(value: Any) -> bool:
+    from celerydiag.config.probe import PICKLE_MARKERS
+
+    return isinstance(value, str) and any(m in value.lower() for m in PICKLE_MARKERS)
 
 
 def merge(parsed: Iterable[Parsed]) -> Merged:
@@ -145,6 +162,10 @@ def merge(parsed: Iterable[Parsed]) -> Merged:
         out.notes += [n for n in one.notes if n not in out.notes]
         if one.code and one.code not in out.code:
             out.code.append(one.code)
+    for serializer, accept in (("result_serializer", "result_accept_content"), ("task_serializer", "accept_content")):
+        chosen, accepted = out.settings.get(serializer), out.settings.get(accept)
+        if _pickle_like(chosen) and isinstance(accepted, list) and chosen not in accepted:
+            del out.settings[serializer]  # the security fix dropped its content type: drop it too
     return out
 
 
@@ -177,14 +198,12 @@ def paste_block(report: Report) -> str:
     if any(isinstance(v, dict) for k, v in block.settings.items() if k not in ALTERNATIVES):
         lines.append("# Dicts are complete: paste them over your own (your other keys are kept in them).")
     settings = {k: v for k, v in block.settings.items() if k not in ALTERNATIVES}
-    text = "\n".join(lines) + "\n" + render(settings, naming)
+    text = "\n".join(lines) + "\n" + "".join(block.code) + render(settings, naming)
     other = {k: v for k, v in block.settings.items() if k in ALTERNATIVES}
     if other:
         text += ("\n# Some findings suggest another result backend. It moves every result of the app, not only"
                  " progress;\n# point it at your own server and uncomment it:\n")
         text += "".join(f"# {line}\n" for line in render(other, naming).splitlines())
-    for code in block.code:
-        text += "\n" + code.rstrip() + "\n"
     if block.notes:
         text += "\n" + "\n".join(block.notes) + "\n"
     for conflict in block.conflicts:
@@ -195,10 +214,10 @@ def paste_block(report: Report) -> str:
 def _view(config: str, block: Merged, naming: Naming) -> str:
     """A fix's config as the part of the merged block it touches, in the user's style."""
     one = parse(config, Naming())
-    if one.code or not one.settings:
+    if not one.settings:
         return config
     text = render({name: block.settings[name] for name in one.settings}, naming)
-    return text + "".join(f"{note}\n" for note in one.notes)
+    return one.code + text + "".join(f"{note}\n" for note in one.notes)
 
 
 def unify(report: Report, app: Any) -> Report:

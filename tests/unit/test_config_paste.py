@@ -269,3 +269,21 @@ def test_postgres_index_ddl_is_concurrent() -> None:
 def test_redis_progress_fix_says_every_result_moves() -> None:
     fix = redis_progress_fix()
     assert "every result" in fix.summary and "let progress" not in fix.summary
+
+
+def test_serializer_fixes_merge_and_the_pickle_fix_wins() -> None:
+    """A serializer switch adds its content type to the same list the pickle fix sets; a
+    pickle-family suggestion never undoes the security fix."""
+    from celerydiag.serialization.harness import known_serializers
+
+    specs = known_serializers()
+    safe = parse("accept_content = ['json']\nresult_accept_content = ['json']\n")
+    for name in ("msgpack", "orjson", "pickle5"):
+        block = merge([safe, parse(specs[name].config())])
+        assert not block.conflicts, (name, block.conflicts)
+        accepted = block.settings["result_accept_content"]
+        assert ("pickle5" not in accepted) and (name in accepted or name == "pickle5"), (name, accepted)
+        # a pickle-family suggestion goes whole: serializer and content type (never one without the other)
+        assert block.settings.get("result_serializer") == (None if name == "pickle5" else name)
+        if name == "orjson":
+            assert block.code and "register('orjson'" in block.code[0]
