@@ -106,8 +106,12 @@ def fix_ids() -> list[str]:
 
     from celerydiag.config.paste import parse
 
+    from celerydiag.compat import celery_version
+
     ids = set(OTHER_FIX_IDS)
     for settings, versions in TRIGGERS.values():
+        if versions.get("celery", celery_version()) != celery_version():
+            continue  # a fact of another Celery release: nothing to prove on the installed one
         for f in _run(settings, versions).values():
             if f.fix and f.severity.name != "OK" and parse(f.fix.config).settings:
                 ids.add(f.id)

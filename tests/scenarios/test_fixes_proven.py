@@ -174,3 +174,22 @@ def test_rpc_results_fixes_proven(amqp_url: str, redis_url: str, redis_prefix: s
                          broker_transport_options={"confirm_publish": True},
                          result_backend_transport_options={"global_keyprefix": redis_prefix})
     _prove(config, "fixes-rpc", ["config.rpc-confirm-publish", "config.rpc-single-reader"], backend=redis_url)
+
+
+@pytest.mark.redis
+def test_ignore_result_fix_proven(amqp_url: str, redis_url: str, redis_prefix: str, user_config: Any) -> None:
+    """Injected: task_ignore_result = True (clients never see a task finish)."""
+    config = user_config(broker_url=amqp_url, result_backend=redis_url, task_ignore_result=True,
+                         result_backend_transport_options={"global_keyprefix": redis_prefix},
+                         redis_socket_timeout=5.0, redis_socket_connect_timeout=5.0)
+    _prove(config, "fixes-ignore-result", ["config.ignore-result"])
+
+
+@pytest.mark.redis
+def test_no_result_backend_fix_proven(amqp_url: str, redis_url: str, redis_prefix: str, user_config: Any) -> None:
+    """Injected: no result backend (update_state stores nothing). The block's suggested backend,
+    pointed at the user's Redis, makes states readable."""
+    config = user_config(broker_url=amqp_url, result_backend="disabled://",
+                         result_backend_transport_options={"global_keyprefix": redis_prefix},
+                         redis_socket_timeout=5.0, redis_socket_connect_timeout=5.0)
+    _prove(config, "fixes-no-backend", ["config.result-backend-disabled"], backend=redis_url)
