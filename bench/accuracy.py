@@ -104,9 +104,8 @@ def fix_ids() -> list[str]:
     sys.path[:0] = [str(REPO), str(REPO / "tests" / "unit")]
     from test_fixes import TRIGGERS, _run  # noqa: PLC0415 (the test suite's own triggers)
 
-    from celerydiag.config.paste import parse
-
     from celerydiag.compat import celery_version
+    from celerydiag.config.paste import parse
 
     ids = set(OTHER_FIX_IDS)
     for settings, versions in TRIGGERS.values():
