@@ -47,7 +47,7 @@ class Naming:
         if self.kind == OLD:
             return "old UPPERCASE setting names, as your config uses"
         if self.kind == NAMESPACE:
-            return f"{self.prefix}-prefixed names (your app's namespace), as your config uses"
+            return f"{self.prefix}-prefixed names of your app's namespace, as your config uses"
         return "new lowercase setting names"
 
     def to_dict(self) -> dict[str, str]:
