@@ -223,3 +223,16 @@ def test_autocommit_crash_fix_proven(amqp_url: str, pg_url: str, pg_schema: str,
     # --static: the backend and e2e probes stop with an internal error on this config (they build
     # Celery's engine with the user's options; reported in issue 17's note), the check is static
     _prove(config, "fixes-autocommit", ["config.db-autocommit"], "--static")
+
+
+@pytest.mark.redis
+def test_result_extended_and_track_started_fixes_proven(amqp_url: str, redis_url: str, redis_prefix: str,
+                                                       user_config: Any) -> None:
+    """Injected: result_extended and task_track_started (extra payload and an extra write per task).
+    --static: with result_extended the backend and e2e probes stop with an internal error on a
+    database backend (reported in issue 17's note); the checks are static."""
+    config = user_config(broker_url=amqp_url, result_backend=redis_url, result_extended=True,
+                         task_track_started=True,
+                         result_backend_transport_options={"global_keyprefix": redis_prefix},
+                         redis_socket_timeout=5.0, redis_socket_connect_timeout=5.0)
+    _prove(config, "fixes-extended", ["config.result-extended", "config.track-started"], "--static")
