@@ -70,8 +70,12 @@ def diagnose(
     finally:
         if target.scratch_dir:
             shutil.rmtree(target.scratch_dir, ignore_errors=True)
-    return Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__,
-                        unreachable={str(side): target.redact(exc.message) for side, exc in down.items()})
+    from celerydiag.config.paste import unify
+
+    # every fix becomes a view of one merged block, in the app's setting-name style (issue 17)
+    return unify(Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__,
+                              unreachable={str(side): target.redact(exc.message) for side, exc in down.items()}),
+                 target.app)
 
 
 def _unreachable(cls: type[Probe], dead: Sequence[TargetUnreachable]) -> ProbeResult:

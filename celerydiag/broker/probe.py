@@ -272,16 +272,20 @@ class AmqpRun:
         evidence = {"server_heartbeat_s": hs.server_heartbeat_s, "broker_heartbeat_s": worker_hb,
                     "negotiated_heartbeat_s": hs.negotiated_heartbeat_s,
                     "broker_heartbeat_checkrate_ratio": rate, "producer_heartbeat_s": 0}
-        how = ("Only the worker's consumer connection uses broker_heartbeat (and only with the prefork/"
-               "eventlet/gevent event loop; the solo and threads pools send none); apply_async()/"
-               "client connections use 0. py-amqp negotiates: if either side is 0 the other wins, "
-               "else the smaller, and a client 0 disables them.")
+        how = ("Only the worker's consumer connection uses broker_heartbeat; every pool sends them from the "
+               "worker's event loop on py-amqp (solo and threads too: celery/worker/worker.py "
+               "should_use_eventloop, consumer.py amqheartbeat); apply_async()/client connections use 0. "
+               "py-amqp negotiates: if either side is 0 the other wins, else the smaller (a client "
+               "cannot raise a lower value the server proposes), and a client 0 disables them.")
         if hs.negotiated_heartbeat_s <= 0:
             yield Finding(
                 "broker.heartbeat", Cause.BROKER, Severity.INFO,
                 "worker heartbeats are disabled: a silently dead broker connection is noticed only "
-                "by TCP keepalive (hours), and tasks stay PENDING meanwhile",
-                detail=f"RabbitMQ proposes {hs.server_heartbeat_s} s, broker_heartbeat is {worker_hb:g}. {how}",
+                "by py-amqp's TCP keepalive (about 2.5 min), and tasks stay PENDING meanwhile",
+                detail=(f"RabbitMQ proposes {hs.server_heartbeat_s} s, broker_heartbeat is {worker_hb:g}. {how} "
+                        "py-amqp's default socket_settings (amqp/transport.py DEFAULT_SOCKET_SETTINGS) turn on "
+                        "TCP keepalive after 60 s idle, 9 probes 10 s apart, and TCP_USER_TIMEOUT 1 s for "
+                        "unacknowledged sends: an idle dead connection is dropped after about 150 s, not hours."),
                 evidence=evidence,
                 fix=Fix("enable worker heartbeats", FIX_HEARTBEAT, (DOCS_HEARTBEAT,)))
             return

@@ -603,10 +603,10 @@ def _visibility_fix(target: Target, mode: str, p99_ms: float, budget_ms: float) 
     if p99_ms < 0.2 * budget_ms:
         return None
     if target.backend_scheme == "db":
-        return Fix("Move task states to a Redis result backend and stream them with "
-                   "get(on_message=...); the database backend is polled and every read is a query "
-                   "(see the backend probe for what slows it).",
-                   "result_backend = 'redis://REDIS_HOST:6379/0'\n",
+        return Fix("Move the result backend to Redis and stream states with get(on_message=...): the "
+                   "database backend is polled and every read is a query (see the backend probe for what "
+                   "slows it). result_backend is app-wide: every result moves, not only progress.",
+                   "result_backend = 'redis://REDIS-HOST:6379/0'\n",
                    ("https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend",))
     return Fix("See the broker, backend and network findings for what adds the delay; the e2e "
                "number is their sum as a client sees it.")
