@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the tests use as references (tshark, tcpdump). Installed only when missing,
+# Debian packages the tests use as references (tshark, tcpdump, prometheus). Installed only when missing,
 # and only where we may (root with apt-get); elsewhere the tests that need them say so.
 set -u
 missing=()
 command -v tshark  >/dev/null 2>&1 || missing+=(tshark)
 command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 command -v nft     >/dev/null 2>&1 || missing+=(nftables)  # capture fixture: loss in a netns
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # watch: scrape + promtool rule tests
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-packages: missing ${missing[*]}; install them to run the capture tests" >&2
