@@ -182,18 +182,19 @@ class E2ERun:
         with running_worker(worker_app, hostname, self.queue_name, self.target, ctx):
             yield client_app
 
-    def one_round(self, client: Any, tag: str, updates: int, end: float) -> Round:
-        """The probe's method at a monitor's scale, inside :meth:`started`: a few dispatch pings,
-        then one progress task per mode writing ``updates`` states, all by ``end``
-        (perf_counter). Forgets the previous round's results and samples first, so running
-        rounds for hours holds one round in memory and in the backend."""
+    def one_round(self, client: Any, tag: str, updates: int, dispatch_s: float, update_s: float) -> Round:
+        """The probe's method at a monitor's scale, inside :meth:`started`: dispatch pings for
+        ``dispatch_s``, then one progress task per mode writing ``updates`` states within
+        ``update_s`` of its phase's start (a slow dispatch cannot squeeze it). Forgets the previous
+        round's results and samples first, so running rounds for hours holds one round in memory
+        and in the backend."""
         self._forget_results(client)
         self.task_ids.clear()
         self.trace.clear()
         self.round_tag = tag
         try:
-            dispatch, sent = self._dispatch_phase(client, end)
-            self.trace.deadline = end
+            dispatch, sent = self._dispatch_phase(client, time.perf_counter() + dispatch_s)
+            self.trace.deadline = time.perf_counter() + update_s
             for mode in self.modes:
                 self._progress_phase(client, mode, updates)
         finally:

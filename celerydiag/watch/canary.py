@@ -22,7 +22,7 @@ from celerydiag.e2e.probe import E2ERun, Round
 from celerydiag.probe import Limits, ProbeContext
 from celerydiag.target import Target
 
-ROUND_WINDOW_S = 1.0  # dispatch pings (~12, 20 ms apart, in a quarter of it) + the updates
+DISPATCH_WINDOW_S = 1.0  # pings sent in its first quarter (~12, 20 ms apart), then awaited
 START_MARGIN_S = 1.0  # on top of --timeout to start the worker thread
 
 
@@ -54,7 +54,7 @@ class Canary:
 
     def bound_s(self) -> float:
         """The most one round may take: start (once), dispatch + updates, the client's last wait."""
-        return ROUND_WINDOW_S + 2 * self.timeout_s + START_MARGIN_S + 1.0
+        return DISPATCH_WINDOW_S + 3 * self.timeout_s + START_MARGIN_S + 1.0
 
     def _context(self) -> ProbeContext:
         limits = Limits(timeout_s=self.timeout_s, updates=self.updates, max_seconds=self.bound_s())
@@ -83,8 +83,9 @@ class Canary:
                 run = self._run
                 assert run is not None
                 run.ctx.deadline = time.monotonic() + self.bound_s()
-                end = time.perf_counter() + ROUND_WINDOW_S
-                result = run.one_round(self._client, f"-r{round_no}", self.updates, end)
+                # the updates get --timeout to start and be written; the client one more to see them
+                result = run.one_round(self._client, f"-r{round_no}", self.updates, DISPATCH_WINDOW_S,
+                                       self.timeout_s)
         except BaseException:
             self.close()
             raise

@@ -98,6 +98,10 @@ class Watch:
             sample.missed = dict(result.missed)
             sample.dispatch_ms = [round(v, 3) for v in result.dispatch_ms]
             sample.backend_write_ms = [round(v, 3) for v in result.update_state_ms]
+            for mode, values in result.visibility_ms.items():
+                if not values:
+                    sample.fail("canary", f"the {mode} client saw none of the canary's states within "
+                                f"--timeout {self.options.timeout_s:g} s", "timeout")
         # The embedded default has no broker or backend server to read: the canary is its "up".
         for side, reader_applies in (("broker", self.broker.applies),
                                      ("backend", self.target.backend_scheme in ("db", "redis", "rediss"))):

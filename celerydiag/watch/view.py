@@ -8,6 +8,7 @@ place; elsewhere (a pipe, a log file) ``--format text`` prints one plain line pe
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
@@ -101,7 +102,7 @@ def plain_line(sample: Sample) -> str:
     parts += [f"{side}={'up' if ok else 'DOWN'}" for side, ok in sorted(sample.up.items())]
     for name, (value, _) in rows(sample).items():
         if value is not None:
-            parts.append(f"{name.replace(' ', '_')}={value:g}")
+            parts.append(f"{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}={value:g}")
     parts += [f"error={p.signal}:{p.reason}" for p in sample.problems]
     return " ".join(parts)
 
