@@ -86,7 +86,7 @@ def command(app: str | None, broker: str | None, backend: str | None, interval: 
     with carrying(target.secrets() + _api_secrets(rabbitmq_api)):
         sinks, closers = _sinks(target, fmt, no_color, listen, updates)
         try:
-            run(target, options, sinks)
+            run(target, options, sinks, say=lambda line: click.echo(f"celerydiag watch: {line}", err=True))
         finally:
             for close in closers:
                 close()

@@ -126,10 +126,14 @@ def _reason(exc: Exception) -> str:
     return "timeout" if isinstance(exc, CanaryLost) else reason_of(exc)
 
 
-def run(target: Target, options: WatchOptions, sinks: Iterable[Sink]) -> int:
-    """Measure every --interval until stopped (or --count intervals); returns intervals run."""
+def run(target: Target, options: WatchOptions, sinks: Iterable[Sink],
+        say: Callable[[str], None] | None = None) -> int:
+    """Measure every --interval until stopped (or --count intervals); returns intervals run.
+    ``say`` gets one line naming what the canary creates (and removes on the way out)."""
     sinks = list(sinks)
     watch = Watch(target, options)
+    if say is not None:
+        say(f"canary queue {watch.canary.queue}, task ids {watch.canary.scratch}-r*; removed on exit")
     start = time.monotonic()
     done = 0
     try:
