@@ -37,7 +37,9 @@ class Canary:
         self.target = target
         self.timeout_s = timeout_s
         self.updates = updates
-        # one scratch name for the whole watch: a rebuilt session reuses the same queue name
+        # One scratch prefix for the whole watch, and a new name under it per session: a worker
+        # thread left stuck in a hung peer's socket by the previous session, should it ever wake,
+        # finds its queue gone instead of taking the new session's tasks.
         self.scratch = f"celerydiag-w{uuid.uuid4().hex[:8]}"
         self._stack: contextlib.ExitStack | None = None
         self._run: E2ERun | None = None
@@ -45,7 +47,8 @@ class Canary:
         self.sessions = 0
 
     @property
-    def queue(self) -> str:
+    def queue_prefix(self) -> str:
+        """Every canary queue is this plus ``-s<session>`` (the e2e probe's naming)."""
         return f"celerydiag.probe.{self.scratch.split('-', 1)[-1]}"
 
     @property
@@ -58,7 +61,7 @@ class Canary:
 
     def _context(self) -> ProbeContext:
         limits = Limits(timeout_s=self.timeout_s, updates=self.updates, max_seconds=self.bound_s())
-        return ProbeContext(self.target, limits=limits, scratch=self.scratch)
+        return ProbeContext(self.target, limits=limits, scratch=f"{self.scratch}-s{self.sessions + 1}")
 
     def _start(self) -> None:
         ctx = self._context()
@@ -89,9 +92,14 @@ class Canary:
         except BaseException:
             self.close()
             raise
-        if result.dispatch_sent and not result.dispatch_ms and not any(result.visibility_ms.values()):
+        blind = [mode for mode, values in result.visibility_ms.items() if not values]
+        if not result.dispatch_ms or blind:
+            # A worker that lost its broker connection, or a client stuck on a dead one: a new
+            # session next round, on fresh connections, is the recovery.
             self.close()
-            raise CanaryLost(f"no canary task started within --timeout {self.timeout_s:g} s")
+            what = (f"the {' and '.join(blind)} client saw none of the canary's states" if result.dispatch_ms
+                    else "no canary task started")
+            raise CanaryLost(f"{what} within --timeout {self.timeout_s:g} s; the canary restarts next interval")
         return result
 
     def close(self) -> None:

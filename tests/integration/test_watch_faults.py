@@ -75,8 +75,35 @@ def test_broker_blocked_then_down_then_back_is_shown_and_recovered(tmp_path: Pat
             assert metric(text, "celerydiag_target_up", side="broker") == 1
             assert metric(text, "celerydiag_target_up", side="backend") == 1
 
-            queue = w.canary_queue
+            prefix = "celerydiag.probe." + w.scratch.split("-", 1)[1] + "-s"  # the names it announced
+            assert [q for q in node.queues() if q.startswith(prefix)], node.queues()
             err, _ = w.stop(signal.SIGTERM)
             assert w.proc.returncode == 143, err
-        assert queue not in node.queues()
         assert not node.ours_left()
+
+
+def test_a_hung_backend_is_cut_at_the_timeout_shown_and_recovered_from(cli_argv: list[str]) -> None:
+    """The backend behind a relay that stops forwarding (a peer that accepted the connection and
+    never answers): every read is cut by --timeout, intervals keep coming, and when the relay
+    forwards again watch rebuilds its canary on fresh connections."""
+    from urllib.parse import urlsplit
+
+    from tests.support.relay import Relay
+
+    parts = urlsplit(REDIS_URL)
+    with Relay(parts.hostname or "127.0.0.1", parts.port or 6379, delay_s=0.0) as relay:
+        backend = f"redis://127.0.0.1:{relay.port}{parts.path}"
+        argv = [*cli_argv, "watch", "--broker", REDIS_URL, "--backend", backend, "--interval", "1",
+                "--timeout", "1", "--updates", "3"]
+        with watching(argv, env=clean_env()) as w:
+            w.next_where(lambda d: d["canary"] == "ok", WITHIN_S)
+            relay.delay_s = 3600.0  # from now on nothing comes back: hung
+            hung = w.next_where(lambda d: d["up"].get("backend") is False, WITHIN_S)
+            assert any(p["signal"] == "backend" and p["reason"] == "timeout" for p in hung["problems"]), hung
+            after = w.next_where(lambda d: d["round"] > hung["round"], WITHIN_S)  # it goes on
+            assert after["up"]["broker"] is True
+            relay.delay_s = 0.0  # answering again, on new connections
+            back = w.next_where(lambda d: d["canary"] == "ok" and d["up"].get("backend"), WITHIN_S)
+            assert back["visibility_ms"]["poll"]
+            err, _ = w.stop(signal.SIGTERM)
+            assert w.proc.returncode == 143, err

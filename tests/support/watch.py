@@ -54,9 +54,10 @@ class Watching:
             self.err.append(line)
 
     @property
-    def canary_queue(self) -> str:
-        """The queue name watch announces on stderr ("canary queue NAME, ...")."""
-        found = re.search(r"canary queue (\S+),", "".join(self.err))
+    def scratch(self) -> str:
+        """The prefix of every name watch creates, as it announces it on stderr ("task ids and
+        tables celerydiag-wXXXXXXXX-*"); its queues are celerydiag.probe.wXXXXXXXX-s<N>."""
+        found = re.search(r"tables (celerydiag-w[0-9a-f]+)-\*", "".join(self.err))
         assert found, "".join(self.err)
         return found.group(1)
 
