@@ -132,6 +132,7 @@ class E2ERun:
         self.table_prefix = ctx.scratch.replace("-", "_")
         self.task_ids: list[str] = []
         self.round_tag = ""  # one_round(): each round's task ids are new, so no stale state is read
+        self.calibrated = False  # one_round(): the update spacing is calibrated once per worker
         self.spacing_s = UPDATE_SPACING_S
         self.modes = ["push"] if self.target.backend_scheme == "rpc" else ["poll"]
         if self.target.backend_scheme in PUSH_BACKENDS and "push" not in self.modes:
@@ -195,6 +196,9 @@ class E2ERun:
         try:
             dispatch, sent = self._dispatch_phase(client, time.perf_counter() + dispatch_s)
             self.trace.deadline = time.perf_counter() + update_s
+            if not self.calibrated:  # as measure() does: updates a poller can read, each
+                self.spacing_s = self._calibrate_spacing(client)
+                self.calibrated = True
             for mode in self.modes:
                 self._progress_phase(client, mode, updates)
         finally:
