@@ -18,13 +18,15 @@ Examples:
   celerydiag watch -A proj --format json | jq -c '{round, visibility_ms}'
 
 \b
-Load on your services, per interval (default 10 s): the canary sends about 15 small task
-messages to a queue of its own (1 warm-up, up to 12 dispatch pings, 1 task per client mode) and
-writes 2 x (--updates + 2) result states (the updates, the task result, the forget of the last
-round), and reads them back about every 2 ms for at most a second; the passive readers add one
-confirmed unrouted publish on RabbitMQ (is it blocked?), one passive declare per app queue (or
-one LLEN pipeline on Redis), and one or two read-only counter queries on the backend. With the
-defaults: under 2 messages and 2 backend writes per second.
+Load on your services, per interval (default 10 s): the canary sends at most 16 small task
+messages to a queue of its own (1 warm-up, up to 13 dispatch pings in a quarter second, 1 task
+per client mode) and writes result states: each progress task writes until its client has seen
+--updates states (at most 3 x --updates), plus its result and the forget of the last round's
+(typically 2 x (--updates + 2) writes); the client reads them every 2 ms while the task runs
+(well under a second on a healthy backend). The passive readers add one confirmed unrouted
+publish on RabbitMQ (is it blocked?), one passive declare per app queue (one LLEN pipeline on
+Redis), a ping each, and one read-only counter query on the backend. With the defaults: under
+2 messages and 2 result writes per second on average, 3.4 at most.
 """
 
 
@@ -44,7 +46,8 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 @click.option("--interval", type=FiniteRange(min=0.5, max=3600), default=10.0, show_default=True,
               help="Seconds between measurements.")
 @click.option("--timeout", type=FiniteRange(min=0.1, max=300), default=5.0, show_default=True,
-              help="Seconds to wait for any single network call; a canary round gets 2 x this + 3 s.")
+              help="Seconds to wait for any single network call; a whole canary round is cut at 3 x this "
+                   "+ 3 s.")
 @click.option("--updates", type=click.IntRange(min=1, max=50), default=5, show_default=True,
               help="update_state() calls per client mode per interval (the visibility samples).")
 @click.option("--prometheus", "listen", metavar="HOST:PORT", callback=_listen,

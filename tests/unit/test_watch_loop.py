@@ -65,3 +65,39 @@ def test_help_states_the_load_and_that_metrics_bind_loopback(run_cli: Callable[.
     text = " ".join(done.stdout.split())
     assert "Load on your services" in text and "per second" in text
     assert "binds loopback" in text
+
+
+def test_metrics_bind_loopback_by_default_and_say_so(run_cli: Callable[..., Any]) -> None:
+    done = run_cli("watch", "--interval", "0.5", "--count", "1", "--updates", "2", "-f", "json",
+                   "--prometheus", ":0", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"serving Prometheus metrics on http://127\.0\.0\.1:\d+/metrics \(loopback only", done.stderr)
+
+
+def test_a_taken_port_is_bad_usage_before_any_measurement(run_cli: Callable[..., Any]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = run_cli("watch", "--count", "1", "--prometheus", f"127.0.0.1:{port}", timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "cannot listen there" in done.stderr and done.stdout == ""
+
+
+def test_ctrl_c_exits_130_after_removing_the_canary(cli_argv: list[str]) -> None:
+    import signal
+
+    from tests.conftest import clean_env
+    from tests.support.process import running
+
+    with running([*cli_argv, "watch", "--interval", "0.5", "--updates", "2", "-f", "json"],
+                 sigint_default=True, env=clean_env()) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # one interval done: the canary exists
+        assert json.loads(first)["round"] == 1
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err
