@@ -59,8 +59,8 @@ class Metrics:
                             "server's own counters (pg_stat_user_tables, MySQL status, Redis commandstats).",
                             registry=r)
         self.up = Gauge("celerydiag_target_up",
-                        "1 when the last interval reached this side of the target (and, for "
-                        "side=canary, a canary round succeeded), else 0.", ["side"], registry=r)
+                        "1 when the last interval reached this side of the target (broker, "
+                        "backend), else 0.", ["side"], registry=r)
         self.canary_runs = Counter("celerydiag_canary_runs", "Canary rounds, by result (ok, failed, skipped).",
                                    ["result"], registry=r)
         self.errors = Counter("celerydiag_errors", "Failed reads, by signal and reason.",

@@ -73,6 +73,20 @@ def _redis_socket(client: Any) -> Any:
     return None
 
 
+def read_side(sample: Sample, side: str, read: Any, close: Any) -> bool:
+    """One side's reads: a failure marks the side down, says why, and drops the connection (the
+    next interval opens a new one: that is the recovery). Returns whether the side answered."""
+    try:
+        read(sample)
+    except Exception as exc:
+        close()
+        sample.up[side] = False
+        sample.fail(side, exc)
+        return False
+    sample.up[side] = True
+    return True
+
+
 class BrokerReader:
     """Backlog of the app's queues, blocked state, RTT; RabbitMQ's management API when given."""
 
@@ -94,20 +108,8 @@ class BrokerReader:
 
     def read(self, sample: Sample) -> None:
         scheme = self.target.broker_scheme
-        try:
-            if scheme in AMQP_SCHEMES:
-                self._read_amqp(sample)
-            elif scheme in REDIS_SCHEMES:
-                self._read_redis(sample)
-            else:
-                return
-        except Exception as exc:
-            self.close()
-            sample.up["broker"] = False
-            sample.fail("broker", exc)
-            return
-        sample.up["broker"] = True
-        if self.api:
+        read = self._read_amqp if scheme in AMQP_SCHEMES else self._read_redis if scheme in REDIS_SCHEMES else None
+        if read is not None and read_side(sample, "broker", read, self.close) and self.api:
             self._read_api(sample)
 
     def _read_amqp(self, sample: Sample) -> None:
@@ -181,19 +183,9 @@ class BackendReader:
 
     def read(self, sample: Sample) -> None:
         scheme = self.target.backend_scheme
-        try:
-            if scheme in REDIS_SCHEMES:
-                self._read_redis(sample)
-            elif scheme == "db":
-                self._read_db(sample)
-            else:
-                return
-        except Exception as exc:
-            self.close()
-            sample.up["backend"] = False
-            sample.fail("backend", exc)
-            return
-        sample.up["backend"] = True
+        read = self._read_redis if scheme in REDIS_SCHEMES else self._read_db if scheme == "db" else None
+        if read is not None:
+            read_side(sample, "backend", read, self.close)
 
     def _rate(self, sample: Sample, count: float | None, source: str) -> None:
         if count is None:
