@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from celerydiag import interrupt
+from celerydiag.probe import log
 from celerydiag.target import Target
 from celerydiag.watch.canary import Canary
 from celerydiag.watch.sample import Problem, Sample
@@ -59,9 +60,11 @@ class Watch:
                 read(sample)
         except interrupt.Overrun:
             sample.fail(signal, f"no answer within --timeout {self.options.timeout_s:g} s", "timeout")
-            if signal in ("broker", "backend"):
-                sample.up[signal] = False
+            sample.up[signal] = False
             (self.broker if signal == "broker" else self.backend).close()
+        except Exception as exc:  # a bug of ours in one reader must not end hours of watching
+            log.debug("reading %s failed", signal, exc_info=True)
+            sample.fail(signal, exc, "failed")
 
     def sample(self, round_no: int) -> Sample:
         started = time.perf_counter()

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from celerydiag.errors import quietly
+from celerydiag.probe import log
 from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Target
 from celerydiag.watch.sample import Sample
 
@@ -153,6 +154,10 @@ class BrokerReader:
             facts = api.read(self.api or "", _vhost(self.target.broker_url), (), self.timeout_s)
         except api.ApiError as exc:
             sample.fail("rabbitmq_api", str(exc), "unreachable")
+            return
+        except Exception as exc:  # an answer of a shape we did not expect: say so, keep watching
+            log.debug("reading the management API failed", exc_info=True)
+            sample.fail("rabbitmq_api", exc, "failed")
             return
         if facts.alarms or facts.blocked_connections:
             sample.broker_blocked = True
