@@ -13,6 +13,7 @@ keys and scratch table are gone.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -32,6 +33,7 @@ from tests.support.watch import free_port, watching
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.postgres,
               pytest.mark.slow]
 
+API_URL = os.environ.get("CELERYDIAG_TEST_RABBITMQ_API", "http://guest:guest@127.0.0.1:15672")
 RULES = REPO / "monitoring" / "prometheus" / "celerydiag-rules.yml"
 DASHBOARD = REPO / "monitoring" / "grafana" / "celerydiag-watch.json"
 COMPARISON = re.compile(r"\s(>|<|==|!=|>=|<=)\s+(?!bool\b)")
@@ -114,7 +116,7 @@ def prometheus(tmp_path: Path) -> Any:
 
 def test_prometheus_scrapes_watch_and_every_panel_and_alert_expression_answers(
         prometheus: Any, cli_argv: list[str]) -> None:
-    runs = [("amqp+redis", ["--broker", AMQP_URL, "--backend", REDIS_URL]),
+    runs = [("amqp+redis", ["--broker", AMQP_URL, "--backend", REDIS_URL, "--rabbitmq-api", API_URL]),
             ("redis+postgres", ["--broker", REDIS_URL, "--backend", "db+" + PG_URL])]
     ports = [free_port() for _ in runs]
     argv = [[*cli_argv, "watch", *target, "--interval", "1", "--timeout", "3", "--updates", "3",
@@ -161,6 +163,9 @@ def test_prometheus_scrapes_watch_and_every_panel_and_alert_expression_answers(
         rules = [r for g in api(prom, "rules")["groups"] for r in g["rules"]]
         assert rules and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
 
+        api_problems = [p for d in first.seen for p in d["problems"] if p["signal"] == "rabbitmq_api"]
+        assert not api_problems  # the management API's alarms and blocked connections were read
+        assert "guest:guest" not in "".join(first.err)
         scratches = [w.scratch for w in (first, second)]
         assert any(q.startswith("celerydiag.probe." + scratches[0].split("-", 1)[1]) for q in _queues())
         for w in (first, second):
