@@ -103,7 +103,7 @@ class Watch:
             sample.backend_write_ms = [round(v, 3) for v in result.update_state_ms]
         # The embedded default has no broker or backend server to read: the canary is its "up".
         for side, reader_applies in (("broker", self.broker.applies),
-                                     ("backend", self.target.backend_scheme in ("db", "redis", "rediss"))):
+                                     ("backend", self.backend.applies)):
             if not reader_applies:
                 sample.up[side] = sample.canary == "ok"
 

@@ -186,6 +186,11 @@ class BackendReader:
         self._conn: Any = None
         self._last: tuple[float, float] | None = None  # (monotonic, counter)
 
+    @property
+    def applies(self) -> bool:
+        scheme = self.target.backend_scheme
+        return scheme in REDIS_SCHEMES or scheme == "db"
+
     def read(self, sample: Sample) -> None:
         scheme = self.target.backend_scheme
         read = self._read_redis if scheme in REDIS_SCHEMES else self._read_db if scheme == "db" else None
