@@ -27,6 +27,12 @@ per client mode) and writes result states: each progress task writes until its c
 publish on RabbitMQ (is it blocked?), one passive declare per app queue (one LLEN pipeline on
 Redis), a ping each, and one read-only counter query on the backend. With the defaults: under
 2 messages and 2 result writes per second on average, 3.4 at most.
+
+\b
+Exit codes: 0 stopped after --count intervals, 2 bad usage (a bad option, a --prometheus
+address that cannot listen), 130 Ctrl-C and 143 SIGTERM (after removing the canary's queue,
+keys and table), 141 stdout closed (`| head`). A broken broker or backend does not stop it:
+it shows in the view and the metrics.
 """
 
 
@@ -86,10 +92,19 @@ def command(app: str | None, broker: str | None, backend: str | None, interval: 
     target = bounded_target(app, broker, backend, timeout) or resolve_target()
     options = WatchOptions(interval_s=interval, timeout_s=timeout, updates=updates, count=count,
                            rabbitmq_api=rabbitmq_api, events=events)
+    from celerydiag.emit import StdoutClosed, StdoutFailed, silence_stdout
+
     with carrying(target.secrets() + _api_secrets(rabbitmq_api)):
         sinks, closers = _sinks(target, fmt, no_color, listen, updates)
         try:
             run(target, options, sinks, say=lambda line: click.echo(f"celerydiag watch: {line}", err=True))
+        except StdoutClosed:  # `watch --format json | head -1`: the canary is cleaned up by run's finally
+            silence_stdout()
+            click.echo("celerydiag watch: stdout closed; stopped", err=True)
+            return ExitCode.STDOUT_CLOSED
+        except StdoutFailed as exc:
+            silence_stdout()
+            raise InputError(f"cannot write to stdout: {exc}", "free space or point stdout elsewhere") from None
         finally:
             for close in closers:
                 close()
@@ -134,12 +149,15 @@ def _sinks(target: Any, fmt: str, no_color: bool, listen: tuple[str, int] | None
                  "NOT loopback: anyone who can reach this address can read the metrics")
         say(f"serving Prometheus metrics on {where} ({scope})")
         sinks.append(metrics.observe)
+    from celerydiag.emit import _Stdout
+
+    stdout: Any = _Stdout(sys.stdout)  # a closed pipe -> StdoutClosed -> exit 141, as every command
     if fmt == "json":
-        sinks.append(view.line_writer(sys.stdout, view.json_line))
+        sinks.append(view.line_writer(stdout, view.json_line))
     elif sys.stdout.isatty():
         live = view.LiveView(Console(no_color=no_color), f"celerydiag watch: {target.describe()}")
         sinks.append(live)
         closers.insert(0, live.close)
     else:
-        sinks.append(view.line_writer(sys.stdout, view.plain_line))
+        sinks.append(view.line_writer(stdout, view.plain_line))
     return sinks, closers

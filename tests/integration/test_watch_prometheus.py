@@ -196,3 +196,27 @@ def _assert_cleaned(scratches: list[str]) -> None:
                                 {"p": scratch.replace("-", "_") + "%"}).all()
         engine.dispose()
         assert not left, left
+
+
+def test_a_closed_stdout_stops_watch_with_141_and_cleans_up(cli_argv) -> None:  # noqa: ANN001
+    """`watch --format json | head -1`: the reader goes away after the first line; watch stops with
+    141 (as every command does), not 1, says so in one line, and leaves no queue, key or table."""
+    proc = subprocess.Popen([*cli_argv, "watch", "--broker", AMQP_URL, "--backend", REDIS_URL, "--format", "json",
+                             "--interval", "0.5", "--count", "50"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["schema"] == "celerydiag.watch/1"
+        proc.stdout.close()  # the reader is gone; the next line watch writes hits a closed pipe
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 141, err
+    assert "stdout closed" in err and "Traceback" not in err
+    scratch = re.search(r"tables (celerydiag-w[0-9a-f]+)-\*", err)
+    assert scratch, err
+    _assert_cleaned([scratch.group(1)])
