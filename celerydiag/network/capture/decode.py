@@ -1,6 +1,6 @@
 """Link, IP and TCP headers from raw frame bytes, with ``struct`` (no per-packet objects).
 
-Link types: Ethernet (with 802.1Q/QinQ tags), Linux cooked v1 and v2 (``tcpdump -i any``), raw
+Link types: Ethernet and Linux cooked v1 (both with 802.1Q/QinQ tags), Linux cooked v2 (``tcpdump -i any``), raw
 IP, BSD null/loopback (host byte order) and OpenBSD loop (network order), bare IPv4/IPv6. IP
 fragments other than the first are skipped (a TCP header is not in them). The TCP segment length
 is taken from the IP length fields, as Wireshark does, so a snaplen-truncated frame still counts
@@ -22,15 +22,13 @@ _V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH: skip 
 
 def ip_offset(link: int, frame: bytes) -> int:
     """Offset of the IP header in the frame, or -1 when it is not IP."""
-    if link == 1:
-        etype = _U16(frame, 12)[0] if len(frame) >= 14 else 0
-        off = 14
+    if link == 1 or link == 113:  # Ethernet, or Linux cooked v1 (VLAN tags in both: libpcap puts them back)
+        off = 14 if link == 1 else 16
+        etype = _U16(frame, off - 2)[0] if len(frame) >= off else 0
         while etype in (0x8100, 0x88A8) and len(frame) >= off + 4:
             etype = _U16(frame, off + 2)[0]
             off += 4
         return off if etype in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
-    if link == 113:
-        return 16 if len(frame) >= 16 and _U16(frame, 14)[0] in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
     if link == 276:
         return 20 if len(frame) >= 20 and _U16(frame, 0)[0] in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
     if link in (101, 12, 14, 228, 229):
