@@ -12,6 +12,7 @@ Connection.Start-Ok carries SASL PLAIN credentials in clear text: we never keep 
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ PROTOCOL_HEADER = b"AMQP"
 FRAME_END = 0xCE
 _HDR = struct.Struct("!BHI").unpack_from
 _METHOD = struct.Struct("!HH").unpack_from
+_FRAME_TYPE = re.compile(rb"[\x01\x02\x03\x08]")  # method, header, body, heartbeat
 METHODS = {
     (10, 10): "Connection.Start", (10, 11): "Connection.Start-Ok", (10, 30): "Connection.Tune",
     (10, 31): "Connection.Tune-Ok", (10, 40): "Connection.Open", (10, 41): "Connection.Open-Ok",
@@ -110,8 +112,11 @@ class AmqpParser:
         n = len(data)
         if data[:4] == PROTOCOL_HEADER:
             return 0
-        for pos in range(min(n, 64)):  # frames usually start a segment: look near its start only
-            if data[pos] in (1, 2, 3, 8) and pos + 7 <= n:
+        # frames usually start a segment: look near its start only, at the bytes that can start a
+        # frame (found by the regex engine, not a Python loop over every position)
+        for m in _FRAME_TYPE.finditer(data, 0, min(n, 64)):
+            pos = m.start()
+            if pos + 7 <= n:
                 _t, channel, size = _HDR(data, pos)
                 end = pos + 7 + size
                 if end < n and data[end] == FRAME_END:

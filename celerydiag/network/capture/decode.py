@@ -15,6 +15,7 @@ import struct
 _U16 = struct.Struct("!H").unpack_from
 _TCP = struct.Struct("!HHIIBBH").unpack_from  # sport dport seq ack off flags window
 _IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, flags/frag, proto, src, dst
+_ETH_IP4_TCP = struct.Struct("!HBxHxxHxBxx4s4sHHIIBBH").unpack_from  # ethertype, then _IP4, then _TCP (no IP options)
 
 ETHERTYPE_IP4, ETHERTYPE_IP6 = 0x0800, 0x86DD
 _V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH: skip to the next header
@@ -38,19 +39,28 @@ def ip_offset(link: int, frame: bytes) -> int:
     return -1
 
 
-def tcp_segment(link: int, frame: bytes) -> tuple | None:
+def tcp_segment(link: int, frame: bytes) -> tuple | None:  # noqa: C901 - hot path: Ethernet + IPv4 inline
     """``(src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale)`` or None.
 
     ``src``/``dst`` are raw address bytes (cheap dict keys); ``payload`` is what was captured of
     the segment's data (may be shorter than ``seglen`` when the snaplen cut it); ``wscale`` is the
     window-scale option of a SYN, else -1.
     """
-    if link == 1 and frame[12:14] == b"\x08\x00":  # the common case first: Ethernet + IPv4
-        off = 14
-    else:
-        off = ip_offset(link, frame)
-        if off < 0:
-            return None
+    if link == 1 and len(frame) >= 54:  # the common case first: Ethernet + IPv4 without options, one unpack
+        etype, vihl, total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags, window = _ETH_IP4_TCP(frame, 12)
+        if etype == ETHERTYPE_IP4 and vihl == 0x45:
+            if proto != 6 or frag & 0x1FFF:
+                return None
+            hlen = (doff >> 4) * 4
+            seglen = (14 + total if total else len(frame)) - 34 - hlen
+            if seglen < 0:
+                return None
+            start = 34 + hlen
+            wscale = _wscale(frame, 54, start) if flags & 0x02 and hlen > 20 else -1
+            return src, sport, dst, dport, seq, ack, flags, window, seglen, frame[start:start + seglen], wscale
+    off = ip_offset(link, frame)
+    if off < 0:
+        return None
     if len(frame) < off + 20:
         return None
     version = frame[off] >> 4

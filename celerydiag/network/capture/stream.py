@@ -75,13 +75,16 @@ class Reassembler:
     def _push(self, ts: float, payload: bytes) -> None:
         if not payload:
             return
-        self.parts.append(payload)
-        self.size += len(payload)
-        if self.size < self.want:  # the unfinished message is still short of what it needs
-            return
         parts = self.parts
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._clear()
+        if parts:
+            parts.append(payload)
+            self.size += len(payload)
+            if self.size < self.want:  # the unfinished message is still short of what it needs
+                return
+            data = b"".join(parts)
+            self._clear()
+        else:  # the common case: nothing left over, the segment is the data (no list, no join)
+            data = payload
         if not self.synced:
             start = self.parser.resync(data)
             if start < 0:
