@@ -31,6 +31,8 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
     console.print(f"Capture {f.get('path', '')}: {f['packets']} packets, {f['format']}, link {f['link_type']}, "
                   f"{f.get('duration_s', 0):.1f} s. Budget {report.budget_ms:g} ms.")
     live = report.extra.get("live")
+    if not live and f.get("interface_drops"):
+        console.print(f"The capture's statistics say {f['interface_drops']:,} packets were dropped while capturing.")
     if live:
         console.print(f"Live on {live['iface']} ({live['filter']}): {live['seconds']:.1f} s, "
                       f"kernel drops {live['kernel_drops'] if live['kernel_drops'] is not None else 'unknown'}"

@@ -170,7 +170,10 @@ class PacketRing:
         self.current = 0
 
     def read_stats(self) -> Stats:
-        """Add the kernel's counters since the last read (reading resets them) and return the totals."""
+        """Add the kernel's counters since the last read (reading resets them) and return the totals
+        (unchanged once closed: a generator finalised after the capture must not fail)."""
+        if self.sock.fileno() < 0:
+            return self.stats
         packets, drops, _freeze = _STATS(self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12))
         self.stats.kernel_packets += packets
         self.stats.drops += drops
