@@ -79,7 +79,7 @@ class Analysis:
 
 def run(info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], ports: Ports,
         progress: Any = None) -> Analysis:
-    table: dict[tuple, tuple[Tracked, bool]] = {}
+    table: dict[tuple[bytes, int, bytes, int], tuple[Tracked, bool]] = {}
     tracked: list[Tracked] = []
     servers = ports.servers()
     first_ts = last_ts = None
@@ -127,7 +127,7 @@ def _no_progress(count: int) -> None:
     """No progress bar: nothing to tell."""
 
 
-def _connection_of(table: dict[tuple, tuple[Tracked, bool]], tracked: list[Tracked],
+def _connection_of(table: dict[tuple[bytes, int, bytes, int], tuple[Tracked, bool]], tracked: list[Tracked],
                    entry: tuple[Tracked, bool] | None, ts: float, src: bytes, sport: int, dst: bytes,
                    dport: int, seq: int, flags: int) -> tuple[Tracked, bool]:
     """For a new 4-tuple or a SYN: the connection it belongs to. A SYN that reuses the ports of a

@@ -18,6 +18,8 @@ _IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, fl
 _ETH_IP4_TCP = struct.Struct("!HBxHxxHxBxx4s4sHHIIBBH").unpack_from  # ethertype, then _IP4, then _TCP (no IP options)
 
 ETHERTYPE_IP4, ETHERTYPE_IP6 = 0x0800, 0x86DD
+# src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale (precise: compiled, it is cheaper)
+Segment = tuple[bytes, int, bytes, int, int, int, int, int, int, bytes, int]
 _V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH: skip to the next header
 
 
@@ -39,7 +41,7 @@ def ip_offset(link: int, frame: bytes) -> int:
     return -1
 
 
-def tcp_segment(link: int, frame: bytes) -> tuple | None:  # noqa: C901 - hot path: Ethernet + IPv4 inline
+def tcp_segment(link: int, frame: bytes) -> Segment | None:  # noqa: C901 - hot path: Ethernet + IPv4 inline
     """``(src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale)`` or None.
 
     ``src``/``dst`` are raw address bytes (cheap dict keys); ``payload`` is what was captured of

@@ -139,8 +139,11 @@ class PacketRing:
             drop_on: int | None = _ifindex("lo")
         else:
             drop_on = 0 if hatype == ARPHRD_LOOPBACK else None
+        # On Ethernet the kernel takes the outer 802.1Q tag out before the filter runs; an inner one
+        # (QinQ) stays in the frame, where only libpcap's `vlan` shifts the offsets past it.
+        expr = bpf if self.cooked else f"({bpf}) or (vlan and ({bpf}))"
         try:
-            program = compile_bpf(bpf, DLT_RAW if self.cooked else DLT_EN10MB, snaplen, drop_on)
+            program = compile_bpf(expr, DLT_RAW if self.cooked else DLT_EN10MB, snaplen, drop_on)
         except Exception as exc:  # noqa: BLE001 - scapy raises its own types (no libpcap, bad filter)
             raise RingError(f"cannot compile the filter {bpf!r}", exc) from None
         kind = socket.SOCK_DGRAM if self.cooked else socket.SOCK_RAW
