@@ -45,12 +45,29 @@ class Coverage:
 
     def phrase(self) -> str:
         """One clause for the ok verdicts: what was missing."""
-        parts = []
-        if self.drops:
-            parts.append(f"the capture saw {_pct(self.seen_ratio)} of the packets")
-        if self.cut_packets:
-            parts.append(f"{_pct(self.payload_seen_ratio)} of the payload bytes")
-        return " and ".join(parts)
+        return _phrase(self.seen_ratio if self.drops else None,
+                       self.payload_seen_ratio if self.cut_packets else None)
+
+
+def _phrase(seen_ratio: float | None, payload_seen_ratio: float | None) -> str:
+    parts = []
+    if seen_ratio is not None:
+        parts.append(f"the capture saw {_pct(seen_ratio)} of the packets")
+    if payload_seen_ratio is not None:
+        parts.append(f"{_pct(payload_seen_ratio)} of the payload bytes")
+    return " and ".join(parts)
+
+
+def lower_bound(findings: Iterable[Finding]) -> str | None:
+    """``(a lower bound: ...)`` when ``findings`` hold the partial-capture warning, else None: for a
+    renderer's own summary lines (a verdict, the folded ok checks) to carry it too."""
+    for f in findings:
+        if f.id == FINDING_ID:
+            e = f.evidence
+            seen = e["seen_ratio"] if e["kernel_drops_count"] else None
+            payload = e["payload_seen_ratio"] if e["cut_packets_count"] else None
+            return f"(a lower bound: {_phrase(seen, payload)})"
+    return None
 
 
 def _pct(ratio: float) -> str:
