@@ -27,7 +27,8 @@ EPILOG = """\b
 Examples:
   celerydiag capture --read broker.pcap                         # offline: a tcpdump/tshark/our own capture
   sudo celerydiag capture --iface eth0 --duration 30            # live on the default ports
-  sudo celerydiag capture -A proj.celery:app --iface lo --write cap.pcap    # your app's ports, keep the file
+  sudo celerydiag capture -A proj.celery:app --iface lo --write cap.pcapng  # your app's ports, keep the file
+  sudo celerydiag capture --iface any -B 256 -d 60              # a busy host: a bigger kernel ring
   celerydiag capture --read cap.pcapng --format json | jq '.connections[] | {client, amqp}'
   celerydiag capture --read raw.pcap --write shareable.pcap     # copy with AMQP credentials blanked
 
@@ -49,8 +50,9 @@ DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
               help="Live: seconds to capture (Ctrl-C stops earlier and still analyses).")
 @click.option("-c", "--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Live: stop after this many packets (0 = no limit).")
-@click.option("-w", "--write", "write", type=click.Path(dir_okay=False, writable=True), metavar="FILE.pcap",
-              help="Live: keep the capture in this pcap. With --read: write a copy (credentials blanked).")
+@click.option("-w", "--write", "write", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Live: keep the capture in this file (pcapng, with the kernel's drop count). With --read: "
+                   "write a pcap copy (credentials blanked).")
 @click.option("-B", "--buffer-mib", type=FiniteRange(min=0.125, max=4096), default=64.0, show_default=True,
               help="Live: the kernel ring that holds packets until they are analysed, in MiB (like tcpdump -B). "
                    "Packets that find it full are dropped, and the report says so.")
