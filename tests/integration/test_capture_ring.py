@@ -32,7 +32,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 @pytest.fixture(scope="module", autouse=True)
 def tools() -> None:
-    for tool in ("tcpdump", "redis-server", "redis-benchmark", "ip"):
+    for tool in ("tcpdump", "redis-server", "redis-benchmark", "redis-cli", "ip"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is missing: bash scripts/system-packages.sh")
     if os.geteuid() != 0:
