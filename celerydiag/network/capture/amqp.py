@@ -114,8 +114,12 @@ class AmqpParser:
         n = len(data)
         if data[:4] == PROTOCOL_HEADER:
             return 0
-        # frames usually start a segment: look near its start only, at the bytes that can start a
-        # frame (found by the regex engine, not a Python loop over every position)
+        if n > 7 and data[0] in (1, 2, 3, 8):  # the usual case: a frame starts the segment
+            end = 7 + _HDR(data, 0)[2]
+            if end < n and data[end] == FRAME_END:
+                return 0
+        # else look near its start only, at the bytes that can start a frame (found by the regex
+        # engine, not a Python loop over every position)
         for m in _FRAME_TYPE.finditer(data, 0, min(n, 64)):
             pos = m.start()
             if pos + 7 <= n:

@@ -66,13 +66,15 @@ class Reassembler:
                 seq = nxt
         self.next = (seq + seglen) & M32
         if len(payload) < seglen:  # cut by the snaplen: the rest is unknown
-            self._push(ts, payload)
+            self._push(ts, payload, last=True)
             self._clear()
             self.synced = False
             return
         self._push(ts, payload)
 
-    def _push(self, ts: float, payload: bytes) -> None:
+    def _push(self, ts: float, payload: bytes, last: bool = False) -> None:
+        """Feed the parser; ``last``: the stream breaks after this segment (a snaplen cut), so what
+        the parser leaves unfinished is dropped, not kept."""
         if not payload:
             return
         parts = self.parts
@@ -95,6 +97,8 @@ class Reassembler:
         used = self.parser.feed(ts, data)
         if used < 0:  # the parser lost the framing
             self.synced = False
+            return
+        if last:
             return
         rest = data[used:] if used < len(data) else b""
         want = self.parser.want
