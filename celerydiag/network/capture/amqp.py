@@ -151,18 +151,19 @@ class AmqpParser:
                 if len(side.heartbeat_ts) < MAX_HEARTBEATS:
                     side.heartbeat_ts.append(ts)
             elif ftype == 1 and size >= 4:
-                self._method(ts, channel, data, pos + 7, end)
+                cls, mid = _METHOD(data, pos + 7)
+                if cls == 60:  # basic.*: counted here, not listed (the hot path of a busy connection)
+                    if mid == 40:
+                        side.publishes += 1
+                    elif mid == 60:
+                        side.deliveries += 1
+                else:
+                    self._method(ts, cls, mid, data, pos + 7, end)
             pos = end + 1
         return pos
 
-    def _method(self, ts: float, channel: int, data: Any, start: int, end: int) -> None:
-        cls, mid = _METHOD(data, start)
-        if cls == 60:  # basic.*: counted, not listed (the hot path of a busy connection)
-            if mid == 40:
-                self.sidestate.publishes += 1
-            elif mid == 60:
-                self.sidestate.deliveries += 1
-            return
+    def _method(self, ts: float, cls: int, mid: int, data: Any, start: int, end: int) -> None:
+        """A method other than basic.*: an event on the timeline, with what its handler reads."""
         name = METHODS.get((cls, mid))
         if name is None:
             return
