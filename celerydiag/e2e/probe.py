@@ -94,6 +94,10 @@ class E2EProbe(Probe):
     def applies(self, ctx: ProbeContext) -> str | None:
         if ctx.target.backend_scheme in ("disabled", ""):
             return "no result backend configured: there are no task states to see"
+        if ctx.target.backend_scheme == "db":
+            from celerydiag.config.fixes import engine_options_crash
+
+            return engine_options_crash(ctx.target.conf)  # the user's setting, not our bug
         return None
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
