@@ -61,6 +61,10 @@ class BackendProbe(Probe):
                     " the broker probe measures that path")
         if scheme != "db" and scheme not in REDIS_SCHEMES:
             return f"no backend probe for {scheme}:// result backends (database and Redis only)"
+        if scheme == "db":
+            from celerydiag.config.fixes import engine_options_crash
+
+            return engine_options_crash(ctx.target.conf)  # the user's setting, not our bug
         return None
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:

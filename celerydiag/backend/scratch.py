@@ -40,9 +40,35 @@ def scratch_model(table_name: str, schema: str | None, extended: bool) -> Any:
         columns.append(copy)
     table = sa.Table(table_name, base.metadata, *columns, schema=schema, sqlite_autoincrement=True)
     namespace = {"__table__": table, "__mapper_args__": {"include_properties": mapped},
-                 "__init__": Task.__init__, "to_dict": source.to_dict,
+                 "__init__": Task.__init__, "to_dict": _to_dict(mapped),
                  "configure": classmethod(lambda cls, schema=None, name=None: None)}
     return type("CelerydiagScratchTask", (base,), namespace)
+
+
+def _to_dict(mapped: list[str]) -> Any:
+    """``to_dict`` for the scratch class: Task's, plus the extended columns it maps.
+
+    Not ``TaskExtended.to_dict`` itself: that calls ``super().to_dict()``, whose implicit
+    ``__class__`` is TaskExtended, and our class is no subclass of it (it cannot be: it would map
+    Celery's shared table), so with result_extended every read raised ``TypeError: super(type,
+    obj)``. What TaskExtended maps beyond Task is what its to_dict adds (six columns, seven with
+    5.7's ``stamps``), each read the way it reads ``stamps``: None when it cannot be loaded."""
+    import sqlalchemy as sa
+    from celery.backends.database.models import Task
+
+    plain = {c.key for c in sa.inspect(Task).columns}
+    extra = [key for key in mapped if key not in plain]
+
+    def to_dict(self: Any) -> dict[str, Any]:
+        data: dict[str, Any] = Task.to_dict(self)
+        for key in extra:
+            try:
+                data[key] = getattr(self, key)
+            except Exception:  # a column Celery deferred (missing from an old table)
+                data[key] = None
+        return data
+
+    return to_dict
 
 
 class _NoGroups:

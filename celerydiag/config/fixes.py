@@ -17,6 +17,7 @@ from celerydiag.access.backend import TableRef, database_url, dialect
 from celerydiag.target import AMQP_SCHEMES, Family, Target, family_of, hidden_setting
 
 NULLPOOL_FILTER_FROM = (5, 6, 3)  # A.2 / G.5: max_overflow/echo_pool crashed the NullPool path before
+SQLALCHEMY_NO_AUTOCOMMIT_FROM = (2, 0)  # E: create_engine(autocommit=True) -> TypeError
 CONNECT_TIMEOUT_S = 5
 PG_LOCK_TIMEOUT_MS = 2000
 MYSQL_LOCK_WAIT_S = 5
@@ -111,6 +112,33 @@ def celery_engine_defaults() -> dict[str, Any]:
 
 def engine_options(conf: Any) -> dict[str, Any]:
     return dict(conf.get("database_engine_options") or {})
+
+
+def engine_options_crash(conf: Any, sqlalchemy: tuple[int, ...] | None = None,
+                         celery: tuple[int, ...] | None = None) -> str | None:
+    """Why Celery's own create_engine() fails on every backend call with these
+    database_engine_options, as one line naming the setting and the fix; None when it does not.
+
+    The measuring probes (backend, e2e) build Celery's backend with the user's options: with one
+    of these they would stop on a TypeError that is the user's setting, not our bug. The config
+    probe's finding (config.db-autocommit, config.db-nullpool-option-crash) carries the fix.
+    The versions default to the installed ones."""
+    from celerydiag.compat import celery_version, sqlalchemy_version
+
+    sqlalchemy = sqlalchemy or sqlalchemy_version()
+    celery = celery or celery_version()
+    options = engine_options(conf)
+    if "autocommit" in options and sqlalchemy >= SQLALCHEMY_NO_AUTOCOMMIT_FROM:
+        return (f"database_engine_options 'autocommit' makes SQLAlchemy {'.'.join(map(str, sqlalchemy))} raise"
+                " TypeError in create_engine(): no state can be stored or read, so nothing to measure; remove"
+                " 'autocommit' from database_engine_options (config.db-autocommit) and rerun")
+    bad = sorted(k for k in ("max_overflow", "echo_pool") if k in options)
+    if bad and celery < NULLPOOL_FILTER_FROM:
+        return (f"database_engine_options {', '.join(repr(k) for k in bad)} make Celery"
+                f" {'.'.join(map(str, celery))}'s NullPool create_engine() raise TypeError outside forked workers"
+                f" (celery#7355): remove {' and '.join(repr(k) for k in bad)} from database_engine_options"
+                " (config.db-nullpool-option-crash) and rerun")
+    return None
 
 
 def connect_timeout_args(driver: str) -> dict[str, Any] | None:

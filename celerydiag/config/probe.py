@@ -33,6 +33,7 @@ from celerydiag.config.fixes import (
     CONNECT_TIMEOUT_S,
     NULLPOOL_FILTER_FROM,
     PLACEHOLDER_REDIS,
+    SQLALCHEMY_NO_AUTOCOMMIT_FROM,
     assignments,
     db_dialect,
     engine_options,
@@ -52,7 +53,6 @@ RETRY_EFFECTIVE_FROM = {"redis": (5, 5, 0), "rediss": (5, 5, 0), "sentinel": (5,
                         "db": (5, 6, 3)}  # A.1, A.2: exception_safe_to_retry exists from these
 DB_RETRY_DEFAULT_ON_FROM = (5, 7, 0)  # installed code: DatabaseBackend defaults always_retry on, 3 tries
 DATE_DONE_INDEX_FROM = (5, 6, 3)  # A.2 / E / G.1: celery#10097, PR #10098
-SQLALCHEMY_NO_AUTOCOMMIT_FROM = (2, 0)  # E: create_engine(autocommit=True) -> TypeError
 
 PUBLISH_RETRY_KEYS = ("max_retries", "interval_start", "interval_step", "interval_max")
 PICKLE_MARKERS = ("pickle", "python-serialize")

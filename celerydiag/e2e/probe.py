@@ -70,6 +70,9 @@ class Trace:
     write_s: list[float] = field(default_factory=list)  # how long each update_state blocked
     seen: dict[str, dict[int, float]] = field(default_factory=dict)  # mode -> i -> first seen
     reads_s: list[float] = field(default_factory=list)  # one poll's read time
+    # mode -> the last time the client looked and saw no update while the task still ran: a client
+    # that saw none of them gives each a lower bound, not a latency (see _findings)
+    blind: dict[str, float] = field(default_factory=dict)
     deadline: float = 0.0
 
     def clear(self) -> None:
@@ -114,6 +117,10 @@ class E2EProbe(Probe):
     def applies(self, ctx: ProbeContext) -> str | None:
         if ctx.target.backend_scheme in ("disabled", ""):
             return "no result backend configured: there are no task states to see"
+        if ctx.target.backend_scheme == "db":
+            from celerydiag.config.fixes import engine_options_crash
+
+            return engine_options_crash(ctx.target.conf)  # the user's setting, not our bug
         return None
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
@@ -451,6 +458,8 @@ class E2ERun:
                 self._note(seen, meta.get("result"), t1)
             elif meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
                 return
+            if not seen:  # looked, and still none of the updates
+                self.trace.blind["poll"] = t1
             time.sleep(POLL_INTERVAL_S)
 
     def _watch_push(self, result: Any, seen: dict[int, float], budget: float) -> None:
@@ -465,6 +474,8 @@ class E2ERun:
             result.get(on_message=on_message, propagate=False, timeout=budget, disable_sync_subtasks=False)
         except ResultTimeout:
             pass  # what arrived is in `seen`; the finding reports the rest as missed
+        if not seen:  # listened until now (a timeout or the final state) and none arrived
+            self.trace.blind["push"] = time.perf_counter()
 
     # -- findings -----------------------------------------------------------------------------
 
@@ -514,11 +525,7 @@ class E2ERun:
                                         "max_seconds_s": ctx.limits.max_seconds})
                 continue
             if not s.samples:
-                yield Finding(f"e2e.visibility-{mode}", Cause.E2E, Severity.WARNING,
-                              f"The {mode} client saw none of the task's {written} state updates",
-                              detail="The task wrote them but no PROGRESS state reached the client within "
-                                     "the time bound; see the backend and broker probes.",
-                              evidence={"missed_count": missed, "updates_written_count": written})
+                yield self._none_seen(mode, written, missed)
                 continue
             how = ("polling backend.get_task_meta() every "
                    f"{POLL_INTERVAL_S * 1000:.0f} ms (plus the read itself)" if mode == "poll"
@@ -553,6 +560,34 @@ class E2ERun:
                 ctx.latency.update(observed_p50_ms=round(s.p50_ms, 3),
                                    observed_p99_ms=None if thin else round(s.p99_ms, 3),
                                    observed_mode=mode, observed_samples=s.samples)
+
+    def _none_seen(self, mode: str, written: int, missed: int) -> Finding:
+        """The client saw none of the updates. Where it was still looking after the first one
+        returned, that update took longer than the gap: a measured lower bound, the impact, said
+        to be one. Where it was not (the task ended first: its updates were lost, not late), there
+        is no delay to put in milliseconds, and the finding says why."""
+        task_id = f"{self.ctx.scratch}-progress-{mode}"
+        first = min((t for (task, _), t in self.trace.returned.items() if task == task_id), default=None)
+        blind = self.trace.blind.get(mode)
+        evidence: dict[str, Any] = {"missed_count": missed, "updates_written_count": written}
+        title = f"The {mode} client saw none of the task's {written} state updates"
+        if first is None or blind is None or blind <= first:
+            return Finding(f"e2e.visibility-{mode}", Cause.E2E, Severity.WARNING, title,
+                           detail="The task wrote them but no PROGRESS state reached the client, and the task"
+                                  " ended before the client next looked, so no update is known to be late by"
+                                  " any number of milliseconds: they were lost (overwritten between two reads"
+                                  " or never delivered), not slow. See the backend and broker probes.",
+                           evidence={**evidence, "impact_is_lower_bound": False})
+        bound_ms = ms(blind - first)
+        return delay(f"e2e.visibility-{mode}", Cause.E2E, bound_ms,
+                     f"{title}: the first was still not visible {bound_ms:.0f} ms after update_state() returned"
+                     " (a lower bound)",
+                     detail=(f"The client was still watching {bound_ms:.0f} ms after the first update_state()"
+                             " returned and had seen none, so that update took at least this long to become"
+                             " visible and each later one at least its own share of it (the impact is that"
+                             " lower bound, not a P99). See the backend and broker probes."),
+                     evidence={**evidence, "impact_is_lower_bound": True, "watched_after_first_ms": round(bound_ms, 3)},
+                     at_least=Severity.WARNING)
 
     # -- cleanup ------------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from celerydiag.config.fixes import retry_settings
+from celerydiag.config.probe import RECOMMENDED_REDIS
 from tests.conftest import CLI, REPO, clean_env
 
 APP = "tests.scenarios.apps.scenario_app:app"
@@ -34,9 +36,12 @@ DOCTOR_BOUNDS = ("--samples", "100", "--max-seconds", "10")
 DOCTOR_TIMEOUT_S = 240.0
 RESULTS_ENV = "CELERYDIAG_ACCURACY_DIR"
 # The Redis settings the config probe recommends (its config.redis-socket-timeout fix), which a
-# careful user has in any production app with a Redis result backend.
-CAREFUL_REDIS = {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0,
-                 "redis_retry_on_timeout": True, "redis_backend_health_check_interval": 25}
+# careful user has in any production app with a Redis result backend: bounded socket waits, a
+# health check on idle connections, and result_backend_always_retry with a finite
+# result_backend_max_retries, so a stalled connection's store is retried on a new one instead of
+# failing the task (no redis_retry_on_timeout: it would double every wait). Built from the
+# probe's own values, so the baseline cannot drift from the advice it checks.
+CAREFUL_REDIS = {**RECOMMENDED_REDIS, **retry_settings({})}
 
 
 def unique(prefix: str = "cdscn") -> str:

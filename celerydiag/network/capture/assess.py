@@ -83,7 +83,7 @@ def _heartbeats(conns: list[ConnectionSummary]) -> Finding:
         fix = Fix(
             "Keep the worker's event loop free (move blocking work into the task pool); the worker answers "
             "heartbeats only when its consumer loop runs. A heartbeat under 5 s gives false positives.",
-            _heartbeat_config(hb),
+            _heartbeat_config(hb, a.get("heartbeat_proposed_s")),
             (DOCS_HEARTBEAT_CELERY, DOCS_HEARTBEAT),
         )
     else:
@@ -92,7 +92,7 @@ def _heartbeats(conns: list[ConnectionSummary]) -> Finding:
         fix = Fix(
             "Check the broker's health (rabbitmq-diagnostics status, alarms) and the network path; a longer "
             "heartbeat only rides out short stalls.",
-            _heartbeat_config(hb),
+            _heartbeat_config(hb, a.get("heartbeat_proposed_s")),
             (DOCS_HEARTBEAT, DOCS_ALARMS),
         )
     return delay(
@@ -109,12 +109,31 @@ def _heartbeats(conns: list[ConnectionSummary]) -> Finding:
     )
 
 
-def _heartbeat_config(heartbeat_s: int | None) -> str:
-    """Raise a heartbeat that is too short to ride out ordinary pauses; otherwise change nothing."""
-    if heartbeat_s is not None and heartbeat_s < 10:
-        return ("# RabbitMQ: under 5 s false positives are likely; Celery's default is 120 s, negotiated down to the\n"
-                "# server's (60 s by default)\nbroker_heartbeat = 30\n")
-    return ""
+def _heartbeat_config(heartbeat_s: int | None, proposed_s: int | None = None) -> str:
+    """Raise a heartbeat that is too short to ride out ordinary pauses; otherwise change nothing.
+
+    Which side can raise it: py-amqp sends the lower of the two non-zero values in Tune-Ok
+    (amqp/connection.py ``_on_tune``), so a client's broker_heartbeat only lowers what the server
+    proposes. When the server proposed the negotiated value (Connection.Tune), broker_heartbeat
+    cannot raise it: the server's ``heartbeat`` in rabbitmq.conf must. ``proposed_s`` None: the
+    capture missed the Tune (it began after the connection opened), so both are named."""
+    if heartbeat_s is None or heartbeat_s >= 10:
+        return ""
+    head = (f"# negotiated {heartbeat_s} s: under 5 s false positives are likely. py-amqp takes the lower\n"
+            "# of the client's broker_heartbeat and the server's proposal (both non-zero):\n"
+            "# a client value only lowers it.\n")
+    server = ("# The server's value is raised on the server, not here: heartbeat = 60 in rabbitmq.conf\n"
+              "# (RabbitMQ's default; applies to new connections after a node restart).\n")
+    if proposed_s and proposed_s <= heartbeat_s:
+        return (head + f"# The server proposed {proposed_s} s: broker_heartbeat cannot raise it.\n" + server
+                + "# Keep broker_heartbeat at 60 or more (Celery's default is 120) or unset.\n")
+    if proposed_s is not None:  # the server proposed more, or 0 (none): the client's value decided
+        cap = f" (to at most the server's {proposed_s} s)" if proposed_s and proposed_s < 30 else ""
+        return (head + f"# The server proposed {proposed_s or 'none'}{' s' if proposed_s else ''}: your"
+                f" broker_heartbeat set the low value; this raises it{cap}.\n" + "broker_heartbeat = 30\n")
+    return (head + "# The capture missed the server's proposal: if the server's is the low one, broker_heartbeat\n"
+            "# cannot raise it. " + server[2:] + "# If your broker_heartbeat is the low one, this raises it:\n"
+            "broker_heartbeat = 30\n")
 
 
 def _blocked(conns: list[ConnectionSummary]) -> Finding:
