@@ -34,7 +34,7 @@ from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Side, Target, redact_
 
 PUSH_BACKENDS = REDIS_SCHEMES | {"rpc"}  # get(on_message=...) is woken by each write
 POLL_INTERVAL_S = 0.002  # a client polling as fast as it sensibly can: we want the backend's delay
-UPDATE_SPACING_S = 0.010  # least time between two update_state calls in the probe task
+UPDATE_SPACING_S = 0.005  # least time between two update_state calls (2x a Redis poll: see _calibrate_spacing)
 MAX_SPACING_S = 0.2
 SPACING_TIME_SHARE = 0.8  # of the update phase: the rest is for the writes a poller misses
 CALIBRATION_READS = 10
