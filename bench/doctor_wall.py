@@ -131,6 +131,53 @@ def median_run(runs: list[Run]) -> Run:
     return good[len(good) // 2] if good else runs[-1]
 
 
+# The percentiles behind the findings whose sampling changed (issue 13 point 5), for before/after:
+# finding id -> (label, evidence path to a {p50, p99}-like mapping or to a scalar)
+FIGURES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("broker.publish-latency", "broker roundtrip", ("roundtrip_ms",)),
+    ("broker.publish-latency", "broker confirm persistent", ("confirm_persistent_ms",)),
+    ("backend.write-latency", "backend write (Redis)", ("write_ms",)),
+    ("backend.read-latency", "backend read (Redis)", ("read_ms",)),
+    ("backend.write-latency", "backend write (db, own rows)", ("phases", "distinct_rows", "write_ms")),
+    ("e2e.visibility-poll", "e2e poll", ()),
+    ("e2e.visibility-push", "e2e push", ()),
+)
+
+
+def figures(run: Run) -> dict[str, tuple[float, float, int]]:
+    """label -> (P50 ms, P99 ms, samples) of the findings in FIGURES that this run has."""
+    assert run.report is not None
+    out: dict[str, tuple[float, float, int]] = {}
+    by_id = {f["id"]: f for f in run.report.get("findings", [])}
+    for fid, label, path in FIGURES:
+        finding = by_id.get(fid)
+        if finding is None:
+            continue
+        node: Any = finding.get("evidence") or {}
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        p50, p99 = node.get("p50", node.get("p50_ms")), node.get("p99", node.get("p99_ms"))
+        samples = (finding.get("evidence") or {}).get("samples", node.get("samples", 0))
+        if isinstance(p50, (int, float)) and isinstance(p99, (int, float)):
+            out[label] = (float(p50), float(p99), int(samples or 0))
+    return out
+
+
+def figure_lines(runs: list[Run]) -> list[str]:
+    """Each FIGURES percentile as the median over the runs (and the sample count's median)."""
+    per: dict[str, list[tuple[float, float, int]]] = {}
+    for run in runs:
+        if run.ok:
+            for label, value in figures(run).items():
+                per.setdefault(label, []).append(value)
+    return [f"  {label:<30} P50 {statistics.median(v[0] for v in vals):8.3f} ms  P99 "
+            f"{statistics.median(v[1] for v in vals):8.3f} ms  samples {statistics.median(v[2] for v in vals):5.0f}"
+            f"  (P99 per run: {', '.join(f'{v[1]:.2f}' for v in vals)})"
+            for label, vals in per.items()]
+
+
 def median_probe_s(runs: list[Run], name: str) -> float:
     """The median of one probe's elapsed_s over the runs that have it (each probe's own median,
     not the median run's figure)."""
@@ -160,6 +207,9 @@ def report(label: str, runs: list[Run], base: float, goal_s: float | None) -> bo
         reason = f"  ({p['reason']})" if p.get("reason") and p["status"] != "ran" else ""
         print(f"  {name:<14} {p['status']:<8} {median_probe_s(runs, name):7.2f} s{reason}")
     for line in e2e_lines(run):
+        print(line)
+    print("  percentiles, median over the runs:")
+    for line in figure_lines(runs):
         print(line)
     if goal_s is not None:
         verdict = "within" if run.wall_s < goal_s else "OVER"
