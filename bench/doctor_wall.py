@@ -82,8 +82,9 @@ def clean_env(checkout: Path = ROOT) -> dict[str, str]:
 def run_doctor(label: str, args: list[str], checkout: Path = ROOT) -> Run:
     started = time.perf_counter()
     try:
+        # cwd too: `python -m` puts the working directory ahead of PYTHONPATH on sys.path
         proc = subprocess.run([*CLI, "doctor", "--format", "json", *args], capture_output=True, text=True,
-                              env=clean_env(checkout), timeout=RUN_TIMEOUT_S)
+                              env=clean_env(checkout), cwd=checkout, timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return Run(label, time.perf_counter() - started, -1, None, f"no report within {RUN_TIMEOUT_S:.0f} s")
     wall = time.perf_counter() - started
@@ -102,7 +103,7 @@ def startup_s(repeat: int) -> float:
     times = []
     for _ in range(max(repeat, 3)):
         started = time.perf_counter()
-        subprocess.run([*CLI, "--version"], capture_output=True, env=clean_env(), timeout=60, check=True)
+        subprocess.run([*CLI, "--version"], capture_output=True, env=clean_env(), cwd=ROOT, timeout=60, check=True)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
