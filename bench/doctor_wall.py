@@ -137,9 +137,8 @@ def median_run(runs: list[Run]) -> Run:
 FIGURES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("broker.publish-latency", "broker roundtrip", ("roundtrip_ms",)),
     ("broker.publish-latency", "broker confirm persistent", ("confirm_persistent_ms",)),
-    ("backend.write-latency", "backend write (Redis)", ("write_ms",)),
+    ("backend.write-latency", "backend write", ("write_ms",)),  # Redis: its writes; db: 4 writers, own rows
     ("backend.read-latency", "backend read (Redis)", ("read_ms",)),
-    ("backend.write-latency", "backend write (db, own rows)", ("phases", "distinct_rows", "write_ms")),
     ("e2e.visibility-poll", "e2e poll", ()),
     ("e2e.visibility-push", "e2e push", ()),
 )
@@ -207,6 +206,12 @@ def report(label: str, runs: list[Run], base: float, goal_s: float | None) -> bo
     for name, p in run.probes.items():
         reason = f"  ({p['reason']})" if p.get("reason") and p["status"] != "ran" else ""
         print(f"  {name:<14} {p['status']:<8} {median_probe_s(runs, name):7.2f} s{reason}")
+    for k, other in enumerate(runs, 1):  # what went differently in the other runs (a failed probe)
+        for name, p in other.probes.items() if other.ok else ():
+            if p["status"] != run.probes.get(name, {}).get("status"):
+                print(f"  run {k}: {name} {p['status']}: {p.get('reason') or 'no reason given'}")
+        if not other.ok:
+            print(f"  run {k}: no report: {other.error}")
     for line in e2e_lines(run):
         print(line)
     print("  percentiles, median over the runs:")
