@@ -28,7 +28,7 @@ from typing import Any
 from celerydiag import interrupt
 from celerydiag.errors import TargetUnreachable, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
-from celerydiag.measure import ms, summarize
+from celerydiag.measure import downsampled, ms, summarize
 from celerydiag.probe import Probe, ProbeContext, Skip, log
 from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Side, Target, redact_url
 
@@ -473,7 +473,8 @@ class E2ERun:
                 evidence.update(read_p50_ms=round(reads.p50_ms, 3), read_p99_ms=round(reads.p99_ms, 3),
                                 poll_interval_ms=POLL_INTERVAL_S * 1000)
             thin = s.samples < TRUST_FLOOR
-            evidence.update(trust_floor_count=TRUST_FLOOR, trusted=not thin)
+            evidence.update(trust_floor_count=TRUST_FLOOR, trusted=not thin,
+                            series={"latencies_ms": downsampled(values)})  # the HTML report's CDF
             yield delay(
                 f"e2e.visibility-{mode}", Cause.E2E, s.p99_ms,
                 (f"State visibility ({mode}): update_state() returned → client saw it, P50 {s.p50_ms:.1f} ms, "

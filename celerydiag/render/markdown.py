@@ -14,6 +14,7 @@ from celerydiag.render.words import (
     impact_cell,
     impact_phrase,
     probe_lines,
+    verdict,
 )
 
 
@@ -24,6 +25,7 @@ def _cell(text: str) -> str:
 def render(report: Report, stream: TextIO, **_: Any) -> None:
     w = stream.write
     w("# celerydiag report\n\n")
+    w("**" + " ".join(verdict(report)) + "**\n\n")
     w(f"{headline(report)}\n\n")
     _summary_table(report, w)
     w("\n")

@@ -19,7 +19,9 @@ from celerydiag.render import OutputFormat, render, renderer
 
 REPORTS = Path(__file__).resolve().parents[1] / "fixtures" / "reports"
 CANONICAL = ("full-v1", "host-b-v1", "empty-v1", "full-v2")
-SUFFIX = {"text": "txt", "json": "json", "markdown": "md", "junit": "xml"}
+SUFFIX = {"text": "txt", "json": "json", "markdown": "md", "junit": "xml", "html": "html"}
+# html embeds matplotlib's SVG, which changes with its version: tests/unit/test_html.py checks it instead
+GOLDEN = sorted(set(SUFFIX) - {"html"})
 
 
 def load(name: str) -> Report:
@@ -57,7 +59,7 @@ def test_to_format_is_exhaustive(fmt):
     assert rendered(load("empty-v1"), fmt).strip()
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", GOLDEN)
 @pytest.mark.parametrize("name", CANONICAL)
 def test_canonical_reports_match_golden_files(name, fmt, golden):
     golden(f"{name}.{SUFFIX[fmt]}", rendered(load(name), fmt))
@@ -74,6 +76,10 @@ def test_skipped_and_failed_probes_reach_every_format(fmt):
 def test_findings_appear_in_ranked_order(fmt):
     report = load("full-v1")
     out = rendered(report, fmt)
+    # the verdict names the worst finding first; the order is that of the findings table after it
+    table = {"text": "Findings, worst first", "html": "Findings, worst first", "markdown": "| severity"}
+    if fmt in table:
+        out = out[out.index(table[fmt]):]
     positions = [out.index(f.id) for f in report.findings]
     assert positions == sorted(positions)
 

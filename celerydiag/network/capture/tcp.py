@@ -22,6 +22,7 @@ M32 = 0xFFFFFFFF
 HALF = 0x80000000
 MAX_UNACKED = 10000  # Wireshark's TCP_MAX_UNACKED_SEGMENTS
 RESERVOIR = 2048
+MAX_MARKS = 500  # per direction: the retransmission times the HTML timeline draws, not a log
 # tcp_analyze_sequence_number() in epan/dissectors/packet-tcp.c: a retransmission within 20 ms of
 # the reverse direction's last duplicate ACK is a fast retransmission ("if(t < 20000000)"), and a
 # segment that did not advance the sequence within the first RTT (3 ms when no SYN/SYN-ACK RTT is
@@ -117,7 +118,7 @@ class Flow:
     __slots__ = ("win_scale", "window", "nextseq", "nextseqtime", "lastack", "lastacktime",
                  "dupacknum", "maxseqtobeacked", "lastsegmentflags", "segments", "counts", "packets",
                  "payload_bytes", "data_segments", "fin", "rst", "last_data", "max_gap", "rtt",
-                 "zw_episode")
+                 "zw_episode", "retrans_ts")
 
     def __init__(self) -> None:
         self.win_scale = -1
@@ -141,6 +142,7 @@ class Flow:
         self.max_gap = 0.0
         self.rtt = Reservoir()
         self.zw_episode: Episode | None = None
+        self.retrans_ts: list[float] = []  # when, for the timeline chart (at most MAX_MARKS)
 
 
 def _le(a: int, b: int) -> bool:
@@ -309,6 +311,8 @@ class Connection:
             for name, bit in COUNTED.items():
                 if ta & bit:
                     counts[name] += 1
+            if ta & A_RETRANSMISSION and len(fwd.retrans_ts) < MAX_MARKS:
+                fwd.retrans_ts.append(ts)
         if ta & A_ZERO_WINDOW or fwd.zw_episode is not None:
             self._episodes(from_a, ts, window, flags, ta)
         return ta
