@@ -428,7 +428,7 @@ class DatabaseRun:
                    f" running the whole {duration:g} s; pass --duration to sample for a set time")
         if not ours:
             yield Finding("backend.lock-wait", Cause.BACKEND, Severity.OK,
-                          f"no lock waits on {self.table.qualified} in {sampled:.2g} s of sampling"
+                          f"no lock waits on {self.table.qualified} in {sampled:.3g} s of sampling"
                           + (" (cut short by --max-seconds)" if cut and not idle else "")
                           + (" (the server was idle: no session waited for any lock)" if idle else ""),
                           detail=cut + ("." if cut else ""),
