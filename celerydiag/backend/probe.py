@@ -282,7 +282,8 @@ class DatabaseRun:
     def idle_stop_s(self, tinfo: Any) -> float | None:
         """When the lock sampling may end before ``--duration``: after IDLE_LOCK_LOOK_S with no
         session waiting for any lock in any snapshot, unless an open transaction touches the task
-        table (a blocker in waiting: then the whole --duration, for a writer to run into it).
+        table, or on MariaDB holds any row lock (a blocker in waiting: then the whole --duration,
+        for a writer to run into it).
 
         Only with the default --duration: a user who asks for a longer look (to catch an
         intermittent blocker, a nightly backend_cleanup) gets all of it. Why stop at all: on an
@@ -292,8 +293,10 @@ class DatabaseRun:
 
         if self.ctx.options.duration != ProbeOptions().duration:
             return None
-        oldest = getattr(tinfo, "oldest_trx", None)
-        if oldest and oldest.get("touches_task_table"):
+        oldest = getattr(tinfo, "oldest_trx", None) or {}
+        touches = oldest.get("touches_task_table")
+        # MariaDB cannot say which table a transaction locked (None): one holding any row counts
+        if touches or (touches is None and oldest.get("rows_locked_count", 0) > 0):
             return None
         return IDLE_LOCK_LOOK_S
 

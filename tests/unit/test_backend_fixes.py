@@ -253,5 +253,9 @@ def test_idle_stop_only_with_the_default_duration_and_no_open_transaction_on_the
     assert run.idle_stop_s(quiet) == IDLE_LOCK_LOOK_S
     assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": True, "age_s": 40})) is None
     assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": False, "age_s": 40})) == IDLE_LOCK_LOOK_S
+    # MariaDB: which table is unknown, so a transaction holding any row lock keeps the whole look
+    assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": None, "rows_locked_count": 2})) is None
+    assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": None, "rows_locked_count": 0})) \
+        == IDLE_LOCK_LOOK_S
     run.ctx = SimpleNamespace(options=ProbeOptions(duration=10.0))  # asked for: the whole of it
     assert run.idle_stop_s(quiet) is None
