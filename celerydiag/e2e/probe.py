@@ -40,7 +40,7 @@ SPACING_TIME_SHARE = 0.8  # of the update phase: the rest is for the writes a po
 CALIBRATION_READS = 10
 MAX_WRITES_FACTOR = 3
 DISPATCH_SAMPLES = 30
-DISPATCH_SPACING_S = 0.02
+DISPATCH_SPACING_S = 0.01  # one ping in flight at a time: the worker is idle for each either way
 DISPATCH_SHARE = 0.25  # of --max-seconds; the update phase gets the rest
 START_TIMEOUT_S = 15.0
 WORKER_STOP_S = 5.0
@@ -82,8 +82,8 @@ class E2EProbe(Probe):
     Starts a Celery worker (in-process, pool solo) on a queue of its own, runs a probe task that
     calls update_state `--updates` times (default 250), and measures how long each new state
     takes to reach a polling client and, where the backend pushes, an on_message client; also
-    dispatch latency (apply_async to task start) from up to 30 tasks sent one at a time, 20 ms
-    apart. Load: one task queue, at most ~100 writes/s and one client's reads, within
+    dispatch latency (apply_async to task start) from up to 30 tasks sent one at a time, 10 ms
+    apart. Load: one task queue, at most ~200 writes/s and one client's reads, within
     --max-seconds. Cleans up its queue, result keys and scratch tables.
     """
 
