@@ -101,7 +101,8 @@ def read(api_url: str, vhost: str, queue_names: Iterable[str], timeout_s: float)
         if node.get("disk_free_alarm"):
             alarms.append(f"disk alarm on {name}")
     connections = get(api_url, "/api/connections?columns=state", timeout_s) or []
-    states = [c.get("state") for c in connections]
+    # a connection opening or closing has no columns yet: RabbitMQ sends it as [] (an empty proplist)
+    states = [c.get("state") for c in connections if isinstance(c, dict)]
     blocked = sum(1 for state in states if state in ("blocked", "blocking"))
     queues: dict[str, QueueRates] = {}
     deadline = time.monotonic() + 2 * timeout_s  # up to MAX_QUEUES reads: a slowing API stops them

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.poll_model",
     "celerydiag.cli.bench_serialize",
     "celerydiag.cli.capture",
+    "celerydiag.cli.watch",
 )
 
 class _Group(click.Group):

@@ -72,6 +72,26 @@ class Trace:
     reads_s: list[float] = field(default_factory=list)  # one poll's read time
     deadline: float = 0.0
 
+    def clear(self) -> None:
+        """Forget the last round (in place: the registered tasks hold this object), so a monitor
+        running rounds for hours keeps one round's samples, not all of them."""
+        self.started.clear()
+        self.returned.clear()
+        self.write_s.clear()
+        self.seen.clear()
+        self.reads_s.clear()
+
+
+@dataclass(frozen=True)
+class Round:
+    """One short measurement by :meth:`E2ERun.one_round`, in ms: what a monitor records."""
+
+    dispatch_ms: list[float]
+    dispatch_sent: int
+    visibility_ms: dict[str, list[float]]  # mode ("poll", "push") -> seen - returned per update
+    missed: dict[str, int]  # mode -> updates written that the client never saw
+    update_state_ms: list[float]  # how long each update_state() blocked the task
+
 
 QUEUE_EXPIRES_MS = 60_000  # our queue outlives a cut cleanup by at most a minute
 
@@ -111,6 +131,8 @@ class E2ERun:
         self.queue_name = f"celerydiag.probe.{ctx.scratch.split('-', 1)[-1]}"
         self.table_prefix = ctx.scratch.replace("-", "_")
         self.task_ids: list[str] = []
+        self.round_tag = ""  # one_round(): each round's task ids are new, so no stale state is read
+        self.calibrated = False  # one_round(): the update spacing is calibrated once per worker
         self.spacing_s = UPDATE_SPACING_S
         self.modes = ["push"] if self.target.backend_scheme == "rpc" else ["poll"]
         if self.target.backend_scheme in PUSH_BACKENDS and "push" not in self.modes:
@@ -123,17 +145,7 @@ class E2ERun:
         updates = limits.updates
         ctx.progress.start("e2e", total=DISPATCH_SAMPLES + updates * len(self.modes))
         self._refuse_blocked_broker()
-        ctx.doing("starting the e2e worker")
-        worker_app, client_app = self._apps()
-        # An ExitStack unwinds last-in first-out: remove what we made, then close the apps.
-        ctx.cleanup.callback(worker_app.close)
-        ctx.cleanup.callback(client_app.close)
-        if not self.target.scratch_dir:  # the embedded default's SQLite file goes with its temp dir
-            ctx.cleanup.callback(self._forget_results, client_app)
-        ctx.cleanup.callback(self._delete_queue, client_app)
-        self._register_tasks(worker_app)
-        hostname = f"{ctx.scratch}@{socket.gethostname()}"
-        with running_worker(worker_app, hostname, self.queue_name, self.target, ctx):
+        with self.started() as client_app:
             try:
                 # The phases share what is left of --max-seconds after the worker started, less a
                 # margin to stop it and build the findings: the guard cuts the probe at the bound.
@@ -151,6 +163,54 @@ class E2ERun:
                 # at once instead of after its join timeout, and before our cleanup runs.
                 self.trace.deadline = 0.0
         yield from self._findings(dispatch)
+
+    @contextmanager
+    def started(self) -> Iterator[Any]:
+        """The worker running on our queue; yields the client app. What it creates goes on
+        ``ctx.cleanup`` (closed by the caller after this block, which stops the worker). Shared by
+        :meth:`measure` and a long-running monitor (`celerydiag watch`), which keeps it open."""
+        ctx = self.ctx
+        ctx.doing("starting the e2e worker")
+        worker_app, client_app = self._apps()
+        # An ExitStack unwinds last-in first-out: remove what we made, then close the apps.
+        ctx.cleanup.callback(worker_app.close)
+        ctx.cleanup.callback(client_app.close)
+        if not self.target.scratch_dir:  # the embedded default's SQLite file goes with its temp dir
+            ctx.cleanup.callback(self._forget_results, client_app)
+        ctx.cleanup.callback(self._delete_queue, client_app)
+        self._register_tasks(worker_app)
+        hostname = f"{ctx.scratch}@{socket.gethostname()}"
+        with running_worker(worker_app, hostname, self.queue_name, self.target, ctx):
+            yield client_app
+
+    def one_round(self, client: Any, tag: str, updates: int, dispatch_s: float, update_s: float) -> Round:
+        """The probe's method at a monitor's scale, inside :meth:`started`: dispatch pings for
+        ``dispatch_s``, then one progress task per mode writing ``updates`` states within
+        ``update_s`` of its phase's start (a slow dispatch cannot squeeze it). Forgets the previous
+        round's results and samples first, so running rounds for hours holds one round in memory
+        and in the backend."""
+        self._forget_results(client)
+        self.task_ids.clear()
+        self.trace.clear()
+        self.round_tag = tag
+        try:
+            dispatch, sent = self._dispatch_phase(client, time.perf_counter() + dispatch_s)
+            self.trace.deadline = time.perf_counter() + update_s
+            if not self.calibrated:  # as measure() does: updates a poller can read, each
+                self.spacing_s = self._calibrate_spacing(client)
+                self.calibrated = True
+            for mode in self.modes:
+                self._progress_phase(client, mode, updates)
+        finally:
+            self.trace.deadline = 0.0
+        visibility, missed = {}, {}
+        for mode in self.modes:
+            values, _, missed[mode], _ = self._latencies(mode)
+            visibility[mode] = values
+        return Round(dispatch, sent, visibility, missed, [ms(v) for v in self.trace.write_s])
+
+    def _task_id(self, kind: str) -> str:
+        return f"{self.ctx.scratch}{self.round_tag}-{kind}"
 
     def _refuse_blocked_broker(self) -> None:
         """A RabbitMQ that blocks publishers (memory or disk alarm) would hold every apply_async
@@ -298,7 +358,7 @@ class E2ERun:
         ping = client.signature("celerydiag.e2e.ping")
         # Warm-up, not measured: the first publish also opens the producer's connection and
         # channel (the broker probe reports connect time on its own).
-        warmup = f"{self.ctx.scratch}-ping-warmup"
+        warmup = self._task_id("ping-warmup")
         ping.apply_async(task_id=warmup, queue=self.queue_name, routing_key=self.queue_name,
                          exchange=self.queue_name)
         warm_until = min(time.perf_counter() + self.ctx.limits.timeout_s, end)
@@ -314,7 +374,7 @@ class E2ERun:
             if slot > stop:
                 break
             time.sleep(max(0.0, slot - time.perf_counter()))
-            task_id = f"{self.ctx.scratch}-ping-{i}"
+            task_id = self._task_id(f"ping-{i}")
             ping.apply_async(task_id=task_id, queue=self.queue_name,
                              routing_key=self.queue_name, exchange=self.queue_name)
             sent += 1
@@ -355,7 +415,7 @@ class E2ERun:
         return min(MAX_SPACING_S, max(UPDATE_SPACING_S, one_read, min(wanted, fits)))
 
     def _progress_phase(self, client: Any, mode: str, updates: int) -> None:
-        task_id = f"{self.ctx.scratch}-progress-{mode}"
+        task_id = self._task_id(f"progress-{mode}")
         self.task_ids.append(task_id)
         seen: dict[int, float] = {}
         self.trace.seen[mode] = seen
@@ -411,7 +471,7 @@ class E2ERun:
     def _latencies(self, mode: str) -> tuple[list[float], int, int, int]:
         """Per update seen: seen − returned, in ms. Also: updates written, updates never seen,
         and updates seen before update_state had returned (visible before its reply arrived)."""
-        task_id = f"{self.ctx.scratch}-progress-{mode}"
+        task_id = self._task_id(f"progress-{mode}")
         seen = self.trace.seen.get(mode, {})
         written = [i for (t, i) in self.trace.returned if t == task_id]
         values, early = [], 0
@@ -603,10 +663,10 @@ def _visibility_fix(target: Target, mode: str, p99_ms: float, budget_ms: float) 
     if p99_ms < 0.2 * budget_ms:
         return None
     if target.backend_scheme == "db":
-        return Fix("Move task states to a Redis result backend and stream them with "
-                   "get(on_message=...); the database backend is polled and every read is a query "
-                   "(see the backend probe for what slows it).",
-                   "result_backend = 'redis://REDIS_HOST:6379/0'\n",
+        return Fix("Move the result backend to Redis and stream states with get(on_message=...): the "
+                   "database backend is polled and every read is a query (see the backend probe for what "
+                   "slows it). result_backend is app-wide: every result moves, not only progress.",
+                   "result_backend = 'redis://REDIS-HOST:6379/0'\n",
                    ("https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend",))
     return Fix("See the broker, backend and network findings for what adds the delay; the e2e "
                "number is their sum as a client sees it.")

@@ -13,6 +13,7 @@ from celerydiag.render.words import (
     host_of,
     impact_cell,
     impact_phrase,
+    paste_block,
     probe_lines,
     verdict,
 )
@@ -35,6 +36,9 @@ def render(report: Report, stream: TextIO, **_: Any) -> None:
     w("## Probes\n\n")
     for line in probe_lines(report):
         w(f"- {line}\n")
+    block = paste_block(report)
+    if block:  # last: the one block to paste (issue 17)
+        w(f"\n## Paste into your Celery config (every fix at once)\n\n```python\n{block}\n```\n")
 
 
 def _summary_table(report: Report, w: Callable[[str], Any]) -> None:

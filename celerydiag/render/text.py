@@ -97,7 +97,7 @@ def _config_block(console: Any, config: str) -> None:
 
     if not config:
         return
-    console.print("Paste into your Celery config (one block per finding it fixes):")
+    console.print("Paste into your Celery config (every fix at once):")
     # Config is pasted into a celeryconfig: never wrap or crop it at the console width.
     console.print(Syntax(config, "python", theme="ansi_dark", background_color="default",
                          code_width=max(len(x) for x in config.splitlines())),

@@ -258,19 +258,12 @@ def ok_line(report: Report) -> str | None:
 
 
 def paste_block(report: Report) -> str:
-    """The config a user pastes into their celeryconfig: every fix's config of the findings that
-    are not ok, in rank order, each under the id it fixes. The one place every renderer takes the
-    report's config block from (issue 14 merges it into one block: swap this function's body)."""
-    blocks, seen = [], set()
-    for f in report.findings:
-        if f.severity == Severity.OK or not f.fix or not f.fix.config.strip():
-            continue
-        config = f.fix.config.rstrip()
-        if config in seen:
-            continue
-        seen.add(config)
-        blocks.append(f"# {f.id}\n{config}")
-    return "\n\n".join(blocks)
+    """The config a user pastes into their celeryconfig, the one place every renderer takes it from:
+    every fix of the findings that are not ok merged into one configuration in the user's naming
+    style (issue 17: :func:`celerydiag.config.paste.paste_block`)."""
+    from celerydiag.config.paste import paste_block as merged_block
+
+    return merged_block(report).rstrip("\n")
 
 
 def host_of(finding: Any) -> str | None:

@@ -104,8 +104,9 @@ def test_a_series_is_capped_and_keeps_its_extremes():
 # ---- the config block ---------------------------------------------------------------------------------
 
 def test_paste_block_holds_each_fix_config_once_under_its_finding():
+    # issue 17: one merged block, each setting once (the views of it are in the findings' fixes)
     block = paste_block(load("full-v2"))
-    assert "# backend.row-contention\ndatabase_engine_options" in block
+    assert block.count("database_engine_options = {") == 1
     assert block.count("accept_content = ['json']") == 1
     text = rendered(load("full-v2"), "text")
     assert text.index("Paste into your Celery config") > text.index("Probes:")

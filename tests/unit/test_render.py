@@ -88,6 +88,7 @@ def test_json_is_the_report_itself_and_report1_shaped(check_report):
     report = load("full-v1")
     data = json.loads(rendered(report, "json"))
     check_report(data)
+    assert isinstance(data.pop("paste_block"), str)  # issue 17: the one block, beside the report
     assert data == report.to_dict()
 
 
@@ -213,7 +214,8 @@ def test_empty_report_renders(fmt):
 
 def test_text_never_wraps_or_crops_pasteable_config_or_doc_links():
     config = ("broker_transport_options = {'confirm_publish': True, 'max_retries': 3, 'interval_start': 0,"
-              " 'interval_step': 0.2, 'interval_max': 0.5}\nresult_expires = 3600\n")
+              " 'interval_step': 0.2, 'interval_max': 0.5}\nresult_expires = 3600\n"
+              f"task_default_queue = '{'q' * 140}'\n")  # one line longer than the console
     doc = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#" + "a" * 80
     f = Finding("broker.x", Cause.BROKER, Severity.WARNING, "t", impact_ms=300.0, fix=Fix("s", config, (doc,)))
     report = Report.build({"broker": "", "backend": "", "source": "flags"}, 1000.0,
@@ -221,5 +223,11 @@ def test_text_never_wraps_or_crops_pasteable_config_or_doc_links():
     for color in (False, True):
         out = rendered(report, "text", color=color)
         plain = re.sub("\x1b\\[[0-9;]*m", "", out)
-        assert config.splitlines()[0] in plain.splitlines()
+        # the config arrives merged (issue 17: one block, dicts one key a line); no line of it is cut
+        from celerydiag.render.words import paste_block
+
+        block = paste_block(report)
+        assert "'interval_step': 0.2," in block
+        for line in block.splitlines():
+            assert line in plain.splitlines(), line
         assert f"  docs: {doc}" in plain.splitlines()

@@ -32,6 +32,9 @@ class ConnectionSummary:
     tcp: dict[str, Any]
     amqp: dict[str, Any] | None = None
     redis: dict[str, Any] | None = None
+    # each (fast) retransmission's wait since the first transmission, both sides (a bounded sample):
+    # the retransmission finding's impact is read from it; not part of the JSON (its summary is)
+    retransmission_delays_s: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"stream": self.stream, "client": self.client, "server": self.server,
@@ -107,6 +110,8 @@ def _summary(t: Tracked, t0: float, capture_end: float, events: list) -> Connect
         "handshake": round(conn.first_rtt * 1000.0, 3) if conn.first_rtt else None,
     }
     tcp["ack_rtt_ms"] = {"client": cflow.rtt.summary_ms(), "server": sflow.rtt.summary_ms()}
+    tcp["retransmission_delay_ms"] = {"client": cflow.retrans_delay.summary_ms(),
+                                      "server": sflow.retrans_delay.summary_ms()}
     tcp["max_data_gap_s"] = {"client": round(cflow.max_gap, 6), "server": round(sflow.max_gap, 6)}
     tcp["data_segments"] = {"client": cflow.data_segments, "server": sflow.data_segments}
     tcp["payload_bytes"] = {"client": cflow.payload_bytes, "server": sflow.payload_bytes}
@@ -137,7 +142,8 @@ def _summary(t: Tracked, t0: float, capture_end: float, events: list) -> Connect
     amqp = _amqp_block(t, cflow, sflow, end_ts if conn.end_ts is not None else capture_end, label, events, t0)
     redis = t.redis.to_dict() if t.redis is not None else None
     return ConnectionSummary(conn.stream, client, server, t.protocol, conn.packets, conn.first_ts - t0,
-                             None if conn.end_ts is None else conn.end_ts - t0, tcp, amqp, redis)
+                             None if conn.end_ts is None else conn.end_ts - t0, tcp, amqp, redis,
+                             tuple(cflow.retrans_delay.values + sflow.retrans_delay.values))
 
 
 def _p50(summary: dict[str, Any] | None) -> float | None:

@@ -118,7 +118,7 @@ class Flow:
     __slots__ = ("win_scale", "window", "nextseq", "nextseqtime", "lastack", "lastacktime",
                  "dupacknum", "maxseqtobeacked", "lastsegmentflags", "segments", "counts", "packets",
                  "payload_bytes", "data_segments", "fin", "rst", "last_data", "max_gap", "rtt",
-                 "zw_episode", "retrans_ts")
+                 "zw_episode", "retrans_delay", "retrans_ts")
 
     def __init__(self) -> None:
         self.win_scale = -1
@@ -142,7 +142,18 @@ class Flow:
         self.max_gap = 0.0
         self.rtt = Reservoir()
         self.zw_episode: Episode | None = None
+        # seconds from a segment's first transmission to each (fast) retransmission of it: what
+        # the data waited (tshark: tcp.analysis.rto); spurious ones cost nothing and are left out
+        self.retrans_delay = Reservoir()
         self.retrans_ts: list[float] = []  # when, for the timeline chart (at most MAX_MARKS)
+
+
+def _first_sent(segments: list[list[Any]], seq: int) -> float | None:
+    """When the oldest unacknowledged segment holding ``seq`` was sent (None: not captured)."""
+    for start, end, sent in segments:
+        if ((seq - start) & M32) < HALF and 0 < ((end - seq) & M32) < HALF:
+            return float(sent)
+    return None
 
 
 def _le(a: int, b: int) -> bool:
@@ -266,6 +277,10 @@ class Connection:
                 ta |= A_OUT_OF_ORDER
             elif not_advanced:
                 ta |= A_RETRANSMISSION
+        if ta & (A_RETRANSMISSION | A_FAST_RETRANSMISSION):
+            first_sent = _first_sent(fwd.segments, seq)
+            if first_sent is not None:
+                fwd.retrans_delay.add(ts - first_sent)
         nextseq = (seq + seglen) & M32
         if seglen or syn_fin:
             if syn_fin:
