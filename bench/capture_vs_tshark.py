@@ -3,23 +3,30 @@
 1. Makes (not committed) a real capture of AMQP traffic against the local RabbitMQ: py-amqp
    publishers and a consumer on loopback, tcpdump with a 128-byte snaplen, until >= 300k packets.
 2. Times ``celerydiag capture --read FILE --format json`` and ``tshark -2 -q -z expert -r FILE``
-   in the same run (same file, same machine, best of --repeat runs each), prints packets/s for both
-   and the ratio, and whether the counts agree (tshark's expert totals vs our per-connection sums).
+   in paired runs (one of each, alternating, --repeat pairs: a shared machine's load hits both
+   alike), prints the median of the per-pair ratios of wall time (and of CPU time) against the
+   goal (>= 3x), and whether the counts agree (tshark's expert totals vs our per-connection sums)
+   on this file and on every fixture in fixtures/pcaps.
+   With ``--native`` it also times the same modules compiled with mypyc (no source change; the
+   output must be identical): what compiling the hot path would buy.
 3. Builds 100k- and 1M-packet files by replaying the capture's records (each replay on new ports,
    so they are new connections) and reports celerydiag's peak RSS on each: memory stays flat when
    the analysis streams.
 
-Run as root: ``.venv/bin/python bench/capture_vs_tshark.py [--packets 300000] [--keep DIR]``.
+Run as root: ``.venv/bin/python bench/capture_vs_tshark.py [--packets 300000] [--keep DIR] [--reuse FILE] [--native]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
+import resource
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -149,17 +156,66 @@ def replay(src: str, dst: str, packets: int) -> None:
             copy += 1
 
 
-def timed(cmd: list[str], repeat: int) -> tuple[float, str]:
-    best, out = float("inf"), ""
-    for _ in range(repeat):
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-        elapsed = time.perf_counter() - t
-        if proc.returncode not in (0, 1):
-            raise SystemExit(f"{cmd[0]} failed: {proc.stderr.strip()[:300]}")
-        if elapsed < best:
-            best, out = elapsed, proc.stdout
-    return best, out
+GOAL = 3.0
+HOT_MODULES = ("decode", "tcp", "stream", "amqp", "reader", "analysis")  # resp.py: mypyc cannot subclass bytes
+
+
+def run_once(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(wall s, CPU s of the child, stdout) of one run. ``python -m`` puts its working directory first
+    on sys.path: it runs in the PYTHONPATH it is given, so that copy of the package is the one timed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    cwd = (env or {}).get("PYTHONPATH") or None
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, cwd=cwd)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{cmd[0]} failed: {proc.stderr.strip()[:300]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.stdout
+
+
+def paired(ours: list[str], theirs: list[str], pairs: int, env: dict[str, str] | None = None) -> dict:
+    """Alternating runs; per-pair ratios (theirs / ours) of wall and CPU time."""
+    rows = []
+    for i in range(pairs):
+        order = [(ours, env), (theirs, None)] if i % 2 == 0 else [(theirs, None), (ours, env)]
+        got = {}
+        for cmd, e in order:
+            got[cmd is ours] = run_once(cmd, e)
+        rows.append((got[True], got[False]))
+    return {
+        "ours_wall": [r[0][0] for r in rows], "theirs_wall": [r[1][0] for r in rows],
+        "ours_cpu": [r[0][1] for r in rows], "theirs_cpu": [r[1][1] for r in rows],
+        "wall_ratio": statistics.median(r[1][0] / r[0][0] for r in rows),
+        "cpu_ratio": statistics.median(r[1][1] / r[0][1] for r in rows),
+        "ours_out": rows[0][0][2], "theirs_out": rows[0][1][2],
+    }
+
+
+def build_native(work: str) -> str:
+    """A copy of the package with the hot modules compiled by mypyc; returns its PYTHONPATH."""
+    dest = os.path.join(work, "native")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(os.path.join(ROOT, "celerydiag"), os.path.join(dest, "celerydiag"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    mypyc = os.path.join(os.path.dirname(PY), "mypyc")
+    files = [f"celerydiag/network/capture/{m}.py" for m in HOT_MODULES]
+    proc = subprocess.run([mypyc, *files], cwd=dest, capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        raise SystemExit(f"mypyc failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+    return dest
+
+
+def fixture_counts() -> list[tuple[str, bool, dict, dict]]:
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "fixtures", "pcaps", "*.pcap*"))):
+        _w, _c, ours = run_once([PY, "-m", "celerydiag", "capture", "--read", path, "--format", "json",
+                                 "--fail-on", "never"])
+        _w, _c, theirs = run_once(["tshark", "-2", "-n", "-q", "-r", path, "-z", "expert"])
+        mine, ref = our_counts(json.loads(ours)), expert_counts(theirs)
+        out.append((os.path.basename(path), mine == ref, mine, ref))
+    return out
 
 
 def expert_counts(text: str) -> dict[str, int]:
@@ -193,11 +249,16 @@ def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
     return int(proc.stderr.strip().splitlines()[-1]) / 1024.0, wall
 
 
+def _sec(values: list[float]) -> str:
+    return f"median {statistics.median(values):6.2f} s (min {min(values):.2f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=300_000)
     ap.add_argument("--seconds", type=float, default=120.0, help="upper bound on traffic generation")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5, help="paired runs")
+    ap.add_argument("--native", action="store_true", help="also time the hot modules compiled with mypyc")
     ap.add_argument("--keep", metavar="DIR", help="keep the generated captures here")
     ap.add_argument("--reuse", metavar="FILE", help="use this capture (e.g. from --keep) instead of making one")
     args = ap.parse_args()
@@ -214,19 +275,34 @@ def main() -> None:
         n = len(records)
         del records
         print(f"capture: {big}: {n} packets, {os.path.getsize(big) / 1e6:.1f} MB")
-        ours_s, ours_out = timed([PY, "-m", "celerydiag", "capture", "--read", big, "--format", "json",
-                                  "--fail-on", "never"], args.repeat)
-        tshark_s, tshark_out = timed(["tshark", "-2", "-n", "-q", "-r", big, "-z", "expert"], args.repeat)
-        ours = our_counts(json.loads(ours_out))
-        theirs = expert_counts(tshark_out)
-        print(f"celerydiag capture --read : {ours_s:7.2f} s  {n / ours_s:10,.0f} packets/s")
-        print(f"tshark -2 -q -z expert    : {tshark_s:7.2f} s  {n / tshark_s:10,.0f} packets/s")
-        print(f"ratio (celerydiag / tshark packets/s): {tshark_s / ours_s:.2f}x  (goal >= 2x)")
+        ours_cmd = [PY, "-m", "celerydiag", "capture", "--read", big, "--format", "json", "--fail-on", "never"]
+        tshark_cmd = ["tshark", "-2", "-n", "-q", "-r", big, "-z", "expert"]
+        print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs; shared machines are noisy)")
+        res = paired(ours_cmd, tshark_cmd, args.repeat, env={**os.environ, "PYTHONPATH": ROOT})
+        print(f"paired runs: {args.repeat}")
+        print(f"celerydiag capture --read : wall {_sec(res['ours_wall'])}  cpu {_sec(res['ours_cpu'])}  "
+              f"{n / statistics.median(res['ours_wall']):10,.0f} packets/s")
+        print(f"tshark -2 -q -z expert    : wall {_sec(res['theirs_wall'])}  cpu {_sec(res['theirs_cpu'])}  "
+              f"{n / statistics.median(res['theirs_wall']):10,.0f} packets/s")
+        print(f"speedup over tshark (median of pairs): wall {res['wall_ratio']:.2f}x, cpu {res['cpu_ratio']:.2f}x"
+              f"  (goal >= {GOAL:g}x: {'met' if res['wall_ratio'] >= GOAL else 'NOT met'})")
+        ours = our_counts(json.loads(res["ours_out"]))
+        theirs = expert_counts(res["theirs_out"])
         same = ours == theirs
         print(f"counts match tshark's expert totals: {'yes' if same else 'NO'}")
         for name in ours:
             mark = "" if ours[name] == theirs[name] else "   <-- differs"
             print(f"  {name:24} celerydiag {ours[name]:8}  tshark {theirs[name]:8}{mark}")
+        for name, ok, mine, ref in fixture_counts():
+            diff = {k: (mine[k], ref[k]) for k in mine if mine[k] != ref[k]}
+            print(f"fixture {name:28} counts {'identical to tshark' if ok else f'DIFFER {diff}'}")
+        if args.native:
+            native = build_native(work)
+            nres = paired(ours_cmd, tshark_cmd, args.repeat, env={**os.environ, "PYTHONPATH": native})
+            same_out = json.loads(nres["ours_out"]) == json.loads(res["ours_out"])
+            print(f"mypyc-compiled {', '.join(HOT_MODULES)}: wall {_sec(nres['ours_wall'])}, speedup over tshark "
+                  f"wall {nres['wall_ratio']:.2f}x, cpu {nres['cpu_ratio']:.2f}x; output identical to pure "
+                  f"Python: {'yes' if same_out else 'NO'}")
         for target in (100_000, 1_000_000):
             path = os.path.join(work, f"replay-{target}.pcap")
             replay(big, path, target)

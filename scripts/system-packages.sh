@@ -8,6 +8,8 @@ command -v tshark  >/dev/null 2>&1 || missing+=(tshark)
 command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 command -v nft     >/dev/null 2>&1 || missing+=(nftables)  # capture fixture: loss in a netns
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # watch: scrape + promtool rule tests
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)  # live capture: the load (bench, tests)
+command -v ip      >/dev/null 2>&1 || missing+=(iproute2)  # live capture: a veth pair in a netns of ours
 [ -x /usr/bin/chromium ]     || missing+=(chromium)         # the HTML report's browser test
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0

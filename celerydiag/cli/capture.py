@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -26,7 +27,8 @@ EPILOG = """\b
 Examples:
   celerydiag capture --read broker.pcap                         # offline: a tcpdump/tshark/our own capture
   sudo celerydiag capture --iface eth0 --duration 30            # live on the default ports
-  sudo celerydiag capture -A proj.celery:app --iface lo --write cap.pcap    # your app's ports, keep the file
+  sudo celerydiag capture -A proj.celery:app --iface lo --write cap.pcapng  # your app's ports, keep the file
+  sudo celerydiag capture --iface any -B 256 -d 60              # a busy host: a bigger kernel ring
   celerydiag capture --read cap.pcapng --format json | jq '.connections[] | {client, amqp}'
   celerydiag capture --read raw.pcap --write shareable.pcap     # copy with AMQP credentials blanked
 
@@ -48,17 +50,23 @@ DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
               help="Live: seconds to capture (Ctrl-C stops earlier and still analyses).")
 @click.option("-c", "--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Live: stop after this many packets (0 = no limit).")
-@click.option("-w", "--write", "write", type=click.Path(dir_okay=False, writable=True), metavar="FILE.pcap",
-              help="Live: keep the capture in this pcap. With --read: write a copy (credentials blanked).")
+@click.option("-w", "--write", "write", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Live: keep the capture in this file (pcapng, with the kernel's drop count). With --read: "
+                   "write a pcap copy (credentials blanked).")
+@click.option("-B", "--buffer-mib", type=FiniteRange(min=0.125, max=4096), default=64.0, show_default=True,
+              help="Live: the kernel ring that holds packets until they are analysed, in MiB (like tcpdump -B). "
+                   "Packets that find it full are dropped, and the report says so.")
+@click.option("-s", "--snaplen", type=click.IntRange(64, 262144), default=262144, show_default=True,
+              help="Live: bytes kept of each packet (like tcpdump -s); a cut payload is reported as partial data.")
 @click.option("--scrub/--no-scrub", default=True, show_default=True,
               help="Blank AMQP PLAIN credentials (Connection.Start-Ok) in what --write writes. They are never "
                    "printed either way.")
 @target_options
 @output_options
 def command(read_: str | None, iface: str | None, ports: tuple[int, ...], duration: float, count: int,
-            write: str | None, scrub: bool, app: str | None, broker: str | None, backend: str | None,
-            fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
-            verbose: bool = False) -> ExitCode:
+            write: str | None, buffer_mib: float, snaplen: int, scrub: bool, app: str | None, broker: str | None,
+            backend: str | None, fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float,
+            no_color: bool, verbose: bool = False) -> ExitCode:
     """Find network causes of late task states in broker and backend traffic, live or from a file.
 
     Per TCP connection: zero-window episodes (who stopped reading), retransmissions, duplicate ACKs,
@@ -71,12 +79,21 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     early (`| head`).
     """
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the capture
-        return _capture(out, read_, iface, ports, duration, count, write, scrub, app, broker, backend, fmt,
-                        output, fail_on, budget_ms, verbose)
+        live = LiveOptions(duration, count, buffer_mib, snaplen)
+        return _capture(out, read_, iface, ports, live, write, scrub, app, broker, backend, fmt, output, fail_on,
+                        budget_ms, verbose)
 
 
-def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int, ...], duration: float,
-             count: int, write: str | None, scrub: bool, app: str | None, broker: str | None,
+@dataclass(frozen=True)
+class LiveOptions:
+    duration: float
+    count: int
+    buffer_mib: float
+    snaplen: int
+
+
+def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int, ...], live: LiveOptions,
+             write: str | None, scrub: bool, app: str | None, broker: str | None,
              backend: str | None, fmt: OutputFormat, output: str | None, fail_on: str,
              budget_ms: float, verbose: bool = False) -> ExitCode:
     from celerydiag.network.capture import analyse, ports_for_target
@@ -94,30 +111,25 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
                              "write the report to another file")
     urls = _target_urls(app, broker, backend)
     port_set = ports_for_target(urls, ports)
-    extra: dict[str, Any] = {}
     if iface:
-        path, extra = _live(iface, port_set, duration, count, write, scrub)
-    else:
-        assert read_ is not None  # exactly one of --read/--iface, checked above
-        path = read_
-    if not iface and write:
+        report = _live(iface, port_set, live, write, scrub, budget_ms)
+        return _emit_capture(out, report, fmt, fail_on, verbose)
+    assert read_ is not None  # exactly one of --read/--iface, checked above
+    if write:
         from celerydiag.network.capture.live import scrub_file
 
-        if os.path.exists(write) and os.path.samefile(path, write):
+        if os.path.exists(write) and os.path.samefile(read_, write):
             raise InputError(f"--write {write} is the file being read; it would be destroyed",
                              "write the scrubbed copy to another file")
         with writing("--write", write):
-            scrub_file(path, write) if scrub else _copy(path, write)
+            scrub_file(read_, write) if scrub else _copy(read_, write)
     progress = _progress(fmt, output)
     try:
-        report = analyse(path, ports=port_set, budget_ms=budget_ms, progress=progress, extra=extra)
+        report = analyse(read_, ports=port_set, budget_ms=budget_ms, progress=progress)
     except InputError:
         if progress is not None:  # the error line replaces the "N packets read" line, not after it
             click.echo("\r", err=True, nl=False)
         raise
-    finally:
-        if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
-            os.unlink(path)
     return _emit_capture(out, report, fmt, fail_on, verbose)
 
 
@@ -127,24 +139,25 @@ def _target_urls(app: str | None, broker: str | None, backend: str | None) -> li
     return [target.broker_url, target.backend_url] if target else []
 
 
-def _live(iface: str, ports: Any, duration: float, count: int, write: str | None,
-          scrub: bool) -> tuple[str, dict[str, Any]]:
-    from celerydiag.network.capture import live
+def _live(iface: str, ports: Any, opts: LiveOptions, write: str | None, scrub: bool, budget_ms: float) -> Any:
+    """Capture and analyse in one pass: frames go from the kernel's ring to the analysis (and, with
+    --write, to the file on the way); no temporary file holds the user's traffic."""
+    from dataclasses import replace
 
-    path = write or live.default_path()
+    from celerydiag.network.capture import analyse_frames, live
+
     server_ports = sorted(ports.servers())
-    click.echo(f"celerydiag: capturing on {iface} ({live.bpf_for(server_ports)}) for up to {duration:g} s; "
-               "Ctrl-C stops and analyses", err=True)
-    try:
-        with writing("--write" if write else "the capture's temporary file", path, DISK_ERRNOS):
-            result = live.capture(iface, server_ports, path, duration=duration, count=count, scrub=scrub)
-    except BaseException:
-        if not write and os.path.exists(path):
-            os.unlink(path)
-        raise
-    return path, {"live": {"iface": iface, "filter": live.bpf_for(server_ports), "packets": result.packets,
-                           "kernel_drops": result.kernel_drops, "interrupted": result.interrupted,
-                           "seconds": round(result.seconds, 3), "written": write}}
+    with live.LiveCapture(iface, server_ports, duration=opts.duration, count=opts.count, snaplen=opts.snaplen,
+                          buffer_bytes=int(opts.buffer_mib * (1 << 20))) as cap:
+        click.echo(f"celerydiag: capturing on {iface} ({cap.filter}) for up to {opts.duration:g} s; "
+                   "Ctrl-C stops and analyses", err=True)
+        if write:
+            with writing("--write", write, DISK_ERRNOS), open(write, "wb") as fh:
+                report = analyse_frames(write, cap.info, live.written(cap, fh, scrub=scrub), ports=ports,
+                                        budget_ms=budget_ms)
+        else:
+            report = analyse_frames(f"{iface} (live)", cap.info, cap.frames(), ports=ports, budget_ms=budget_ms)
+    return replace(report, extra={**report.extra, "live": cap.summary(write)})
 
 
 def _copy(src: str, dst: str) -> None:

@@ -3,8 +3,9 @@
 Layers, each in its own module: ``reader`` (pcap/pcapng records, streamed), ``decode`` (link/IP/TCP
 headers), ``tcp`` (Wireshark's tcp.analysis rules per connection and direction), ``stream``
 (in-order reassembly), ``amqp`` and ``resp`` (protocol parsers), ``analysis`` (the one-pass loop),
-``report`` (``celerydiag.capture/1``), ``assess`` (findings with impact_ms and fixes), ``live``
-(scapy sniffing into a pcap, then the same analysis) and ``render`` (text for people).
+``report`` (``celerydiag.capture/1``), ``assess`` (findings with impact_ms and fixes), ``coverage``
+(drops and cut payloads as a finding), ``ring`` (the kernel's packet ring and BPF filter), ``live``
+(frames from the ring into the same analysis) and ``render`` (text for people).
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ def analyse_frames(path: str, info: CaptureInfo, frames: Iterable[tuple[float, i
                    extra: dict[str, Any] | None = None) -> CaptureReport:
     """The report on frames from the reader (:func:`~celerydiag.network.capture.reader.open_stream`
     for a capture already in memory: the fuzzers feed it mutated files this way)."""
-    from celerydiag.network.capture import analysis, assess, report
+    from celerydiag.network.capture import analysis, assess, coverage, report
     from celerydiag.rank import rank
 
     result = analysis.run(info, frames, ports or Ports(), progress=progress)
     conns, timeline = report.summarise(result)
-    findings = rank(assess.assess(conns), budget_ms)
+    # after run(): a live capture's drop count is known once its frames are exhausted
+    seen = coverage.Coverage(info.packets, info.interface_drops or 0, result.cut_packets,
+                             sum(c.tcp["payload_bytes"]["client"] + c.tcp["payload_bytes"]["server"] for c in conns),
+                             result.cut_bytes)
+    findings = coverage.qualified(rank(assess.assess(conns), budget_ms), seen)
     file_block: dict[str, Any] = {
         "path": path, "packets": info.packets, "link_type": info.link_type, "format": info.format,
         # celerydiag.capture/1 keeps the key; a file cut short raises InputError in the reader instead

@@ -12,6 +12,7 @@ Connection.Start-Ok carries SASL PLAIN credentials in clear text: we never keep 
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ PROTOCOL_HEADER = b"AMQP"
 FRAME_END = 0xCE
 _HDR = struct.Struct("!BHI").unpack_from
 _METHOD = struct.Struct("!HH").unpack_from
+_FRAME_TYPE = re.compile(rb"[\x01\x02\x03\x08]")  # method, header, body, heartbeat
 METHODS = {
     (10, 10): "Connection.Start", (10, 11): "Connection.Start-Ok", (10, 30): "Connection.Tune",
     (10, 31): "Connection.Tune-Ok", (10, 40): "Connection.Open", (10, 41): "Connection.Open-Ok",
@@ -112,8 +114,15 @@ class AmqpParser:
         n = len(data)
         if data[:4] == PROTOCOL_HEADER:
             return 0
-        for pos in range(min(n, 64)):  # frames usually start a segment: look near its start only
-            if data[pos] in (1, 2, 3, 8) and pos + 7 <= n:
+        if n > 7 and data[0] in (1, 2, 3, 8):  # the usual case: a frame starts the segment
+            end = 7 + _HDR(data, 0)[2]
+            if end < n and data[end] == FRAME_END:
+                return 0
+        # else look near its start only, at the bytes that can start a frame (found by the regex
+        # engine, not a Python loop over every position)
+        for m in _FRAME_TYPE.finditer(data, 0, min(n, 64)):
+            pos = m.start()
+            if pos + 7 <= n:
                 _t, channel, size = _HDR(data, pos)
                 end = pos + 7 + size
                 if end < n and data[end] == FRAME_END:
@@ -142,18 +151,19 @@ class AmqpParser:
                 if len(side.heartbeat_ts) < MAX_HEARTBEATS:
                     side.heartbeat_ts.append(ts)
             elif ftype == 1 and size >= 4:
-                self._method(ts, channel, data, pos + 7, end)
+                cls, mid = _METHOD(data, pos + 7)
+                if cls == 60:  # basic.*: counted here, not listed (the hot path of a busy connection)
+                    if mid == 40:
+                        side.publishes += 1
+                    elif mid == 60:
+                        side.deliveries += 1
+                else:
+                    self._method(ts, cls, mid, data, pos + 7, end)
             pos = end + 1
         return pos
 
-    def _method(self, ts: float, channel: int, data: Any, start: int, end: int) -> None:
-        cls, mid = _METHOD(data, start)
-        if cls == 60:  # basic.*: counted, not listed (the hot path of a busy connection)
-            if mid == 40:
-                self.sidestate.publishes += 1
-            elif mid == 60:
-                self.sidestate.deliveries += 1
-            return
+    def _method(self, ts: float, cls: int, mid: int, data: Any, start: int, end: int) -> None:
+        """A method other than basic.*: an event on the timeline, with what its handler reads."""
         name = METHODS.get((cls, mid))
         if name is None:
             return

@@ -73,16 +73,19 @@ class Analysis:
     first_ts: float | None
     last_ts: float | None
     non_tcp: int
+    cut_packets: int = 0  # segments whose payload the snap length cut
+    cut_bytes: int = 0  # payload bytes those segments lost
 
 
 def run(info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], ports: Ports,
         progress: Any = None) -> Analysis:
-    table: dict[tuple, tuple[Tracked, bool]] = {}
+    table: dict[tuple[bytes, int, bytes, int], tuple[Tracked, bool]] = {}
     tracked: list[Tracked] = []
     servers = ports.servers()
     first_ts = last_ts = None
     non_tcp = 0
     count = 0
+    cut_packets = cut_bytes = 0
     tick = progress or _no_progress
     frames = iter(frames)
     first = next(frames, None)
@@ -108,20 +111,23 @@ def run(info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], ports: Po
         if t.client_is_a is None:
             _decide_client(t, servers)
         if seglen:
+            if len(payload) < seglen:
+                cut_packets += 1
+                cut_bytes += seglen - len(payload)
             if t.undecided:
                 _decide_protocol(t, ports, from_a, payload)
             if t.amqp is not None or t.redis is not None:
                 t.streams[from_a].segment(ts, seq, seglen, payload)
                 if t.amqp is not None:
                     t.amqp.activity("client" if from_a == t.client_is_a else "server", ts)
-    return Analysis(info, tracked, first_ts, last_ts, non_tcp)
+    return Analysis(info, tracked, first_ts, last_ts, non_tcp, cut_packets, cut_bytes)
 
 
 def _no_progress(count: int) -> None:
     """No progress bar: nothing to tell."""
 
 
-def _connection_of(table: dict[tuple, tuple[Tracked, bool]], tracked: list[Tracked],
+def _connection_of(table: dict[tuple[bytes, int, bytes, int], tuple[Tracked, bool]], tracked: list[Tracked],
                    entry: tuple[Tracked, bool] | None, ts: float, src: bytes, sport: int, dst: bytes,
                    dport: int, seq: int, flags: int) -> tuple[Tracked, bool]:
     """For a new 4-tuple or a SYN: the connection it belongs to. A SYN that reuses the ports of a

@@ -1,6 +1,6 @@
 """Link, IP and TCP headers from raw frame bytes, with ``struct`` (no per-packet objects).
 
-Link types: Ethernet (with 802.1Q/QinQ tags), Linux cooked v1 and v2 (``tcpdump -i any``), raw
+Link types: Ethernet and Linux cooked v1 (both with 802.1Q/QinQ tags), Linux cooked v2 (``tcpdump -i any``), raw
 IP, BSD null/loopback (host byte order) and OpenBSD loop (network order), bare IPv4/IPv6. IP
 fragments other than the first are skipped (a TCP header is not in them). The TCP segment length
 is taken from the IP length fields, as Wireshark does, so a snaplen-truncated frame still counts
@@ -15,22 +15,23 @@ import struct
 _U16 = struct.Struct("!H").unpack_from
 _TCP = struct.Struct("!HHIIBBH").unpack_from  # sport dport seq ack off flags window
 _IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, flags/frag, proto, src, dst
+_ETH_IP4_TCP = struct.Struct("!HBxHxxHxBxx4s4sHHIIBBH").unpack_from  # ethertype, then _IP4, then _TCP (no IP options)
 
 ETHERTYPE_IP4, ETHERTYPE_IP6 = 0x0800, 0x86DD
+# src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale (precise: compiled, it is cheaper)
+Segment = tuple[bytes, int, bytes, int, int, int, int, int, int, bytes, int]
 _V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH: skip to the next header
 
 
 def ip_offset(link: int, frame: bytes) -> int:
     """Offset of the IP header in the frame, or -1 when it is not IP."""
-    if link == 1:
-        etype = _U16(frame, 12)[0] if len(frame) >= 14 else 0
-        off = 14
+    if link == 1 or link == 113:  # Ethernet, or Linux cooked v1 (VLAN tags in both: libpcap puts them back)
+        off = 14 if link == 1 else 16
+        etype = _U16(frame, off - 2)[0] if len(frame) >= off else 0
         while etype in (0x8100, 0x88A8) and len(frame) >= off + 4:
             etype = _U16(frame, off + 2)[0]
             off += 4
         return off if etype in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
-    if link == 113:
-        return 16 if len(frame) >= 16 and _U16(frame, 14)[0] in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
     if link == 276:
         return 20 if len(frame) >= 20 and _U16(frame, 0)[0] in (ETHERTYPE_IP4, ETHERTYPE_IP6) else -1
     if link in (101, 12, 14, 228, 229):
@@ -40,19 +41,28 @@ def ip_offset(link: int, frame: bytes) -> int:
     return -1
 
 
-def tcp_segment(link: int, frame: bytes) -> tuple | None:
+def tcp_segment(link: int, frame: bytes) -> Segment | None:  # noqa: C901 - hot path: Ethernet + IPv4 inline
     """``(src, sport, dst, dport, seq, ack, flags, window, seglen, payload, wscale)`` or None.
 
     ``src``/``dst`` are raw address bytes (cheap dict keys); ``payload`` is what was captured of
     the segment's data (may be shorter than ``seglen`` when the snaplen cut it); ``wscale`` is the
     window-scale option of a SYN, else -1.
     """
-    if link == 1 and frame[12:14] == b"\x08\x00":  # the common case first: Ethernet + IPv4
-        off = 14
-    else:
-        off = ip_offset(link, frame)
-        if off < 0:
-            return None
+    if link == 1 and len(frame) >= 54:  # the common case first: Ethernet + IPv4 without options, one unpack
+        etype, vihl, total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags, window = _ETH_IP4_TCP(frame, 12)
+        if etype == ETHERTYPE_IP4 and vihl == 0x45:
+            if proto != 6 or frag & 0x1FFF:
+                return None
+            hlen = (doff >> 4) * 4
+            seglen = (14 + total if total else len(frame)) - 34 - hlen
+            if seglen < 0:
+                return None
+            start = 34 + hlen
+            wscale = _wscale(frame, 54, start) if flags & 0x02 and hlen > 20 else -1
+            return src, sport, dst, dport, seq, ack, flags, window, seglen, frame[start:start + seglen], wscale
+    off = ip_offset(link, frame)
+    if off < 0:
+        return None
     if len(frame) < off + 20:
         return None
     version = frame[off] >> 4

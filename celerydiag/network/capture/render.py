@@ -27,12 +27,17 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False, v
     # markup off: addresses ("[fd00::2]:40000") and broker close texts are data, never style tags
     console = Console(file=stream, force_terminal=color, no_color=not color, width=140, highlight=False,
                       soft_wrap=False, markup=False)
-    for line in verdict(as_report(report)):
-        console.print(line, style="bold")
+    from celerydiag.network.capture.coverage import lower_bound
+
+    partial = lower_bound(report.findings)  # a partial capture: every verdict, folded or not, says so
+    for i, line in enumerate(verdict(as_report(report))):
+        console.print(f"{line} {partial}" if partial and i == 0 else line, style="bold")
     f = report.file
     console.print(f"Capture {f.get('path', '')}: {f['packets']} packets, {f['format']}, link {f['link_type']}, "
                   f"{f.get('duration_s', 0):.1f} s. Budget {report.budget_ms:g} ms.")
     live = report.extra.get("live")
+    if not live and f.get("interface_drops"):
+        console.print(f"The capture's statistics say {f['interface_drops']:,} packets were dropped while capturing.")
     if live:
         console.print(f"Live on {live['iface']} ({live['filter']}): {live['seconds']:.1f} s, "
                       f"kernel drops {live['kernel_drops'] if live['kernel_drops'] is not None else 'unknown'}"
@@ -50,7 +55,7 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False, v
             _print_finding(console, finding)
     folded = None if verbose else ok_line(as_report(report))
     if folded:
-        console.print(folded)
+        console.print(f"{folded} {partial}" if partial else folded)
 
 
 def render_html(report: CaptureReport, stream: TextIO, *, verbose: bool = False) -> None:

@@ -66,22 +66,27 @@ class Reassembler:
                 seq = nxt
         self.next = (seq + seglen) & M32
         if len(payload) < seglen:  # cut by the snaplen: the rest is unknown
-            self._push(ts, payload)
+            self._push(ts, payload, last=True)
             self._clear()
             self.synced = False
             return
         self._push(ts, payload)
 
-    def _push(self, ts: float, payload: bytes) -> None:
+    def _push(self, ts: float, payload: bytes, last: bool = False) -> None:
+        """Feed the parser; ``last``: the stream breaks after this segment (a snaplen cut), so what
+        the parser leaves unfinished is dropped, not kept."""
         if not payload:
             return
-        self.parts.append(payload)
-        self.size += len(payload)
-        if self.size < self.want:  # the unfinished message is still short of what it needs
-            return
         parts = self.parts
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._clear()
+        if parts:
+            parts.append(payload)
+            self.size += len(payload)
+            if self.size < self.want:  # the unfinished message is still short of what it needs
+                return
+            data = b"".join(parts)
+            self._clear()
+        else:  # the common case: nothing left over, the segment is the data (no list, no join)
+            data = payload
         if not self.synced:
             start = self.parser.resync(data)
             if start < 0:
@@ -92,6 +97,8 @@ class Reassembler:
         used = self.parser.feed(ts, data)
         if used < 0:  # the parser lost the framing
             self.synced = False
+            return
+        if last:
             return
         rest = data[used:] if used < len(data) else b""
         want = self.parser.want
