@@ -154,15 +154,122 @@ def schedule(count: int, interval_s: float, deadline_s: float,
 
 
 def scheduled(op: Callable[[int], Any], count: int, interval_s: float, deadline_s: float,
-              step: Callable[[], None] = lambda: None) -> list[float]:
+              step: Callable[[], None] = lambda: None, enough: StopRule | None = None) -> list[float]:
     """Latency in ms of each ``op(seq)`` from its intended send time on :func:`schedule`
-    (coordinated omission avoided). What ``op`` raises propagates: the caller names it."""
+    (coordinated omission avoided), up to ``count`` of them or until ``enough`` says the
+    percentiles are pinned down (see :class:`StopRule`). What ``op`` raises propagates: the caller
+    names it."""
     out: list[float] = []
     for seq, intended in enumerate(schedule(count, interval_s, deadline_s)):
         op(seq)
         out.append(ms(time.perf_counter() - intended))
         step()
+        if enough is not None and enough.met(out):
+            break
     return out
+
+
+# ---- when a sampler has enough ---------------------------------------------------------------
+
+CONFIDENCE = 0.95
+
+
+def _binomial_cdf(n: int, p: float) -> list[float]:
+    """``cdf[k] = P(B <= k)`` for B ~ Binomial(n, p), summed in log space (n of a few thousand)."""
+    if p <= 0.0 or p >= 1.0:
+        return [1.0] * (n + 1) if p <= 0.0 else [0.0] * n + [1.0]
+    log_p, log_q = math.log(p), math.log1p(-p)
+    total = 0.0
+    out: list[float] = []
+    for k in range(n + 1):
+        log_pmf = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
+        total += math.exp(log_pmf)
+        out.append(min(total, 1.0))
+    return out
+
+
+def quantile_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """1-based ranks ``(lo, hi)`` such that the sorted sample's ``x[lo-1] <= true q-quantile <=
+    x[hi-1]`` with probability at least ``confidence``, whatever the distribution (the
+    order-statistic interval: the number of samples below the true quantile is Binomial(n, q)).
+    None when ``n`` samples cannot bound it on both sides at that confidence: the P99 of fewer than
+    367 samples at 95 % (0.99^n must drop below 2.5 % for the maximum to be an upper bound)."""
+    if n < 1 or not 0.0 < q < 1.0:
+        return None
+    alpha = (1.0 - confidence) / 2.0
+    cdf = _binomial_cdf(n, q)  # cdf[k] = P(fewer than k+1 samples below the quantile)
+    # lo: the largest rank with P(B < lo) = cdf[lo-1] <= alpha
+    lo = 0
+    while lo < n and (cdf[lo] if lo < len(cdf) else 1.0) <= alpha:
+        lo += 1
+    # hi: the smallest rank with P(B >= hi) = 1 - cdf[hi-1] <= alpha
+    hi = next((k + 1 for k in range(n) if 1.0 - cdf[k] <= alpha), None)
+    if lo < 1 or hi is None:
+        return None
+    return lo, hi
+
+
+def quantile_interval(values: Sequence[float], q: float, confidence: float = CONFIDENCE
+                      ) -> tuple[float, float] | None:
+    """The distribution-free confidence interval of the ``q`` quantile (0..1) of ``values``
+    (:func:`quantile_ranks`), or None when there are too few values for one."""
+    ranks = quantile_ranks(len(values), q, confidence)
+    if ranks is None:
+        return None
+    ordered = sorted(values)
+    return float(ordered[ranks[0] - 1]), float(ordered[ranks[1] - 1])
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a latency sampler may stop before its ``--samples``: once the 95 % distribution-free
+    confidence interval (:func:`quantile_interval`) of each of P50 and P99 is narrower than
+    ``rel_tol`` of that percentile or ``abs_ms``, whichever is larger.
+
+    Why these: the report uses P99 (impact) and P50 (detail); an order-statistic interval needs
+    no assumption about the shape of a latency distribution (they are skewed and multi-modal,
+    where a normal-theory or a bootstrap interval of a tail percentile is too optimistic at a few
+    hundred samples). ``abs_ms`` is what is too small to matter against the budget: severity is
+    decided at 20 % and 100 % of ``--budget-ms`` and callers pass 1 % of it, so a P99 pinned to
+    within 10 ms of a 1000 ms budget cannot change a finding's severity, except right at a
+    threshold. The P99 interval exists only from 367 samples (see :func:`quantile_ranks`), so a
+    sampler never stops below that, and checks every ``every`` samples (sorting costs
+    O(n log n)). A slow or noisy path keeps sampling up to its ``--samples``.
+    """
+
+    abs_ms: float = 10.0
+    rel_tol: float = 0.25
+    every: int = 25
+    quantiles: tuple[float, ...] = (0.5, 0.99)
+
+    @classmethod
+    def for_budget(cls, budget_ms: float) -> StopRule:
+        return cls(abs_ms=max(0.0, 0.01 * budget_ms))
+
+    @property
+    def min_samples(self) -> int:
+        """The fewest samples for which every tracked percentile has an interval at all."""
+        return max(_min_n(q) for q in self.quantiles)
+
+    def met(self, values: Sequence[float]) -> bool:
+        n = len(values)
+        if n < self.min_samples or (n - self.min_samples) % self.every:
+            return False
+        return all(self.tight(values, q) for q in self.quantiles)
+
+    def tight(self, values: Sequence[float], q: float) -> bool:
+        interval = quantile_interval(values, q)
+        if interval is None:
+            return False
+        lo, hi = interval
+        return hi - lo <= max(self.abs_ms, self.rel_tol * abs(percentile(values, 100 * q)))
+
+
+def _min_n(q: float, confidence: float = CONFIDENCE) -> int:
+    """The fewest samples with a two-sided interval for quantile ``q`` (the extreme order
+    statistics must already cover it: q^n and (1-q)^n both at most (1-confidence)/2)."""
+    alpha = (1.0 - confidence) / 2.0
+    return max(1, math.ceil(math.log(alpha) / math.log(max(q, 1.0 - q))))
 
 
 def back_to_back(op: Callable[[], Any], count: int, within_s: float = math.inf) -> list[float]:

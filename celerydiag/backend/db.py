@@ -291,15 +291,24 @@ def _mentions(lock_table: str | None, table: TableRef) -> bool:
 
 
 def watch_waits(conn: Any, info: ServerInfo, table: TableRef, duration_s: float, interval_s: float,
-                stop: threading.Event | None = None, on_sample: Any = None) -> list[Episode]:
-    """Sample every ``interval_s`` for ``duration_s`` and merge the snapshots into episodes."""
+                stop: threading.Event | None = None, on_sample: Any = None,
+                idle_stop_s: float | None = None) -> list[Episode]:
+    """Sample every ``interval_s`` for ``duration_s`` and merge the snapshots into episodes. With
+    ``idle_stop_s``, stop once that long has passed with no session waiting for any lock in any
+    snapshot (an idle server: a longer look would only repeat the empty answer)."""
     episodes: dict[tuple[str, str], Episode] = {}  # the current episode of each (waiter, blocker)
     ended: list[Episode] = []
     started = time.monotonic()
     deadline = started + duration_s
     while True:
         now = time.monotonic() - started
-        for waiter, blocker, wait_s, on_table in sample_waits(conn, info, table):
+        pairs = sample_waits(conn, info, table)
+        if idle_stop_s is not None and not pairs and not episodes and not ended \
+                and time.monotonic() - started >= idle_stop_s:
+            if on_sample is not None:
+                on_sample()
+            break
+        for waiter, blocker, wait_s, on_table in pairs:
             key = (waiter["id"], blocker["id"])
             ep = episodes.get(key)
             if ep is None or now - ep.last_seen_s > 2 * interval_s + wait_s:

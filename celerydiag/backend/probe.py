@@ -36,6 +36,9 @@ WRITERS = 4
 LOCK_SHARE = 0.25  # of the time left after the settings, the most the lock sampling may take
 FINDINGS_MARGIN_S = 0.3  # kept back from the deadline to build the findings (no I/O)
 SETTINGS_ROUND_TRIPS = 8  # server settings, visibility, the task table: about this many round trips
+# With the default --duration, lock sampling stops after this long when no session waits for any
+# lock and no open transaction touches the task table (DatabaseRun.idle_stop_s).
+IDLE_LOCK_LOOK_S = 0.5
 
 
 class BackendProbe(Probe):
@@ -293,7 +296,7 @@ class DatabaseRun:
         duration = self.lock_duration()
         ctx.progress.step(1, f"sampling lock waits for {duration:.3g} s")
         self.bound(conn)
-        yield from self.lock_findings(conn, info, duration)
+        yield from self.lock_findings(conn, info, duration, self.idle_stop_s(tinfo))
         ctx.progress.step(1, "contention experiment on a scratch table")
         self.bound(conn)
         yield from self.experiment(engine, conn, info)
@@ -312,6 +315,27 @@ class DatabaseRun:
             self.skipped["lock_sampling"] = (f"Sampled {duration:.2g} s of the {asked:g} s --duration asks:"
                                              f" --max-seconds {self.ctx.limits.max_seconds:g} leaves no more")
         return duration
+
+    def idle_stop_s(self, tinfo: Any) -> float | None:
+        """When the lock sampling may end before ``--duration``: after IDLE_LOCK_LOOK_S with no
+        session waiting for any lock in any snapshot, unless an open transaction touches the task
+        table, or on MariaDB holds any row lock (a blocker in waiting: then the whole --duration,
+        for a writer to run into it).
+
+        Only with the default --duration: a user who asks for a longer look (to catch an
+        intermittent blocker, a nightly backend_cleanup) gets all of it. Why stop at all: on an
+        idle server every further snapshot repeats the empty answer of the first ones, and a
+        fixed 3 s of them was a third of doctor's time on a database target."""
+        from celerydiag.probe import ProbeOptions
+
+        if self.ctx.options.duration != ProbeOptions().duration:
+            return None
+        oldest = getattr(tinfo, "oldest_trx", None) or {}
+        touches = oldest.get("touches_task_table")
+        # MariaDB cannot say which table a transaction locked (None): one holding any row counts
+        if touches or (touches is None and oldest.get("rows_locked_count", 0) > 0):
+            return None
+        return IDLE_LOCK_LOOK_S
 
     def guarded(self, fn: Any, info: Any) -> Any:
         """Run a catalog read; a privilege we lack becomes a note, not a failure."""
@@ -401,7 +425,8 @@ class DatabaseRun:
                             (DB_DOCS,)))
 
     # -- lock waits ------------------------------------------------------------------------------------
-    def lock_findings(self, conn: Any, info: Any, duration: float) -> Iterator[Finding]:
+    def lock_findings(self, conn: Any, info: Any, duration: float,
+                      idle_stop_s: float | None = None) -> Iterator[Finding]:
         from celerydiag.backend.db import wait_query, watch_waits
 
         if wait_query(info) is None:
@@ -415,7 +440,14 @@ class DatabaseRun:
             return
         self.doing(f"sampling lock waits for {duration:.3g} s")
         interval = min(0.25, max(0.05, duration / 8))
-        episodes = self.guarded(lambda: watch_waits(conn, info, self.table, duration, interval, self.stop), info)
+        if idle_stop_s is not None and idle_stop_s < duration:
+            interval = min(interval, idle_stop_s / 4)  # the short look still takes a few snapshots
+        else:
+            idle_stop_s = None
+        started = time.monotonic()
+        episodes = self.guarded(lambda: watch_waits(conn, info, self.table, duration, interval, self.stop,
+                                                    idle_stop_s=idle_stop_s), info)
+        sampled = min(duration, time.monotonic() - started)
         if episodes is None:
             yield Finding("backend.lock-wait", Cause.BACKEND, Severity.INFO,
                           "lock waits not sampled: the database user may not read the lock views",
@@ -423,14 +455,23 @@ class DatabaseRun:
             return
         ours = [e for e in episodes if e.on_task_table]
         others = [e for e in episodes if not e.on_task_table]
-        evidence: dict[str, Any] = {"sampled_s": round(duration, 3), "asked_s": self.ctx.options.duration,
-                                    "samples_count": max(1, int(duration / interval)),
-                                    "table": self.table.qualified, "other_waits_count": len(others)}
+        idle = idle_stop_s is not None and not episodes and sampled < duration - interval
+        if not idle:
+            sampled = duration
+        evidence: dict[str, Any] = {"sampled_s": round(sampled, 3), "asked_s": self.ctx.options.duration,
+                                    "samples_count": max(1, int(sampled / interval) + (1 if idle else 0)),
+                                    "table": self.table.qualified, "other_waits_count": len(others),
+                                    "stopped_idle": idle}
         cut = self.skipped.get("lock_sampling", "")
+        if idle:
+            cut = (f"No session waited for any lock in {evidence['samples_count']} snapshots over {sampled:.2g} s"
+                   " and no open transaction touches the task table, so the sampling stopped there instead of"
+                   f" running the whole {duration:g} s; pass --duration to sample for a set time")
         if not ours:
             yield Finding("backend.lock-wait", Cause.BACKEND, Severity.OK,
-                          f"no lock waits on {self.table.qualified} in {duration:.3g} s of sampling"
-                          + (" (cut short by --max-seconds)" if cut else ""),
+                          f"no lock waits on {self.table.qualified} in {sampled:.3g} s of sampling"
+                          + (" (cut short by --max-seconds)" if cut and not idle else "")
+                          + (" (the server was idle: no session waited for any lock)" if idle else ""),
                           detail=cut + ("." if cut else ""),
                           evidence={**evidence, "episodes": [e.to_evidence() for e in others[:3]]})
             return
@@ -736,13 +777,13 @@ def redis_findings(ctx: ProbeContext) -> Iterator[Finding]:
 
     ctx.progress.start("backend", 2)
     ctx.progress.step(1, "Redis writes and reads on a key of our own")
-    from celerydiag.measure import Budget
+    from celerydiag.measure import Budget, StopRule
 
     budget = Budget.of(ctx)
     budget.deadline -= min(FINDINGS_MARGIN_S, 0.1 * ctx.limits.max_seconds)
     ctx.doing("Redis writes and reads on a key of our own")
     facts = measure(ctx.target, ctx.scratch, ctx.cleanup, ctx.limits.samples, budget.left(), ctx.limits.timeout_s,
-                    budget=budget)
+                    budget=budget, enough=StopRule.for_budget(ctx.budget_ms))
     ctx.progress.step(1, "subscribers, eviction, TTLs")
     timing = {"max_s": ctx.limits.max_seconds, "connect_s": round(facts.connect_s, 3),
               "round_trip_ms": round(facts.round_trip_ms, 3)}

@@ -17,7 +17,7 @@ from typing import Any
 
 from celerydiag.access.app import redis_backend_app
 from celerydiag.errors import quietly
-from celerydiag.measure import Budget, Summary, ms, schedule, summarize
+from celerydiag.measure import Budget, StopRule, Summary, ms, schedule, summarize
 
 WRITE_INTERVAL_S = 0.002
 MAX_WRITES = 500
@@ -59,11 +59,14 @@ def expires_seconds(value: Any) -> float | None:
 
 
 def measure(target: Any, scratch: str, cleanup: Any, samples: int, seconds: float, timeout_s: float,
-            stop: threading.Event | None = None, on_step: Any = None, budget: Budget | None = None) -> RedisFacts:
+            stop: threading.Event | None = None, on_step: Any = None, budget: Budget | None = None,
+            enough: StopRule | None = None) -> RedisFacts:
     """Celery's own writes then reads on our key, then the read-only facts, within ``budget``
     (``seconds`` from now when none is given): the writes and the reads each get half of what is
     left once the read-only checks' round trips are set aside, each call starts only while it
-    still fits, and every socket timeout is what is left (never more than ``timeout_s``)."""
+    still fits, and every socket timeout is what is left (never more than ``timeout_s``). With
+    ``enough``, the writes and the reads each stop as soon as it says their percentiles are
+    pinned down (measure.StopRule), else at ``samples``."""
     budget = budget or Budget.within(seconds, timeout_s)
     app = redis_backend_app(target, budget.call_timeout(timeout_s))
     backend = app.backend
@@ -88,8 +91,8 @@ def measure(target: Any, scratch: str, cleanup: Any, samples: int, seconds: floa
     facts.connect_s = _now() - started
     facts.round_trip_ms = rtt * 1000
     tail = TAIL_ROUND_TRIPS * rtt  # TTL, EXPIRE, INFO, PUBSUB x3, a few SCANs
-    writes = _paced(write, count, (budget.left() - tail) / 2, budget, stop, step)
-    reads = _paced(read, count, budget.left() - tail, budget, stop, step)
+    writes = _paced(write, count, (budget.left() - tail) / 2, budget, stop, step, enough)
+    reads = _paced(read, count, budget.left() - tail, budget, stop, step, enough)
     facts.write, facts.read = summarize(writes), summarize(reads)
     if not budget.fits(2 * rtt):
         facts.notes.append("no time left for the key TTL, eviction and subscriber checks (--max-seconds)")
@@ -116,7 +119,7 @@ def client_round_trip(client: Any) -> float:
 
 
 def _paced(op: Any, count: int, seconds: float, budget: Budget, stop: threading.Event | None,
-           step: Any) -> list[float]:
+           step: Any, enough: StopRule | None = None) -> list[float]:
     """Up to ``count`` calls of ``op`` on a fixed schedule paced by its measured cost (a remote
     Redis's 4 ms writes on a 2 ms schedule would queue behind each other and read as a P99 of a
     second), each timed from its intended send time, for at most ``seconds``; a call starts only
@@ -142,6 +145,8 @@ def _paced(op: Any, count: int, seconds: float, budget: Budget, stop: threading.
         out.append(ms(done - intended))
         slowest = max(slowest, done - t0)
         step()
+        if enough is not None and enough.met(out):
+            break
     return out
 
 

@@ -24,7 +24,7 @@ from celerydiag.broker import amqp as amqp_m
 from celerydiag.broker import redis as redis_m
 from celerydiag.errors import DiagError, TargetUnreachable, describe, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
-from celerydiag.measure import Summary, back_to_back, scheduled, summarize
+from celerydiag.measure import StopRule, Summary, back_to_back, scheduled, summarize
 from celerydiag.probe import Probe, ProbeContext
 from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Side, Target, redact_url
 
@@ -330,6 +330,8 @@ class AmqpRun:
         left = max(0.5, min(ctx.limits.max_seconds - (time.monotonic() - self.started),
                             ctx.left() - FINISH_MARGIN_S))
         share = left / 5
+        # each series ends at --samples, or sooner once its P50 and P99 are pinned down (StopRule)
+        enough = StopRule.for_budget(ctx.budget_ms)
         series: dict[str, Summary] = {}
         intervals: dict[str, float] = {}
         plan = [
@@ -345,7 +347,7 @@ class AmqpRun:
                 ctx.progress.step(0, key.replace("_", " "))
                 ctx.doing(f"timing {key.replace('_', ' ')} publishes")
                 intervals[key] = amqp_m.interval_for(op)
-                series[key] = summarize(scheduled(op, samples, intervals[key], share, step))
+                series[key] = summarize(scheduled(op, samples, intervals[key], share, step, enough))
                 channel.queue_purge(self.queue)  # keep the broker's footprint to one series
             ctx.progress.step(0, "publish→consume")
             ctx.doing("timing publish→consume round trips")
@@ -357,7 +359,8 @@ class AmqpRun:
                 consumer.wait_for(seq)
 
             intervals["roundtrip"] = amqp_m.interval_for(round_trip)
-            series["roundtrip"] = summarize(scheduled(round_trip, samples, intervals["roundtrip"], share, step))
+            series["roundtrip"] = summarize(scheduled(round_trip, samples, intervals["roundtrip"], share, step,
+                                                             enough))
             consumer.cancel()
         except (OSError, *plain.connection_errors, *plain.channel_errors) as exc:  # socket.timeout included
             raise DiagError(self.target.redact(

@@ -34,13 +34,13 @@ from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Side, Target, redact_
 
 PUSH_BACKENDS = REDIS_SCHEMES | {"rpc"}  # get(on_message=...) is woken by each write
 POLL_INTERVAL_S = 0.002  # a client polling as fast as it sensibly can: we want the backend's delay
-UPDATE_SPACING_S = 0.010  # least time between two update_state calls in the probe task
+UPDATE_SPACING_S = 0.005  # least time between two update_state calls (2x a Redis poll: see _calibrate_spacing)
 MAX_SPACING_S = 0.2
 SPACING_TIME_SHARE = 0.8  # of the update phase: the rest is for the writes a poller misses
 CALIBRATION_READS = 10
 MAX_WRITES_FACTOR = 3
 DISPATCH_SAMPLES = 30
-DISPATCH_SPACING_S = 0.02
+DISPATCH_SPACING_S = 0.01  # one ping in flight at a time: the worker is idle for each either way
 DISPATCH_SHARE = 0.25  # of --max-seconds; the update phase gets the rest
 START_TIMEOUT_S = 15.0
 WORKER_STOP_S = 5.0
@@ -105,8 +105,8 @@ class E2EProbe(Probe):
     Starts a Celery worker (in-process, pool solo) on a queue of its own, runs a probe task that
     calls update_state `--updates` times (default 250), and measures how long each new state
     takes to reach a polling client and, where the backend pushes, an on_message client; also
-    dispatch latency (apply_async to task start) from up to 30 tasks sent one at a time, 20 ms
-    apart. Load: one task queue, at most ~100 writes/s and one client's reads, within
+    dispatch latency (apply_async to task start) from up to 30 tasks sent one at a time, 10 ms
+    apart. Load: one task queue, at most ~200 writes/s and one client's reads, within
     --max-seconds. Cleans up its queue, result keys and scratch tables.
     """
 

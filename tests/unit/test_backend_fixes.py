@@ -219,3 +219,47 @@ def test_lock_wait_episodes_split_once_at_a_gap(monkeypatch) -> None:
     episodes = backend_db.watch_waits(None, None, None, duration_s=0.05 * (len(script) + 1), interval_s=0.05)
     assert [(e.waiter_id, e.blocker_id) for e in episodes] == [("7", "9"), ("7", "9")]
     assert sorted(e.samples for e in episodes) == [2, 4]
+
+
+def test_lock_sampling_stops_early_only_while_nothing_waits(monkeypatch) -> None:
+    """idle_stop_s: an idle server is sampled for that long, not the whole duration; one waiter in
+    the first snapshots and the whole duration is sampled."""
+    from celerydiag.backend import db as backend_db
+
+    snapshots: list[int] = []
+    monkeypatch.setattr(backend_db, "sample_waits", lambda conn, info, table: snapshots.append(1) or [])
+    assert backend_db.watch_waits(None, None, None, duration_s=2.0, interval_s=0.02, idle_stop_s=0.1) == []
+    assert 3 <= len(snapshots) <= 7  # about 0.1 s of 20 ms snapshots, not 100 of them
+
+    waiter, blocker = {"id": "7"}, {"id": "9", "query": "", "state": "idle in transaction"}
+    calls = iter([[0.05]] + [[]] * 1000)
+    snapshots.clear()
+
+    def once(conn, info, table):
+        snapshots.append(1)
+        return [(waiter, blocker, w, False) for w in next(calls)]
+
+    monkeypatch.setattr(backend_db, "sample_waits", once)
+    episodes = backend_db.watch_waits(None, None, None, duration_s=0.4, interval_s=0.02, idle_stop_s=0.1)
+    assert [e.blocker_id for e in episodes] == ["9"]
+    assert len(snapshots) >= 12  # it went on for the whole 0.4 s
+
+
+def test_idle_stop_only_with_the_default_duration_and_no_open_transaction_on_the_table() -> None:
+    from types import SimpleNamespace
+
+    from celerydiag.backend.probe import IDLE_LOCK_LOOK_S, DatabaseRun
+    from celerydiag.probe import ProbeOptions
+
+    run = object.__new__(DatabaseRun)
+    quiet = SimpleNamespace(oldest_trx=None)
+    run.ctx = SimpleNamespace(options=ProbeOptions())
+    assert run.idle_stop_s(quiet) == IDLE_LOCK_LOOK_S
+    assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": True, "age_s": 40})) is None
+    assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": False, "age_s": 40})) == IDLE_LOCK_LOOK_S
+    # MariaDB: which table is unknown, so a transaction holding any row lock keeps the whole look
+    assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": None, "rows_locked_count": 2})) is None
+    assert run.idle_stop_s(SimpleNamespace(oldest_trx={"touches_task_table": None, "rows_locked_count": 0})) \
+        == IDLE_LOCK_LOOK_S
+    run.ctx = SimpleNamespace(options=ProbeOptions(duration=10.0))  # asked for: the whole of it
+    assert run.idle_stop_s(quiet) is None

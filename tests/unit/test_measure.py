@@ -115,3 +115,67 @@ def test_schedule_stops_at_count_and_at_deadline():
         clock.now += 0.3  # each operation overruns; the deadline still ends the run
     assert sent == 4
     assert list(schedule(0, 0.1, 10)) == []
+
+
+# ---- the stopping rule: distribution-free quantile intervals ----------------------------------
+
+def test_quantile_ranks_match_the_textbook_table():
+    """The classic order-statistic interval for the median of 100 samples is x(40)..x(61) at 95 %;
+    the P99 needs 368 samples before the maximum bounds it (0.99^368 < 2.5 %)."""
+    from celerydiag.measure import StopRule, quantile_ranks
+
+    assert quantile_ranks(100, 0.5) == (40, 61)
+    assert quantile_ranks(367, 0.99) is None
+    assert quantile_ranks(368, 0.99) == (360, 368)
+    assert quantile_ranks(500, 0.99) == (490, 500)
+    assert StopRule().min_samples == 368
+
+
+def test_quantile_interval_covers_the_true_quantile_at_least_as_often_as_it_claims():
+    """Exponential samples, whose true P99 is ln(100): the 95 % interval must hold it in >= 95 % of
+    draws (up to the simulation's own error)."""
+    import random
+
+    from celerydiag.measure import quantile_interval
+
+    rng = random.Random(13)
+    truth = {0.5: math.log(2), 0.99: math.log(100)}
+    for q, true_value in truth.items():
+        hits = 0
+        for _ in range(400):
+            lo, hi = quantile_interval([rng.expovariate(1.0) for _ in range(400)], q)
+            hits += lo <= true_value <= hi
+        assert hits / 400 >= 0.93, (q, hits)
+
+
+def test_stop_rule_stops_a_steady_sampler_and_keeps_a_noisy_one_going():
+    import random
+
+    from celerydiag.measure import StopRule
+
+    rng = random.Random(5)
+    rule = StopRule(abs_ms=1.0, rel_tol=0.25)
+    steady = [1.0 + 0.05 * rng.random() for _ in range(rule.min_samples)]
+    assert rule.met(steady)
+    assert not rule.met(steady[:-1])  # below the samples a P99 interval needs: never
+    # a heavy tail (Pareto, alpha 1.2): the P99's interval stays wide, so the sampler goes on
+    noisy = [rng.paretovariate(1.2) for _ in range(rule.min_samples)]
+    assert not rule.met(noisy)
+    # between checkpoints it does not even look (sorting 500 values per sample is not free)
+    assert not rule.met(steady + [1.0])
+
+
+def test_scheduled_stops_where_the_rule_says():
+    from celerydiag.measure import StopRule, scheduled
+
+    calls = []
+    out = scheduled(calls.append, 1000, 0.0, 60.0, enough=StopRule(abs_ms=1000.0))
+    assert len(out) == len(calls) == StopRule().min_samples
+    assert len(scheduled(lambda seq: None, 50, 0.0, 60.0, enough=StopRule(abs_ms=1000.0))) == 50
+
+
+def test_stop_rule_for_budget_is_one_percent_of_it():
+    from celerydiag.measure import StopRule
+
+    assert StopRule.for_budget(1000).abs_ms == 10.0
+    assert StopRule.for_budget(200).abs_ms == 2.0
