@@ -246,6 +246,10 @@ def _next_step(report: Report, top: Finding | None) -> str:
         return f"rerun what failed: `celerydiag probe {failed[0]}` (see Probes below)."
     if hazard is not None:
         return f"bound the worst case: {_brief(hazard)}"
+    optional = sum(1 for f in report.findings if f.fix and f.severity == Severity.INFO)
+    if optional:  # the paste block still carries them: say they are optional, not "nothing"
+        return (f"nothing urgent; the paste block at the end hardens {optional} info finding"
+                f"{'s' if optional != 1 else ''} (optional).")
     return "nothing to change."
 
 

@@ -56,6 +56,16 @@ def test_verdict_says_when_nothing_is_late_and_what_to_do_next():
     assert then == "Next: nothing to change."
 
 
+def test_verdict_calls_info_fixes_optional_not_nothing():
+    """The paste block still carries an info finding's fix: "nothing to change" would contradict it."""
+    fix = Fix("enable publisher confirms", "broker_transport_options = {'confirm_publish': True}\n")
+    report = report_of(delay("backend.write-latency", Cause.BACKEND, 12.0, "fast writes"),
+                       delay("broker.confirm-publish", Cause.BROKER, 0.0, "confirms off", fix=fix))
+    first, then = verdict(report)
+    assert first.startswith("Verdict: nothing makes states late"), first
+    assert then == "Next: nothing urgent; the paste block at the end hardens 1 info finding (optional).", then
+
+
 def test_verdict_puts_an_unreachable_side_first():
     report = report_of(unreachable={"broker": "cannot connect to amqp://h//: refused"})
     assert verdict(report)[0].startswith("Verdict: the broker could not be reached")
