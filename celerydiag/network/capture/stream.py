@@ -76,8 +76,8 @@ class Reassembler:
             self._push(ts, payload)
 
     def _push(self, ts: float, payload: bytes, last: bool = False) -> None:
-        """Feed the parser some bytes (never none); ``last``: the stream breaks after this segment (a snaplen cut), so what
-        the parser leaves unfinished is dropped, not kept."""
+        """Feed the parser some bytes (never none); ``last``: the stream breaks after this segment
+        (a snaplen cut), so what the parser leaves unfinished is dropped, not kept."""
         parts = self.parts
         if parts:
             parts.append(payload)
