@@ -196,14 +196,17 @@ def paired(ours: list[str], theirs: list[str], pairs: int, env: dict[str, str] |
 
 
 def build_native(work: str) -> str:
-    """A copy of the package with the hot modules compiled by mypyc; returns its PYTHONPATH."""
+    """A copy of the package built by ``make native`` (scripts/build_native.py: the hot modules
+    compiled with mypyc, with the project's mypy settings); returns its PYTHONPATH."""
     dest = os.path.join(work, "native")
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(os.path.join(ROOT, "celerydiag"), os.path.join(dest, "celerydiag"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    mypyc = os.path.join(os.path.dirname(PY), "mypyc")
-    files = [f"celerydiag/network/capture/{m}.py" for m in HOT_MODULES]
-    proc = subprocess.run([mypyc, *files], cwd=dest, capture_output=True, text=True, timeout=1800)
+    os.makedirs(os.path.join(dest, "scripts"))
+    shutil.copy(os.path.join(ROOT, "scripts", "build_native.py"), os.path.join(dest, "scripts"))
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), dest)
+    proc = subprocess.run([PY, os.path.join("scripts", "build_native.py")], cwd=dest, capture_output=True,
+                          text=True, timeout=1800, env={**os.environ, "PYTHONPATH": dest})
     if proc.returncode:
         raise SystemExit(f"mypyc failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
     return dest
