@@ -37,6 +37,11 @@ def main() -> None:
                          "script_args": ["build_ext", "--inplace", "--build-temp", os.path.join("build", "native")]})
     dist.parse_command_line()
     dist.run_commands()
+    # setuptools copies the built files with their old times when it found them up to date: stamp
+    # them now, the time native.stale_native_modules() compares with the sources'
+    for name in os.listdir(PACKAGE_DIR):
+        if name.endswith((".so", ".pyd")):
+            os.utime(os.path.join(PACKAGE_DIR, name))
 
 
 if __name__ == "__main__":

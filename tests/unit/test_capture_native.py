@@ -31,3 +31,7 @@ def test_stale_build_is_reported(tmp_path, monkeypatch) -> None:
     os.utime(so, None)
     os.utime(src, (1_000_000, 1_000_000))
     assert native.stale_native_modules() == []
+    shared = tmp_path / "_native__mypyc.cpython-311-x86_64-linux-gnu.so"  # the code itself: older = stale
+    shared.write_bytes(b"")
+    os.utime(shared, (1_000, 1_000))
+    assert native.stale_native_modules() == ["tcp"]

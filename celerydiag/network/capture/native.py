@@ -27,10 +27,17 @@ def native_modules() -> list[str]:
 
 def stale_native_modules() -> list[str]:
     """Compiled modules whose source changed after the build (``make native`` again, or
-    ``make clean-native``)."""
+    ``make clean-native``). The code itself is in the group's shared library (each module's own
+    ``.so`` is a small shim that setuptools may leave untouched), so the build time is the oldest
+    of the module's files and that library."""
+    shared = [path for ext in ("so", "pyd")
+              for path in glob.glob(os.path.join(PACKAGE_DIR, f"{GROUP.rsplit('.', 1)[1]}__mypyc.*.{ext}"))]
     stale = []
     for m in HOT_MODULES:
+        built = _compiled(m)
+        if not built:
+            continue
         src = os.path.join(PACKAGE_DIR, f"{m}.py")
-        if any(os.path.getmtime(so) < os.path.getmtime(src) for so in _compiled(m)):
+        if min(os.path.getmtime(path) for path in built + shared) < os.path.getmtime(src):
             stale.append(m)
     return stale
