@@ -4,7 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install services system-packages test test-unit test-integration test-scenarios lint demo bench clean
+.PHONY: install services system-packages test test-unit test-integration test-scenarios lint demo bench native clean-native clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -44,5 +44,14 @@ demo: install
 bench: install services
 	$(PY) bench/doctor_wall.py
 
-clean:
+# Optional: capture's hot path compiled with mypyc, in place (pure Python stays the default and the
+# fallback; bench/capture_vs_tshark.py says which one it timed). Rebuild after editing those modules.
+native: install
+	$(PY) scripts/build_native.py
+
+clean-native:
+	rm -f celerydiag/network/capture/*.so
+	rm -rf build/native build/lib.*
+
+clean: clean-native
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -7,8 +7,9 @@
    alike), prints the median of the per-pair ratios of wall time (and of CPU time) against the
    goal (>= 3x), and whether the counts agree (tshark's expert totals vs our per-connection sums)
    on this file and on every fixture in fixtures/pcaps.
-   With ``--native`` it also times the same modules compiled with mypyc (no source change; the
-   output must be identical): what compiling the hot path would buy.
+   The tree is timed as it stands: pure Python, or compiled where ``make native`` was run (it says
+   which). With ``--native`` it also times a copy with the same modules compiled with mypyc (no
+   source change; the output must be identical): what ``make native`` buys.
 3. Builds 100k- and 1M-packet files by replaying the capture's records (each replay on new ports,
    so they are new connections) and reports celerydiag's peak RSS on each: memory stays flat when
    the analysis streams.
@@ -36,6 +37,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from celerydiag.network.capture.native import HOT_MODULES, native_modules  # noqa: E402
+
 PY = sys.executable
 AMQP_HOST = "127.0.0.1"
 
@@ -157,7 +160,6 @@ def replay(src: str, dst: str, packets: int) -> None:
 
 
 GOAL = 3.0
-HOT_MODULES = ("decode", "tcp", "stream", "amqp", "reader", "analysis")  # resp.py: mypyc cannot subclass bytes
 
 
 def run_once(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
@@ -194,14 +196,17 @@ def paired(ours: list[str], theirs: list[str], pairs: int, env: dict[str, str] |
 
 
 def build_native(work: str) -> str:
-    """A copy of the package with the hot modules compiled by mypyc; returns its PYTHONPATH."""
+    """A copy of the package built by ``make native`` (scripts/build_native.py: the hot modules
+    compiled with mypyc, with the project's mypy settings); returns its PYTHONPATH."""
     dest = os.path.join(work, "native")
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(os.path.join(ROOT, "celerydiag"), os.path.join(dest, "celerydiag"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    mypyc = os.path.join(os.path.dirname(PY), "mypyc")
-    files = [f"celerydiag/network/capture/{m}.py" for m in HOT_MODULES]
-    proc = subprocess.run([mypyc, *files], cwd=dest, capture_output=True, text=True, timeout=1800)
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    os.makedirs(os.path.join(dest, "scripts"))
+    shutil.copy(os.path.join(ROOT, "scripts", "build_native.py"), os.path.join(dest, "scripts"))
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), dest)
+    proc = subprocess.run([PY, os.path.join("scripts", "build_native.py")], cwd=dest, capture_output=True,
+                          text=True, timeout=1800, env={**os.environ, "PYTHONPATH": dest})
     if proc.returncode:
         raise SystemExit(f"mypyc failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
     return dest
@@ -280,6 +285,9 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs; shared machines are noisy)")
         res = paired(ours_cmd, tshark_cmd, args.repeat, env={**os.environ, "PYTHONPATH": ROOT})
         print(f"paired runs: {args.repeat}")
+        built = native_modules()
+        print("celerydiag as this tree stands: " + (f"compiled by `make native` ({', '.join(built)})" if built
+                                                   else "pure Python (`make native` compiles the hot path)"))
         print(f"celerydiag capture --read : wall {_sec(res['ours_wall'])}  cpu {_sec(res['ours_cpu'])}  "
               f"{n / statistics.median(res['ours_wall']):10,.0f} packets/s")
         print(f"tshark -2 -q -z expert    : wall {_sec(res['theirs_wall'])}  cpu {_sec(res['theirs_cpu'])}  "

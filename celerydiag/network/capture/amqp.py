@@ -112,7 +112,7 @@ class AmqpParser:
 
     def resync(self, data: Any) -> int:
         n = len(data)
-        if data[:4] == PROTOCOL_HEADER:
+        if n > 3 and data[0] == 0x41 and data[:4] == PROTOCOL_HEADER:  # "A": no slice per segment
             return 0
         if n > 7 and data[0] in (1, 2, 3, 8):  # the usual case: a frame starts the segment
             end = 7 + _HDR(data, 0)[2]
@@ -134,18 +134,21 @@ class AmqpParser:
         n = len(data)
         side = self.sidestate
         self.want = 0
-        if pos + 8 <= n and data[:4] == PROTOCOL_HEADER:
+        if n >= 8 and data[0] == 0x41 and data[:4] == PROTOCOL_HEADER:  # "A": frames start 1, 2, 3, 8
             self.state.event(ts, self.side, f"protocol header AMQP {data[5]}-{data[6]}-{data[7]}")
             pos = 8
+        hdr = _HDR
+        frames = 0
         while pos + 7 <= n:
-            ftype, channel, size = _HDR(data, pos)
+            ftype, channel, size = hdr(data, pos)
             end = pos + 7 + size
             if end >= n:
                 self.want = end + 1 - pos  # the whole frame, its end octet included
                 break
             if data[end] != FRAME_END:
+                side.frames += frames
                 return -1
-            side.frames += 1
+            frames += 1
             if ftype == 8:
                 side.heartbeat_frames += 1
                 if len(side.heartbeat_ts) < MAX_HEARTBEATS:
@@ -160,6 +163,7 @@ class AmqpParser:
                 else:
                     self._method(ts, cls, mid, data, pos + 7, end)
             pos = end + 1
+        side.frames += frames
         return pos
 
     def _method(self, ts: float, cls: int, mid: int, data: Any, start: int, end: int) -> None:

@@ -116,10 +116,12 @@ def run(info: CaptureInfo, frames: Iterable[tuple[float, int, bytes]], ports: Po
                 cut_bytes += seglen - len(payload)
             if t.undecided:
                 _decide_protocol(t, ports, from_a, payload)
-            if t.amqp is not None or t.redis is not None:
-                t.streams[from_a].segment(ts, seq, seglen, payload)
-                if t.amqp is not None:
-                    t.amqp.activity("client" if from_a == t.client_is_a else "server", ts)
+            streams = t.streams  # empty unless a parser is attached (AMQP, Redis)
+            if streams:
+                streams[from_a].segment(ts, seq, seglen, payload)
+                amqp = t.amqp
+                if amqp is not None:
+                    amqp.activity("client" if from_a == t.client_is_a else "server", ts)
     return Analysis(info, tracked, first_ts, last_ts, non_tcp, cut_packets, cut_bytes)
 
 

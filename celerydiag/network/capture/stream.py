@@ -66,17 +66,18 @@ class Reassembler:
                 seq = nxt
         self.next = (seq + seglen) & M32
         if len(payload) < seglen:  # cut by the snaplen: the rest is unknown
-            self._push(ts, payload, last=True)
-            self._clear()
+            if payload:
+                self._push(ts, payload, last=True)
+            if self.parts:
+                self._clear()
             self.synced = False
             return
-        self._push(ts, payload)
+        if payload:
+            self._push(ts, payload)
 
     def _push(self, ts: float, payload: bytes, last: bool = False) -> None:
-        """Feed the parser; ``last``: the stream breaks after this segment (a snaplen cut), so what
-        the parser leaves unfinished is dropped, not kept."""
-        if not payload:
-            return
+        """Feed the parser some bytes (never none); ``last``: the stream breaks after this segment
+        (a snaplen cut), so what the parser leaves unfinished is dropped, not kept."""
         parts = self.parts
         if parts:
             parts.append(payload)

@@ -62,6 +62,10 @@ COUNTED = {
 }
 
 
+# tcp.analysis flag bits -> the COUNTED names they count (filled as combinations occur: a few)
+_NAMES: dict[int, tuple[str, ...]] = {}
+
+
 class Reservoir:
     """A fixed-size uniform sample of a stream of values, plus exact count and max."""
 
@@ -76,17 +80,25 @@ class Reservoir:
         self._rng: random.Random | None = None
 
     def add(self, value: float) -> None:
-        self.count += 1
+        count = self.count = self.count + 1
         if value > self.max:
             self.max = value
-        if len(self.values) < RESERVOIR:
-            self.values.append(value)
-        else:
-            if self._rng is None:
-                self._rng = random.Random(5)
-            slot = self._rng.randrange(self.count)
-            if slot < RESERVOIR:
-                self.values[slot] = value
+        values = self.values
+        if len(values) < RESERVOIR:
+            values.append(value)
+            return
+        rng = self._rng
+        if rng is None:
+            rng = self._rng = random.Random(5)
+        # ``rng.randrange(count)`` inlined (CPython's _randbelow_with_getrandbits, the same draws
+        # so the same sample): a call less per RTT sample on the hot path
+        getrandbits = rng.getrandbits
+        k = count.bit_length()
+        slot = getrandbits(k)
+        while slot >= count:
+            slot = getrandbits(k)
+        if slot < RESERVOIR:
+            values[slot] = value
 
     def summary_ms(self) -> dict[str, Any] | None:
         if not self.count:
@@ -156,11 +168,6 @@ def _first_sent(segments: list[list[Any]], seq: int) -> float | None:
     return None
 
 
-def _le(a: int, b: int) -> bool:
-    d = (a - b) & M32
-    return d == 0 or d >= HALF
-
-
 @dataclass
 class Connection:
     """Both directions of one TCP conversation (one ``tcp.stream``)."""
@@ -189,54 +196,67 @@ class Connection:
         for branch, in the same order, so each flag can be checked against that source; and it is
         the per-packet hot path, where a call per rule would cost more than the rule.
         """
-        fwd, rev = (self.fwd_a, self.fwd_b) if from_a else (self.fwd_b, self.fwd_a)
+        if from_a:
+            fwd = self.fwd_a
+            rev = self.fwd_b
+        else:
+            fwd = self.fwd_b
+            rev = self.fwd_a
         self.packets += 1
         self.last_ts = ts
         fwd.packets += 1
         ta = 0
-        if flags & SYN:
-            if not flags & ACK:
-                self.ts_mru_syn = ts
-                if self.syn_from_a is None:
-                    self.syn_from_a = from_a
-        elif flags & ACK and self.ts_mru_syn and not self.first_rtt:
-            self.first_rtt = ts - self.ts_mru_syn
-        if flags & RST:
-            fwd.counts["reset"] += 1
-            if fwd.rst is None:
-                fwd.rst = ts
-            if self.end_ts is None:
-                self.end_ts = ts
-        if flags & FIN:
-            if fwd.fin is None:
-                fwd.fin = ts
-            if self.end_ts is None:
-                self.end_ts = ts
+        if flags & (SYN | RST | FIN):  # rare: handshake and teardown
+            if flags & SYN:
+                if not flags & ACK:
+                    self.ts_mru_syn = ts
+                    if self.syn_from_a is None:
+                        self.syn_from_a = from_a
+            elif flags & ACK and self.ts_mru_syn and not self.first_rtt:
+                self.first_rtt = ts - self.ts_mru_syn
+            if flags & RST:
+                fwd.counts["reset"] += 1
+                if fwd.rst is None:
+                    fwd.rst = ts
+                if self.end_ts is None:
+                    self.end_ts = ts
+            if flags & FIN:
+                if fwd.fin is None:
+                    fwd.fin = ts
+                if self.end_ts is None:
+                    self.end_ts = ts
+            no_sfr = False
+        else:
+            if not self.first_rtt and self.ts_mru_syn and flags & ACK:
+                self.first_rtt = ts - self.ts_mru_syn
+            no_sfr = True
         if seglen:
             fwd.payload_bytes += seglen
             fwd.data_segments += 1
-            if fwd.last_data is not None and ts - fwd.last_data > fwd.max_gap:
-                fwd.max_gap = ts - fwd.last_data
+            last_data = fwd.last_data
+            if last_data is not None and ts - last_data > fwd.max_gap:
+                fwd.max_gap = ts - last_data
             fwd.last_data = ts
 
         nextseq_f = fwd.nextseq
-        rev_window = rev.window
-        no_sfr = not flags & (SYN | FIN | RST)
+        rev_lastack = rev.lastack
+        fwd_lastack = fwd.lastack
         # ZERO WINDOW PROBE
-        if seglen == 1 and seq == nextseq_f and rev_window == 0:
-            ta |= A_ZERO_WINDOW_PROBE
+        if seglen == 1 and seq == nextseq_f and rev.window == 0:
+            ta = A_ZERO_WINDOW_PROBE
         else:
             if window == 0 and no_sfr:
-                ta |= A_ZERO_WINDOW
-            if nextseq_f and 0 < ((seq - nextseq_f) & M32) < HALF and not flags & RST:
+                ta = A_ZERO_WINDOW
+            if seq != nextseq_f and nextseq_f and ((seq - nextseq_f) & M32) < HALF and not flags & RST:
                 ta |= A_LOST_PACKET
-            if seglen <= 1 and seq == ((nextseq_f - 1) & M32) and no_sfr:
+            if seglen <= 1 and no_sfr and seq == ((nextseq_f - 1) & M32):
                 ta |= A_KEEP_ALIVE
             if seglen == 0:
-                if no_sfr and seq == nextseq_f and ack == fwd.lastack:
-                    if window and window != fwd.window:
+                if no_sfr and ack == fwd_lastack and seq == nextseq_f:
+                    fwd_window = fwd.window
+                    if window and window != fwd_window:
                         ta |= A_WINDOW_UPDATE
-                    elif window == fwd.window:
+                    elif window == fwd_window:
                         if window and rev.lastsegmentflags & A_KEEP_ALIVE:
                             ta |= A_KEEP_ALIVE_ACK
                         elif window == 0 and rev.lastsegmentflags & A_ZERO_WINDOW_PROBE:
@@ -244,16 +264,16 @@ class Connection:
                         elif window:
                             fwd.dupacknum = 1 if fwd.dupacknum == -1 else fwd.dupacknum + 1
                             ta |= A_DUPLICATE_ACK
-            elif rev.win_scale != -1 and no_sfr:
+            elif no_sfr and rev.win_scale != -1:
                 shift = 0 if rev.win_scale == -2 else rev.win_scale
-                if (seq + seglen) & M32 == (rev.lastack + (rev.window << shift)) & M32:
+                if (seq + seglen) & M32 == (rev_lastack + (rev.window << shift)) & M32:
                     ta |= A_WINDOW_FULL
         # finished_fwd
-        if ack != fwd.lastack:
+        if ack != fwd_lastack:
             fwd.dupacknum = 0
         # ACKED LOST PACKET
         rmax = rev.maxseqtobeacked
-        if rmax and flags & ACK and 0 < ((ack - rmax) & M32) < HALF:
+        if rmax and ack != rmax and flags & ACK and ((ack - rmax) & M32) < HALF:
             if rmax > rev.nextseq:
                 rev.maxseqtobeacked = rev.nextseq
                 ta |= A_ACK_LOST_PACKET
@@ -263,20 +283,28 @@ class Connection:
                 rev.dupacknum = -1
         # RETRANSMISSION / FAST / SPURIOUS / OUT-OF-ORDER
         syn_fin = flags & (SYN | FIN)
-        if (seglen > 0 or syn_fin) and not ta & A_KEEP_ALIVE:
-            not_advanced = bool(nextseq_f) and ((seq - nextseq_f) & M32) >= HALF
-            if seglen > 1 and ((nextseq_f - 1) & M32) == seq:
+        if (seglen or syn_fin) and not ta & A_KEEP_ALIVE:
+            # not advanced: seq before the next expected one (the in-order case is seq == nextseq)
+            not_advanced = seq != nextseq_f and bool(nextseq_f) and ((seq - nextseq_f) & M32) >= HALF
+            if not_advanced and seglen > 1 and ((nextseq_f - 1) & M32) == seq:
                 not_advanced = False
-            if seglen > 0 and rev.lastack and _le((seq + seglen) & M32, rev.lastack):
+            # spurious: the whole segment is at or before what the other side already acked
+            # (LE_SEQ(seq + seglen, lastack), inline)
+            spurious = False
+            if seglen and rev_lastack:
+                d = (seq + seglen - rev_lastack) & M32
+                spurious = d == 0 or d >= HALF
+            if spurious:
                 ta |= A_SPURIOUS_RETRANSMISSION
-            elif not_advanced and rev.dupacknum >= 2 and rev.lastack == seq and \
-                    ts - rev.lastacktime < FAST_RETRANSMISSION_WINDOW_S:
-                ta |= A_FAST_RETRANSMISSION
-            elif not_advanced and ts - fwd.nextseqtime < (self.first_rtt or OUT_OF_ORDER_DEFAULT_THRESHOLD_S) and \
-                    nextseq_f != (seq + seglen + (1 if syn_fin else 0)) & M32:
-                ta |= A_OUT_OF_ORDER
             elif not_advanced:
-                ta |= A_RETRANSMISSION
+                if rev.dupacknum >= 2 and rev_lastack == seq and \
+                        ts - rev.lastacktime < FAST_RETRANSMISSION_WINDOW_S:
+                    ta |= A_FAST_RETRANSMISSION
+                elif ts - fwd.nextseqtime < (self.first_rtt or OUT_OF_ORDER_DEFAULT_THRESHOLD_S) and \
+                        nextseq_f != (seq + seglen + (1 if syn_fin else 0)) & M32:
+                    ta |= A_OUT_OF_ORDER
+                else:
+                    ta |= A_RETRANSMISSION
         if ta & (A_RETRANSMISSION | A_FAST_RETRANSMISSION):
             first_sent = _first_sent(fwd.segments, seq)
             if first_sent is not None:
@@ -285,21 +313,34 @@ class Connection:
         if seglen or syn_fin:
             if syn_fin:
                 nextseq = (nextseq + 1) & M32
-            if len(fwd.segments) < MAX_UNACKED:
-                fwd.segments.append([seq, nextseq, ts])
+            fsegs = fwd.segments
+            if len(fsegs) < MAX_UNACKED:
+                fsegs.append([seq, nextseq, ts])
         if not ta & A_ZERO_WINDOW_PROBE:
-            if not fwd.nextseq or 0 < ((nextseq - fwd.nextseq) & M32) < HALF:
-                fwd.nextseq = nextseq
+            if not nextseq_f or 0 < ((nextseq - nextseq_f) & M32) < HALF:
+                fwd.nextseq = nextseq_f = nextseq
                 fwd.nextseqtime = ts
-            if seq == fwd.maxseqtobeacked or not fwd.maxseqtobeacked:
-                fwd.maxseqtobeacked = fwd.nextseq
+            fmax = fwd.maxseqtobeacked
+            if seq == fmax or not fmax:
+                fwd.maxseqtobeacked = nextseq_f
         fwd.window = window
         fwd.lastack = ack
         fwd.lastacktime = ts
         fwd.lastsegmentflags = ta
         # remove what this ACKs from the other direction's unacked list; exact match = ACK RTT
         segs = rev.segments
-        if segs:
+        if len(segs) == 1:  # the common case, without a new list: one segment in flight
+            ual = segs[0]
+            d_next = (ual[1] - ack) & M32
+            if d_next == 0:
+                rev.rtt.add(ts - ual[2])
+                rev.segments = []
+            elif d_next < HALF:  # the segment ends after the ACK
+                if ack != ual[0] and ((ack - ual[0]) & M32) < HALF:
+                    ual[0] = ack  # partly acknowledged
+            else:
+                rev.segments = []
+        elif segs:
             changed = False
             keep = []
             for ual in segs:
@@ -307,8 +348,8 @@ class Connection:
                 if d_next == 0:
                     rev.rtt.add(ts - ual[2])
                     changed = True
-                elif 0 < d_next < HALF:
-                    if 0 < ((ack - ual[0]) & M32) < HALF:
+                elif d_next < HALF:
+                    if ack != ual[0] and ((ack - ual[0]) & M32) < HALF:
                         ual[0] = ack  # partly acknowledged
                     keep.append(ual)
                 else:
@@ -323,12 +364,16 @@ class Connection:
                 fwd.win_scale = -2
         if ta:
             counts = fwd.counts
-            for name, bit in COUNTED.items():
-                if ta & bit:
-                    counts[name] += 1
+            names = _NAMES.get(ta)
+            if names is None:
+                names = _NAMES[ta] = tuple(name for name, bit in COUNTED.items() if ta & bit)
+            for name in names:
+                counts[name] += 1
             if ta & A_RETRANSMISSION and len(fwd.retrans_ts) < MAX_MARKS:
                 fwd.retrans_ts.append(ts)
-        if ta & A_ZERO_WINDOW or fwd.zw_episode is not None:
+            if ta & A_ZERO_WINDOW or fwd.zw_episode is not None:
+                self._episodes(from_a, ts, window, flags, ta)
+        elif fwd.zw_episode is not None:
             self._episodes(from_a, ts, window, flags, ta)
         return ta
 
