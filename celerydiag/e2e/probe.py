@@ -225,6 +225,7 @@ class E2ERun:
         opens one per read, as a web process does (reference A.2)."""
         from celerydiag.access.backend import database_url, dialect, engine
         from celerydiag.backend.scratch import scratch_backend_class, scratch_model
+        from celerydiag.compat import backend_reference, forget_backend
 
         url = database_url(self.target)
         conf = self.target.conf
@@ -242,7 +243,9 @@ class E2ERun:
                                    (conf.database_table_schemas or {}).get("task"),
                                    bool(conf.result_extended))
         for app, forked in ((worker, True), (client, False)):
-            app.backend_cls = scratch_backend_class(model, forked)
+            # by name, not the class: a class works as backend_cls only from Celery 5.7 (compat)
+            app.backend_cls = backend_reference(scratch_backend_class(model, forked))
+            self.ctx.cleanup.callback(forget_backend, app.backend_cls)
             app.conf.database_url = url
             app.conf.database_create_tables_at_setup = False
         db = engine(url, cleanup_timeout_s)
