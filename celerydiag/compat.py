@@ -11,6 +11,8 @@ need not import another probe (or the probe registry) to do it. ``backend_refere
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
 import weakref
@@ -90,6 +92,50 @@ def on_new_engine(manager: Any, callback: Callable[[Any], None]) -> None:
     manager.get_engine = get_engine
 
 
+class HubWaker:
+    """Wakes a kombu event loop (``worker.hub``) from another thread, so a worker told to stop
+    (``state.should_terminate``) stops now rather than after its poll() times out.
+
+    kombu 5.7's ``Hub.call_soon`` wakes the loop itself (its ``_waker``). Before 5.7 it only
+    queues the callback: the loop sleeps in poll() for up to 10 s (``fire_timers``' max_delay),
+    longer than the e2e probe waits for its worker, which then keeps consuming after we delete its
+    queue and, reconnecting, declares the queue again. There a pipe of our own, registered as a
+    reader on the hub, does what 5.7's waker does. Python 3.9 with Celery 5.3 resolves kombu
+    5.6; Celery 5.5 pins kombu < 5.6."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.fds: tuple[int, int] | None = None
+        if not hasattr(hub, "_waker"):
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(read_fd, False)
+            os.set_blocking(write_fd, False)
+            self.fds = (read_fd, write_fd)
+            hub.add_reader(read_fd, self._drain)
+
+    def _drain(self) -> None:
+        if self.fds is not None:
+            with contextlib.suppress(OSError):
+                os.read(self.fds[0], 512)
+
+    def wake(self) -> None:
+        self.hub.call_soon(lambda: None)  # kombu 5.7+: this alone wakes the loop
+        if self.fds is not None:
+            with contextlib.suppress(OSError):  # a full pipe has woken it already
+                os.write(self.fds[1], b"\0")
+
+    def close(self) -> None:
+        """After the loop stopped: unregister and close our pipe (idempotent)."""
+        if self.fds is None:
+            return
+        fds, self.fds = self.fds, None
+        with contextlib.suppress(Exception):  # a hub the worker already closed
+            self.hub.remove_reader(fds[0])
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def celery_version() -> tuple[int, ...]:
     import celery
 
@@ -102,5 +148,5 @@ def sqlalchemy_version() -> tuple[int, ...]:
     return version_tuple(sqlalchemy.__version__)
 
 
-__all__ = ["assert_never", "backend_reference", "celery_version", "forget_backend", "on_new_engine",
+__all__ = ["HubWaker", "assert_never", "backend_reference", "celery_version", "forget_backend", "on_new_engine",
            "own_session_manager", "sqlalchemy_version", "version_tuple"]

@@ -531,6 +531,8 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
     from celery.contrib.testing.worker import TestWorkController
     from celery.worker import state
 
+    from celerydiag.compat import HubWaker
+
     # Starting a worker's pool sets a process-wide flag ("task joins will block") that makes every
     # later AsyncResult.get() in this process raise "Never call result.get() within a task!":
     # restore it on the way out, so the worker leaves nothing behind in the caller's process.
@@ -552,11 +554,14 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
 
     thread = threading.Thread(target=work, name="celerydiag-e2e-worker", daemon=True)
     thread.start()
+    waker: HubWaker | None = None
     try:
         start_s = min(START_TIMEOUT_S, ctx.left())
         if not worker._on_started.wait(start_s) or not thread.is_alive():
             raise TargetUnreachable(f"the e2e worker could not start on broker {redact_url(target.broker_url)} "
                                     f"within {start_s:.0f} s")
+        hub = getattr(worker, "hub", None)
+        waker = HubWaker(hub) if hub is not None else None  # compat: kombu < 5.7 needs a pipe to wake it
         yield worker
     except BaseException as exc:
         release_interrupted_calls(exc)
@@ -564,11 +569,12 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
     finally:
         stopping = time.perf_counter()
         state.should_terminate = 0
-        hub = getattr(worker, "hub", None)
-        if hub is not None:  # AMQP: wake the event loop, or it sleeps until its next timer (~10 s)
-            hub.call_soon(lambda: None)
+        if waker is not None:  # AMQP: wake the event loop, or it sleeps until its next timer (~10 s)
+            waker.wake()
         # A daemon thread: one stuck in a driver call cannot hold us, so wait only so long.
         thread.join(_stop_wait(ctx))
+        if waker is not None and not thread.is_alive():
+            waker.close()
         state.should_terminate = None
         celery_state._set_task_join_will_block(join_will_block)
         log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)
