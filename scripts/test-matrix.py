@@ -76,6 +76,7 @@ DESELECT: list[str] = [
     "tests/integration/test_e2e.py::test_amqp_and_mariadb",
 ]
 
+PYENV_ROOT_GIVEN: Path | None = None  # --pyenv-root
 PYTEST_TIMEOUT_S = 900  # one pair's whole pytest run; each test has its own 300 s timeout too
 
 
@@ -99,7 +100,17 @@ class Result:
     skip_reasons: list[str] = field(default_factory=list)
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (the log a reader opens)."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def pyenv_root() -> Path | None:
+    if PYENV_ROOT_GIVEN is not None:
+        return PYENV_ROOT_GIVEN
     env = os.environ.get("PYENV_ROOT")
     if env:
         return Path(env)
@@ -154,11 +165,14 @@ def build(venv: Path, python: Path, celery: str, log: Path) -> str:
     steps = [
         [str(python), "-m", "venv", str(venv)],
         [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--upgrade", "pip"],
-        [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", spec, "-e", f"{REPO}[test]"],
+        # --no-compile: byte-compiling every installed package (numpy, scapy, hypothesis) is most of
+        # a build's CPU; the tests compile only what they import
+        [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", spec,
+         "-e", f"{REPO}[test]"],
     ]
     for cmd in steps:
         if run(cmd, log, timeout=1200) != 0:
-            return f"venv build failed: {' '.join(cmd[-3:])} (see {log.relative_to(REPO)})"
+            return f"venv build failed: {' '.join(cmd[-3:])} (see {shown(log)})"
     stamp.write_text(stamp_text)
     return ""
 
@@ -220,12 +234,12 @@ def run_pair(celery: str, python_series: str, cache: Path, extra: list[str]) -> 
                log, timeout=PYTEST_TIMEOUT_S)
     result.test_s = round(time.monotonic() - started, 1)
     if not junit.exists():
-        result.status, result.reason = "ERROR", f"pytest exited {code} without a report (see {log.relative_to(REPO)})"
+        result.status, result.reason = "ERROR", f"pytest exited {code} without a report (see {shown(log)})"
         return result
     count_junit(junit, result)
     result.status = "PASSED" if code == 0 and result.failed == 0 else "FAILED"
     if result.status == "FAILED":
-        result.reason = f"pytest exited {code} (see {log.relative_to(REPO)})"
+        result.reason = f"pytest exited {code} (see {shown(log)})"
     return result
 
 
@@ -248,8 +262,11 @@ def main() -> int:
                         help="run only the pairs whose Celery or Python series is this (repeatable)")
     parser.add_argument("--cache", default=str(REPO / ".matrix"), help="where the venvs live (.matrix/)")
     parser.add_argument("--build-only", action="store_true", help="build the venvs, run no test")
+    parser.add_argument("--pyenv-root", help="where the Pythons are (default: $(pyenv root))")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args()
+    global PYENV_ROOT_GIVEN
+    PYENV_ROOT_GIVEN = Path(args.pyenv_root) if args.pyenv_root else None
     cache = Path(args.cache).resolve()
     pairs = [p for p in PAIRS if not args.only or set(p) & set(args.only)]
     extra = ["--build-only"] if args.build_only else args.pytest_args
@@ -272,7 +289,7 @@ def main() -> int:
         out = cache / "last-run.json"
         cache.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+        print(f"wrote {shown(out)}")
     ran = [r for r in results if r.status not in ("SKIPPED",)]
     if args.build_only:
         return 1 if any(r.status == "ERROR" for r in results) else 0
