@@ -302,6 +302,7 @@ class E2ERun:
         # Warm-up, not measured: the first publish also opens the producer's connection and
         # channel (the broker probe reports connect time on its own).
         warmup = f"{self.ctx.scratch}-ping-warmup"
+        self._forget_pings_later(warmup)
         ping.apply_async(task_id=warmup, queue=self.queue_name, routing_key=self.queue_name,
                          exchange=self.queue_name)
         warm_until = min(time.perf_counter() + self.ctx.limits.timeout_s, end)
@@ -318,6 +319,7 @@ class E2ERun:
                 break
             time.sleep(max(0.0, slot - time.perf_counter()))
             task_id = f"{self.ctx.scratch}-ping-{i}"
+            self._forget_pings_later(task_id)
             ping.apply_async(task_id=task_id, queue=self.queue_name,
                              routing_key=self.queue_name, exchange=self.queue_name)
             sent += 1
@@ -497,6 +499,15 @@ class E2ERun:
                                    observed_mode=mode, observed_samples=s.samples)
 
     # -- cleanup ------------------------------------------------------------------------------
+
+    def _forget_pings_later(self, task_id: str) -> None:
+        """The ping is an ignore_result task, but Celery 5.6 lets the request's ignore_result
+        header (False unless given: app.send_task) override the task's, so its worker stores each
+        ping's SUCCESS (5.7 sends None, and before 5.6 the task's own flag wins). On a Redis backend
+        those keys would outlive us by result_expires: forget them too. Elsewhere they go with
+        our scratch table (database) or are never stored (rpc://)."""
+        if self.target.backend_scheme in REDIS_SCHEMES:
+            self.task_ids.append(task_id)
 
     def _forget_results(self, client: Any) -> None:
         for task_id in self.task_ids:
