@@ -89,6 +89,44 @@ def _fixed(r: dict[str, Any]) -> bool:
     return checked["severity"] == "ok" or (checked["impact_ms"] < before["impact_ms"] if same else True)
 
 
+# Ids outside the config probe whose fix prints a config change (backend/broker/e2e/serialization
+# fix builders); the config probe's are found by running its triggers (fix_ids).
+OTHER_FIX_IDS = ("backend.lock-timeout", "backend.isolation-level", "backend.lock-wait",
+                 "backend.row-contention", "backend.write-latency", "backend.reconnect-per-read",
+                 "backend.result-expires", "broker.confirm-publish", "broker.heartbeat",
+                 "broker.publish-latency", "serialization.stored-meta", "serialization.standard-meta",
+                 "e2e.visibility-poll")
+
+
+def fix_ids() -> list[str]:
+    """Every finding id that prints a config change: the config probe's, by running the trigger
+    configs of tests/unit/test_fixes.py through it, plus OTHER_FIX_IDS."""
+    sys.path[:0] = [str(REPO), str(REPO / "tests" / "unit")]
+    from test_fixes import TRIGGERS, _run  # noqa: PLC0415 (the test suite's own triggers)
+
+    from celerydiag.compat import celery_version
+    from celerydiag.config.paste import parse
+
+    ids = set(OTHER_FIX_IDS)
+    for settings, versions in TRIGGERS.values():
+        if versions.get("celery", celery_version()) != celery_version():
+            continue  # a fact of another Celery release: nothing to prove on the installed one
+        for f in _run(settings, versions).values():
+            if f.fix and f.severity.name != "OK" and parse(f.fix.config).settings:
+                ids.add(f.id)
+    return sorted(ids)
+
+
+def fixes_verified(directory: Path) -> tuple[list[str], list[str]]:
+    """(verified, not yet) ids: the ``<scenario>.fixes`` files tests/scenarios/test_fixes_proven.py
+    writes name the ids whose pasted block it proved on a real worker."""
+    done: set[str] = set()
+    for path in sorted(directory.glob("*.fixes")):
+        done.update(json.loads(path.read_text(encoding="utf-8")).get("verified", ()))
+    every = fix_ids()
+    return sorted(done & set(every)), [i for i in every if i not in done]
+
+
 def render(s: dict[str, Any]) -> str:
     width = max(len(c) for c in COLUMNS) + 1
     lines = ["Confusion matrix: injected cause (rows) x top-ranked cause (columns)", ""]
@@ -128,7 +166,13 @@ def main() -> int:
         print(f"no scenario results in {directory}", file=sys.stderr)
         return 1
     s = summary(results)
+    verified, missing = fixes_verified(directory)
+    s["fixes_verified"], s["fixes_not_verified"] = verified, missing
     print(json.dumps(s, indent=2) if args.json else render(s))
+    if not args.json:
+        print(f"\nfixes verified {len(verified)} of {len(verified) + len(missing)} "
+              f"(paste block applied on a real worker, tests/scenarios/test_fixes_proven.py)")
+        print(f"not yet covered: {', '.join(missing) or 'none'}")
     perfect = (s["named_first_count"] == s["injected_count"] and not s["baseline_false_positives_count"])
     return 0 if status == 0 and perfect else 1
 

@@ -52,7 +52,7 @@ def diagnose(
     and before the first probe (doctor prints it on stderr)."""
     limits = limits or Limits()
     ctx = ProbeContext(target=target, budget_ms=budget_ms, limits=limits,
-                       progress=progress or NullProgress(), options=options or ProbeOptions())
+                       progress=progress or NullProgress(), options=options or ProbeOptions(), static=static)
     try:
         active = [cls for cls in probes if not (static or cls.static)]
         down = unreachable_sides(target, {side for cls in active for side in cls.needs}, limits.timeout_s)
@@ -70,8 +70,12 @@ def diagnose(
     finally:
         if target.scratch_dir:
             shutil.rmtree(target.scratch_dir, ignore_errors=True)
-    return Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__,
-                        unreachable={str(side): target.redact(exc.message) for side, exc in down.items()})
+    from celerydiag.config.paste import unify
+
+    # every fix becomes a view of one merged block, in the app's setting-name style (issue 17)
+    return unify(Report.build(target.to_dict(), budget_ms, results, collect_meta(), __version__,
+                              unreachable={str(side): target.redact(exc.message) for side, exc in down.items()}),
+                 target.app)
 
 
 def _unreachable(cls: type[Probe], dead: Sequence[TargetUnreachable]) -> ProbeResult:

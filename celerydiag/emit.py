@@ -153,7 +153,12 @@ class Output:
 
 def open_output(path: str | None, fmt: OutputFormat, no_color: bool) -> Output:
     """Check and open ``--output`` now, before any work; choose colour (text on a terminal only,
-    never in a file, never with --no-color or NO_COLOR)."""
+    never in a file, never with --no-color or NO_COLOR). HTML needs matplotlib: refused here, before
+    any work, with the one line that installs it."""
+    if fmt is OutputFormat.HTML:
+        from celerydiag.render.charts import require
+
+        require()
     if not path:
         color = (fmt is OutputFormat.TEXT and not no_color and not os.environ.get("NO_COLOR")
                  and sys.stdout.isatty())
@@ -264,10 +269,11 @@ def severity_counts(severities: Iterable[Severity]) -> str:
 
 
 def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str, *,
-                unreachable_said: bool = False) -> ExitCode:
+                unreachable_said: bool = False, verbose: bool = False) -> ExitCode:
     """A Report in ``fmt``, the severity counts (and failed probes) as the summary line. A dead
     side's error comes first on stderr: here, unless doctor already said it before its probes
-    (``unreachable_said``); then the summary only points back at it."""
+    (``unreachable_said``); then the summary only points back at it. ``verbose``: the passed checks
+    as rows, not folded into one line."""
     from celerydiag.render import render
 
     junit_threshold = fail_on_severity(fail_on) or Severity.CRITICAL
@@ -281,5 +287,6 @@ def emit_report(out: Output, report: Report, fmt: OutputFormat, fail_on: str, *,
     elif report.unreachable:
         summary = "".join(unreachable_lines(report.unreachable.values())) + summary
     code = ExitCode.UNREACHABLE if report.unreachable else exit_code(report.worst(), fail_on)
-    return out.emit(lambda stream, color: render(report, fmt, stream, fail_on=junit_threshold, color=color),
+    return out.emit(lambda stream, color: render(report, fmt, stream, fail_on=junit_threshold, color=color,
+                                                          verbose=verbose),
                     summary, code)

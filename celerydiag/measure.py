@@ -108,6 +108,19 @@ class Summary:
                 "p99": round(self.p99_ms, 3), "max": round(self.max_ms, 3)}
 
 
+SERIES_POINTS = 2000  # what a finding keeps of a raw series (evidence["series"]) for the HTML charts
+
+
+def downsampled(values: Sequence[float], limit: int = SERIES_POINTS, digits: int = 3) -> list[float]:
+    """At most ``limit`` of ``values``, sorted and evenly spaced over the ranks, so every quantile a
+    CDF shows survives (the min and max are kept); rounded, so a report stays small."""
+    ordered = sorted(values)
+    if len(ordered) > limit:
+        step = (len(ordered) - 1) / (limit - 1)
+        ordered = [ordered[round(i * step)] for i in range(limit)]
+    return [round(v, digits) for v in ordered]
+
+
 def summarize(values_ms: Sequence[float]) -> Summary:
     if not values_ms:
         nan = math.nan

@@ -100,6 +100,7 @@ class ProbeContext:
     # and cuts the probe there (left(), call_timeout(), expired(): its Budget).
     deadline: float = math.inf
     activity: str = ""  # what the probe is doing now, for the line that says where it was cut
+    static: bool = False  # doctor --static: a static probe must not touch the network either
 
     @property
     def celery_version(self) -> tuple[int, ...]:
@@ -175,7 +176,7 @@ READS: Mapping[Cause, frozenset[str]] = MappingProxyType({
     Cause.CONFIG: frozenset(),
     Cause.BROKER: frozenset({"--timeout", "--max-seconds", "--samples", "--rabbitmq-api"}),
     Cause.BACKEND: frozenset({"--timeout", "--max-seconds", "--samples", "--duration"}),
-    Cause.POLLING: frozenset({"--poll-interval", "--poll-strategy"}),
+    Cause.POLLING: frozenset({"--poll-interval", "--poll-strategy", "--duration", "--timeout"}),
     Cause.SERIALIZATION: frozenset({"--timeout", "--max-seconds"}),
     Cause.NETWORK: frozenset({"--pcap", "--iface", "--duration"}),
     Cause.HOST: frozenset({"--max-seconds", "--duration"}),

@@ -8,6 +8,9 @@ cause, the capture report included (design.md, "one number that joins them"):
 - a delay (``by_impact``) is critical at or over the budget, a warning from 20 % of it, info
   below (``Severity.from_impact``), ok under ``ok_below_ratio`` of the budget when its probe
   calls so small a cost negligible, and never below its measured floor ``at_least``;
+- a modelled delay (computed from an assumption, not seen here) is at most info, unless its
+  inputs were given by the user (``evidence["input"] == "given"``: ``--poll-interval 5``), so an
+  assumed number can never fail a CI gate nor outrank a measured cause;
 - a hazard is rated by its worst case (or keeps the level its probe gave it) but never above
   warning: how often a worst case happens is unknown, so it cannot be critical;
 - order: severity, then kind (measured, modelled, hazard), then impact, both descending, then
@@ -24,6 +27,8 @@ from celerydiag.findings import Finding, Kind, Severity
 
 HAZARD_CEILING = Severity.WARNING  # a worst case that may never happen is never critical
 HAZARD_ORDER_CEILING = Severity.INFO  # ...and ranks below every measured delay
+MODELLED_CEILING = Severity.INFO  # an assumed number informs; only a measured (or given) one warns
+GIVEN = "given"  # evidence["input"] of a modelled finding whose inputs the user gave
 KIND_ORDER = {Kind.MEASURED: 0, Kind.MODELLED: 1, Kind.HAZARD: 2}
 
 
@@ -41,6 +46,8 @@ def rate(finding: Finding, budget_ms: float) -> Severity:
         severity = Severity.OK
     if finding.at_least is not None:
         severity = max(severity, finding.at_least)
+    if finding.kind is Kind.MODELLED and finding.evidence.get("input") != GIVEN:
+        severity = min(severity, MODELLED_CEILING)
     return severity
 
 

@@ -76,6 +76,8 @@ class Episode:
         return {"waiter_id": self.waiter_id, "blocker_id": self.blocker_id,
                 "wait_ms": round(self.wait_s * 1000, 1),
                 "seen_count": self.samples, "on_task_table": self.on_task_table,
+                # when, in seconds into the sampling window: the HTML report's lock-wait chart
+                "first_seen_s": round(self.first_seen_s, 3), "last_seen_s": round(self.last_seen_s, 3),
                 "waiter": self.waiter, "blocker": self.blocker}
 
 

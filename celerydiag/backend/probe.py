@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from celerydiag.backend.db import is_permission
+from celerydiag.config.fixes import MYSQL_LOCK_WAIT_S, PG_LOCK_TIMEOUT_MS  # one value for every fix
 from celerydiag.errors import DiagError, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
 from celerydiag.probe import Probe, ProbeContext
@@ -30,8 +31,6 @@ from celerydiag.target import REDIS_SCHEMES, Side, Target
 DB_DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#database-backend-settings"
 FAQ_DEADLOCK = "https://docs.celeryq.dev/en/stable/faq.html#mysql-is-throwing-deadlock-errors-what-can-i-do"
 REDIS_DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#redis-backend-settings"
-PG_LOCK_TIMEOUT_MS = 2000
-MYSQL_LOCK_WAIT_S = 5
 LONG_LOCK_WAIT_S = 10  # a server that lets a write wait longer than this gets the lock-timeout fix
 WRITERS = 4
 LOCK_SHARE = 0.25  # of the time left after the settings, the most the lock sampling may take
@@ -77,55 +76,89 @@ def current_engine_options(target: Target) -> dict[str, Any]:
     return dict(target.conf.get("database_engine_options") or {})
 
 
-def fixed_engine_options(dialect: str, current: dict[str, Any]) -> dict[str, Any]:
+def fixed_engine_options(dialect: str, current: dict[str, Any], driver: str = "") -> dict[str, Any]:
     """The user's own engine options plus the two changes that bound lock waits (reference E):
     MySQL/MariaDB READ COMMITTED (Celery FAQ) and a 5 s innodb_lock_wait_timeout; PostgreSQL a
-    2 s lock_timeout (its isolation is already READ COMMITTED: nothing to change there)."""
+    2 s lock_timeout (its isolation is already READ COMMITTED: nothing to change there). The
+    lock bound is spelled for ``driver`` (config.fixes.lock_timeout_args; '' means the drivers
+    SQLAlchemy picks for us: libpq, PyMySQL) and left out for a driver with no keyword for it."""
+    from celerydiag.config.fixes import lock_timeout_args
+
     options = dict(current)
-    args = dict(options.get("connect_args") or {})
     if dialect in ("mysql", "mariadb"):
         options["isolation_level"] = "READ COMMITTED"
-        existing = str(args.get("init_command") or "")
-        setting = f"innodb_lock_wait_timeout={MYSQL_LOCK_WAIT_S}"
-        if not existing:
-            args["init_command"] = f"SET SESSION {setting}"
-        elif "innodb_lock_wait_timeout" not in existing and existing.upper().startswith("SET "):
-            args["init_command"] = f"{existing}, SESSION {setting}"
+        driver = driver or "pymysql"
     elif dialect == "postgresql":
-        existing = str(args.get("options") or "")
-        if "lock_timeout" not in existing:
-            args["options"] = f"{existing} -c lock_timeout={PG_LOCK_TIMEOUT_MS}".strip()
+        driver = driver or "psycopg"
     else:
         return options
-    options["connect_args"] = args
+    args = lock_timeout_args(driver, dict(options.get("connect_args") or {}))
+    if args is not None:
+        options["connect_args"] = args
     return options
 
 
 def engine_fix(dialect: str, target: Target) -> Fix | None:
     """One database_engine_options for every probe: the config probe's recommendation (the user's
-    options, what crashes removed, secrets never printed) with the lock-wait bounds added, so
-    pasting both probes' fixes cannot leave two different dicts."""
-    from celerydiag.compat import celery_version
-    from celerydiag.config.fixes import assignments, recommended_engine_options
+    options, Celery's defaults kept, what crashes removed, secrets never printed) with the lock-wait
+    bounds added, and the retry settings that decide what a lock timeout then does to the task,
+    so pasting both probes' fixes cannot leave two different dicts.
 
+    Why the retries are printed: a lock timeout turns a wait into an error. The database backend
+    retries it (Celery 5.7 defaults: always_retry on, 3 retries, celery/backends/database/
+    __init__.py:74-77), and when every retry hits the lock too, update_state() raises
+    BackendStoreError inside the task (celery/backends/base.py:855-858): the task fails instead of
+    waiting. With a 2 s/5 s bound and 3 retries that happens for a lock held ~8 s/~20 s or longer."""
+    from celerydiag.compat import celery_version
+    from celerydiag.config.fixes import (
+        assignments,
+        db_dialect,
+        db_driver,
+        lock_timeout_args,
+        recommended_engine_options,
+        retry_settings,
+    )
+
+    family = {"mariadb": "mysql"}
+    same = family.get(db_dialect(target), db_dialect(target)) == family.get(dialect, dialect)
+    driver = db_driver(target) if same else ""  # '' = the driver SQLAlchemy picks for `dialect`
     current = current_engine_options(target)
-    if fixed_engine_options(dialect, current) == current:
+    if fixed_engine_options(dialect, current, driver) == current:
         return None
-    options = fixed_engine_options(dialect, recommended_engine_options(target.conf, target, celery_version()))
+    options = fixed_engine_options(dialect, recommended_engine_options(target.conf, target, celery_version()),
+                                   driver)
+    retries = retry_settings(target.conf)
+    tries = retries["result_backend_max_retries"] + 1
+    bounded = lock_timeout_args(driver or ("psycopg" if dialect == "postgresql" else "pymysql"), {}) is not None
+    trade = (f"; the trade: a write blocked longer than the bound is retried {tries - 1} times and then"
+             " update_state() raises BackendStoreError and the task fails instead of waiting (wrap"
+             " update_state() in try/except BackendStoreError where progress may be lost but the task"
+             " must go on)")
     if dialect == "postgresql":
-        summary = (f"give Celery's connections a {PG_LOCK_TIMEOUT_MS} ms lock_timeout: a blocked update_state"
-                   " fails fast (Celery retries it, result_backend_max_retries=3) instead of waiting without"
-                   " limit; PostgreSQL is already READ COMMITTED, leave isolation alone")
-    else:
+        if not bounded:
+            return None
+        summary = (f"give Celery's connections a {PG_LOCK_TIMEOUT_MS} ms lock_timeout so a blocked update_state"
+                   f" fails fast and is retried instead of waiting without limit{trade}; PostgreSQL is already"
+                   " READ COMMITTED, leave isolation alone")
+    elif bounded:
         summary = (f"READ COMMITTED (Celery FAQ) and a {MYSQL_LOCK_WAIT_S} s innodb_lock_wait_timeout on Celery's"
-                   " connections: a blocked update_state fails fast (Celery retries it) instead of waiting 50 s")
-    return Fix(summary, assignments(database_engine_options=options), (DB_DOCS, FAQ_DEADLOCK))
+                   f" connections instead of waiting 50 s{trade}")
+    else:
+        summary = (f"READ COMMITTED (Celery FAQ); the {driver} driver has no init_command we can print, so bound"
+                   f" lock waits on the server for Celery's user: SET GLOBAL innodb_lock_wait_timeout ="
+                   f" {MYSQL_LOCK_WAIT_S}{trade}")
+    return Fix(summary, assignments(database_engine_options=options, **retries), (DB_DOCS, FAQ_DEADLOCK))
 
 
 def redis_progress_fix() -> Fix:
-    return Fix("keep the database for results if you must, but let progress (update_state) go to Redis:"
-               " a push-based backend with sub-millisecond writes",
-               "# point this at your Redis\nresult_backend = 'redis://localhost:6379/0'\n", (REDIS_DOCS,))
+    """Why the wording: result_backend is app-wide, so this moves every result (and every
+    client's reads) to Redis, not only progress; the config merge offers it as an alternative."""
+    from celerydiag.config.fixes import PLACEHOLDER_REDIS, assignments
+
+    return Fix("move the result backend to Redis (push-based, sub-millisecond writes): result_backend is"
+               " app-wide, so every result and every state read moves with it, not only progress;"
+               " results already in the database stay there",
+               "# point this at your Redis\n" + assignments(result_backend=PLACEHOLDER_REDIS), (REDIS_DOCS,))
 
 
 # ---- database ------------------------------------------------------------------------------------------
@@ -314,7 +347,8 @@ class DatabaseRun:
             if float(raw or 0) > LONG_LOCK_WAIT_S and not configured:
                 yield Finding("backend.lock-timeout", Cause.BACKEND, Severity.INFO,
                               f"innodb_lock_wait_timeout is {raw} s: a blocked update_state can wait that long,"
-                              " then Celery retries it", evidence={"innodb_lock_wait_timeout_s": float(raw)}, fix=fix)
+                              " then Celery retries it (and the task waits)",
+                              evidence={"innodb_lock_wait_timeout_s": float(raw)}, fix=fix)
             else:
                 yield Finding("backend.lock-timeout", Cause.BACKEND, Severity.OK,
                               f"innodb_lock_wait_timeout {raw} s", evidence={"innodb_lock_wait_timeout_s": float(raw)})
@@ -463,7 +497,9 @@ class DatabaseRun:
         left when it starts (at least :meth:`phase_floor_s`; one that cannot have it is skipped)."""
         ctx = self.ctx
         base = current_engine_options(self.target)
-        fixed = fixed_engine_options(info.dialect, base)
+        from celerydiag.config.fixes import db_driver
+
+        fixed = fixed_engine_options(info.dialect, base, db_driver(self.target))
         writers = 1 if info.dialect == "sqlite" else WRITERS
         writes = max(writers * 10, ctx.limits.samples // 3)
         shared = [f"{ctx.scratch}-shared"] * writers

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from celerydiag.broker import amqp as amqp_m
@@ -31,6 +32,7 @@ RTT_SAMPLES = 50
 RTT_SHARE = 0.1  # of --max-seconds, for the round-trip baseline
 HANDSHAKES = 3
 MAX_QUEUES = 50  # user queues read passively, at most
+MIN_DRAIN_WINDOW_S = 1.0  # the shortest window over which a queue's depth is read twice for its drain rate
 FINISH_MARGIN_S = 1.0  # kept before the probe's deadline (--max-seconds) for warm-ups and findings
 
 DOCS_CONFIRM = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options"
@@ -214,9 +216,10 @@ class AmqpRun:
         yield from self._api_status(api)
         yield from self._blocked(stalled, api)
         yield from self._heartbeat(handshakes, worker_hb)
-        yield from self._backlog(plain, api)
+        first = self._depths(plain)
         if stalled is None and not self.watch.ever_blocked:
             yield from self._latency(plain, channel, confirm_channel, durable)
+        yield from self._backlog(plain, api, first)
 
     # ---- blocked connections -------------------------------------------------------------
     def _canary(self, confirm_channel: Any) -> str | None:
@@ -269,16 +272,20 @@ class AmqpRun:
         evidence = {"server_heartbeat_s": hs.server_heartbeat_s, "broker_heartbeat_s": worker_hb,
                     "negotiated_heartbeat_s": hs.negotiated_heartbeat_s,
                     "broker_heartbeat_checkrate_ratio": rate, "producer_heartbeat_s": 0}
-        how = ("Only the worker's consumer connection uses broker_heartbeat (and only with the prefork/"
-               "eventlet/gevent event loop; the solo and threads pools send none); apply_async()/"
-               "client connections use 0. py-amqp negotiates: if either side is 0 the other wins, "
-               "else the smaller, and a client 0 disables them.")
+        how = ("Only the worker's consumer connection uses broker_heartbeat; every pool sends them from the "
+               "worker's event loop on py-amqp (solo and threads too: celery/worker/worker.py "
+               "should_use_eventloop, consumer.py amqheartbeat); apply_async()/client connections use 0. "
+               "py-amqp negotiates: if either side is 0 the other wins, else the smaller (a client "
+               "cannot raise a lower value the server proposes), and a client 0 disables them.")
         if hs.negotiated_heartbeat_s <= 0:
             yield Finding(
                 "broker.heartbeat", Cause.BROKER, Severity.INFO,
                 "worker heartbeats are disabled: a silently dead broker connection is noticed only "
-                "by TCP keepalive (hours), and tasks stay PENDING meanwhile",
-                detail=f"RabbitMQ proposes {hs.server_heartbeat_s} s, broker_heartbeat is {worker_hb:g}. {how}",
+                "by py-amqp's TCP keepalive (about 2.5 min), and tasks stay PENDING meanwhile",
+                detail=(f"RabbitMQ proposes {hs.server_heartbeat_s} s, broker_heartbeat is {worker_hb:g}. {how} "
+                        "py-amqp's default socket_settings (amqp/transport.py DEFAULT_SOCKET_SETTINGS) turn on "
+                        "TCP keepalive after 60 s idle, 9 probes 10 s apart, and TCP_USER_TIMEOUT 1 s for "
+                        "unacknowledged sends: an idle dead connection is dropped after about 150 s, not hours."),
                 evidence=evidence,
                 fix=Fix("enable worker heartbeats", FIX_HEARTBEAT, (DOCS_HEARTBEAT,)))
             return
@@ -294,13 +301,19 @@ class AmqpRun:
             evidence=dict(evidence, dead_connection_detect_s=detect))
 
     # ---- backlog ------------------------------------------------------------------------
-    def _backlog(self, plain: Any, api: Any) -> Iterator[Finding]:
-        names = app_queues(self.conf)
-        states = amqp_m.passive_states(plain, names)
+    def _depths(self, plain: Any) -> Depths:
+        states = amqp_m.passive_states(plain, app_queues(self.conf))
+        return Depths({s.name: (s.messages if s.declared else None, s.consumers) for s in states},
+                      time.monotonic())
+
+    def _backlog(self, plain: Any, api: Any, first: Depths) -> Iterator[Finding]:
+        """The app's queues read again after the latency series: their depth over that window
+        is the drain rate (or the API's deliver rate, when read)."""
+        if time.monotonic() - first.at < MIN_DRAIN_WINDOW_S:  # no latency series ran (a blocked broker)
+            time.sleep(max(0.0, min(MIN_DRAIN_WINDOW_S - (time.monotonic() - first.at), self.ctx.left() - 1)))
         rates = api.queues if api else {}
-        yield from backlog_findings(
-            {s.name: (s.messages if s.declared else None, s.consumers) for s in states}, rates,
-            self.ctx.budget_ms, self.target)
+        yield from backlog_findings(self._depths(plain), rates, self.ctx.budget_ms, self.target, first,
+                                    api_read=api is not None)
         self.ctx.progress.step(5, "backlog")
 
     # ---- latency ------------------------------------------------------------------------
@@ -402,24 +415,41 @@ def _vhost(url: str) -> str:
     return str(parse_url(url.split(";", 1)[0]).get("virtual_host") or "/")
 
 
-def backlog_findings(depths: dict[str, tuple[int | None, int] | Any], rates: dict[str, Any],
-                     budget_ms: float, target: Target) -> Iterator[Finding]:
-    """depths: queue → (messages or None when not declared, consumers or -1 when unknown)."""
-    evidence: dict[str, Any] = {}
-    waiting: list[tuple[str, int, int]] = []
-    for name, (messages, consumers) in depths.items():
-        if messages is None:
-            evidence[name] = {"declared": False}
+@dataclass(frozen=True)
+class Depths:
+    """The app's queues at one moment: name -> (ready messages, or None when not declared;
+    consumers, or -1 when unknown), and when (time.monotonic())."""
+
+    queues: dict[str, tuple[int | None, int]]
+    at: float
+
+
+def drain_rates(first: Depths, last: Depths) -> dict[str, float]:
+    """Messages per second each queue's depth fell between two readings (0 when it did not fall).
+
+    This is the net drain (deliveries minus new publishes): the consumers take at least this
+    many per second, so N / rate is an upper bound of the wait when tasks keep arriving, and
+    exact when they do not. The management API's deliver rate, when read, is used instead."""
+    window = last.at - first.at
+    rates: dict[str, float] = {}
+    for name, (messages, _) in last.queues.items():
+        before = first.queues.get(name, (None, -1))[0]
+        if messages is None or before is None or window <= 0:
             continue
-        entry: dict[str, Any] = {"messages_count": messages}
-        if consumers >= 0:
-            entry["consumers_count"] = consumers
-        rate = rates.get(name)
-        if rate is not None and rate.deliver_per_s:
-            entry["deliver_interval_ms"] = round(1000.0 / rate.deliver_per_s, 3)  # 1 / deliver rate
-        evidence[name] = entry
-        if messages:
-            waiting.append((name, messages, consumers))
+        rates[name] = max(0.0, (before - messages) / window)
+    return rates
+
+
+def backlog_findings(depths: Depths | dict[str, tuple[int | None, int] | Any], rates: dict[str, Any],
+                     budget_ms: float, target: Target, first: Depths | None = None,
+                     api_read: bool = False) -> Iterator[Finding]:
+    """The backlog finding from the last reading of the app's queues (``depths``), the drain rate
+    per queue measured from ``first`` to it, or the management API's deliver rate (``rates``)
+    when the API was read (``api_read``). A new task waits behind N ready messages about
+    N / rate seconds before it starts: that is the impact (PENDING->STARTED)."""
+    last = depths if isinstance(depths, Depths) else Depths(dict(depths), time.monotonic())
+    window_s = last.at - first.at if first is not None else 0.0
+    evidence, waiting = _queue_entries(last, first, rates)
     idle = [(n, m) for n, m, c in waiting if c == 0]
     if idle:
         listing = ", ".join(f"{n} ({m} messages)" for n, m in idle)
@@ -429,26 +459,82 @@ def backlog_findings(depths: dict[str, tuple[int | None, int] | Any], rates: dic
             detail=("Messages are waiting and the queue has no consumer. Start a worker for it "
                     f"(celery -A proj worker -Q {','.join(n for n, _ in idle)}) or route the tasks to a "
                     "queue your workers consume (task_routes)."),
-            evidence={"queues": evidence})
+            evidence={"queues": evidence, "window_s": round(window_s, 3)})
         return
     if waiting:
-        wait_ms = 0.0
+        wait_ms, worst = 0.0, ""
         for name, messages, _ in waiting:
-            rate = rates.get(name)
-            if rate is not None and rate.deliver_per_s:
-                wait_ms = max(wait_ms, 1000.0 * messages / rate.deliver_per_s)
+            per_s = evidence[name].get("drain_rate_per_s")
+            if per_s:
+                evidence[name]["wait_ms"] = round(1000.0 * messages / per_s, 3)
+                if evidence[name]["wait_ms"] > wait_ms:
+                    wait_ms, worst = evidence[name]["wait_ms"], name
         total = sum(m for _, m, _ in waiting)
-        title = (f"{total} tasks already queued: a new task waits about {wait_ms / 1000:.1f} s behind them "
-                 "before it starts" if wait_ms else
-                 f"{total} tasks already queued ahead of any new one (pass --rabbitmq-api for the wait in s)")
+        if wait_ms:
+            entry = evidence[worst]
+            how = ("the management API's deliver rate" if entry["drain_rate_source"] == "management-api" else
+                   f"its depth falling {entry.get('messages_at_start_count', entry['messages_count'])} -> "
+                   f"{entry['messages_count']} in {window_s:.1f} s (net of new tasks: an upper bound while "
+                   "tasks keep arriving)")
+            title = (f"{total} tasks already queued: a new task waits about {wait_ms / 1000:.1f} s behind them "
+                     f"before it starts ({worst} drains {entry['drain_rate_per_s']:g}/s)")
+            why = f"{worst}: {entry['messages_count']} messages / {entry['drain_rate_per_s']:g} per s, from {how}. "
+        else:
+            title = (f"{total} tasks already queued ahead of any new one; the wait is unknown: "
+                     f"{_unknown_wait(target, first is not None, window_s, api_read)}")
+            why = ""
         yield delay("broker.backlog", Cause.BROKER, wait_ms, title,
-                    detail=("A backlog delays dispatch (PENDING→STARTED) only; add workers or "
+                    detail=(why + "A backlog delays dispatch (PENDING→STARTED) only; add workers or "
                             "concurrency for those queues, or give urgent tasks their own queue. "
                             + state_path_words(target)),
-                    evidence={"queues": evidence})
+                    evidence={"queues": evidence, "window_s": round(window_s, 3)})
         return
     yield Finding("broker.backlog", Cause.BROKER, Severity.OK,
-                  "no backlog on the app's queues", evidence={"queues": evidence})
+                  "no backlog on the app's queues", evidence={"queues": evidence, "window_s": round(window_s, 3)})
+
+
+def _queue_entries(last: Depths, first: Depths | None, rates: dict[str, Any],
+                   ) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:
+    """Each queue's evidence (depth, consumers, drain rate and where it came from) and the queues
+    with messages waiting: (name, messages, consumers)."""
+    drained = drain_rates(first, last) if first is not None else {}
+    evidence: dict[str, Any] = {}
+    waiting: list[tuple[str, int, int]] = []
+    for name, (messages, consumers) in last.queues.items():
+        if messages is None:
+            evidence[name] = {"declared": False}
+            continue
+        entry: dict[str, Any] = {"messages_count": messages}
+        if consumers >= 0:
+            entry["consumers_count"] = consumers
+        before = first.queues.get(name, (None, -1))[0] if first is not None else None
+        if before is not None:
+            entry["messages_at_start_count"] = before
+        rate = rates.get(name)
+        if rate is not None and rate.deliver_per_s:
+            entry["deliver_interval_ms"] = round(1000.0 / rate.deliver_per_s, 3)  # 1 / deliver rate
+            entry["drain_rate_per_s"] = round(rate.deliver_per_s, 3)
+            entry["drain_rate_source"] = "management-api"
+        elif drained.get(name):
+            entry["drain_rate_per_s"] = round(drained[name], 3)
+            entry["drain_rate_source"] = "depth"
+        evidence[name] = entry
+        if messages:
+            waiting.append((name, messages, consumers))
+    return evidence, waiting
+
+
+def _unknown_wait(target: Target, sampled: bool, window_s: float, api_read: bool) -> str:
+    """Why a backlog's wait has no milliseconds: what was read and what would give them."""
+    if api_read:
+        return ("the management API shows no deliveries from these queues and their depth did not "
+                f"fall in {window_s:.1f} s: the consumers take no tasks (stuck or saturated)")
+    if sampled:
+        return (f"their depth did not fall in {window_s:.1f} s, so no drain rate could be measured "
+                "(tasks arrive as fast as they are taken, or the consumers are stuck); "
+                + ("pass --rabbitmq-api for the deliver rate" if target.broker_scheme in AMQP_SCHEMES
+                   else "sample again with a longer --max-seconds"))
+    return "no drain rate was measured"
 
 
 def latency_findings(ctx: ProbeContext, series: dict[str, Summary], rtt: Summary, connect: Summary,
@@ -562,8 +648,12 @@ class RedisRun:
                 f"broker {redact_url(self.target.broker_url)}: {describe(exc)}")) from None
         yield from redis_memory_findings(facts)
         options = dict(self.target.conf.broker_transport_options or {})
-        depths = redis_m.backlog(publisher, app_queues(self.target.conf), options)
-        yield from backlog_findings({n: (m, -1) for n, m in depths.items()}, {}, ctx.budget_ms, self.target)
+
+        def depths() -> Depths:
+            counts = redis_m.backlog(publisher, app_queues(self.target.conf), options)
+            return Depths({n: (m, -1) for n, m in counts.items()}, time.monotonic())
+
+        first = depths()
         rtt = summarize(back_to_back(publisher.ping, RTT_SAMPLES))
         ctx.progress.step(5, "LPUSH→BRPOP")
         left = max(0.5, min(ctx.limits.max_seconds - (time.perf_counter() - started),
@@ -575,6 +665,9 @@ class RedisRun:
             raise DiagError(f"Redis stopped answering mid-measurement: {exc}") from None
         finally:
             quietly(lambda: publisher.delete(self.key))
+        if time.monotonic() - first.at < MIN_DRAIN_WINDOW_S:
+            time.sleep(max(0.0, min(MIN_DRAIN_WINDOW_S - (time.monotonic() - first.at), ctx.left() - 1)))
+        yield from backlog_findings(depths(), {}, ctx.budget_ms, self.target, first)
         publish, roundtrip = summarize(trips.publish_ms), summarize(trips.roundtrip_ms)
         rpc = on_rpc(self.target)
         impact = _p(roundtrip)

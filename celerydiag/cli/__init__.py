@@ -132,7 +132,9 @@ class FormatChoice(click.Choice):
 
 
 def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--format / --output / --fail-on / --budget-ms / --no-color, shared by report commands."""
+    """--format / --output / --fail-on / --budget-ms / --no-color / --verbose, shared by report commands."""
+    fn = click.option("--verbose", "verbose", is_flag=True,
+                      help="List the checks that passed as rows (by default they are folded into one line).")(fn)
     fn = click.option("--no-color", is_flag=True, envvar="NO_COLOR",
                       help="Plain text even on a terminal.")(fn)
     fn = click.option("--fail-on", type=click.Choice(["critical", "warning", "info", "never"]),
@@ -148,22 +150,25 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("-f", "--format", "fmt", type=FormatChoice(tuple(OutputFormat)),
                       default=OutputFormat.TEXT.value, show_default=True,
                       help="Report format: text for people, json for scripts, markdown for "
-                           "tickets, junit for CI.")(fn)
+                           "tickets, junit for CI, html for one self-contained page with charts "
+                           "(needs `pip install 'celerydiag[html]'`).")(fn)
     return fn
 
 
-def document_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """-f text|json / -o / --no-color for commands whose output is not a doctor report
+def document_options(what: str, html: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """-f text|json (|html) / -o / --no-color for commands whose output is not a doctor report
     (poll-model, bench-serialize); ``what`` says what text shows, e.g. "table + chart"."""
+    formats = (OutputFormat.TEXT, OutputFormat.JSON, *((OutputFormat.HTML,) if html else ()))
+    more = ", html for one self-contained page with the chart" if html else ""
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = click.option("--no-color", is_flag=True, envvar="NO_COLOR",
                           help="Plain text even on a terminal.")(fn)
         fn = click.option("-o", "--output", type=click.Path(), metavar="FILE",
                           help="Write the output to this file instead of stdout (checked before any "
                                "work; replaced only when the run finishes).")(fn)
-        fn = click.option("-f", "--format", "fmt", type=FormatChoice((OutputFormat.TEXT, OutputFormat.JSON)),
+        fn = click.option("-f", "--format", "fmt", type=FormatChoice(formats),
                           default=OutputFormat.TEXT.value,
-                          show_default=True, help=f"text for people ({what}), json for scripts.")(fn)
+                          show_default=True, help=f"text for people ({what}), json for scripts{more}.")(fn)
         return fn
     return decorate
 

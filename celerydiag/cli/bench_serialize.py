@@ -175,24 +175,35 @@ def render_text(doc: dict[str, Any], stream: TextIO, color: bool = False) -> Non
 
     console = Console(file=stream, force_terminal=color, no_color=not color, width=130, highlight=False)
     model = doc["backend_model"]
+    console.print(verdict(doc), markup=False)
     table = Table(title="Serializer cost per payload (median per call; ± relative spread)")
     for col, just in (("payload", "left"), ("serializer", "left"), ("encode ms", "right"),
                       ("decode ms", "right"), ("size", "right"), (f"per update on {model['backend']} ms", "right"),
                       ("peak mem", "right"), ("note", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     previous = None
+    skipped = _skipped_payloads(doc["results"])
     for r in doc["results"]:
+        if r["payload"] in skipped:
+            if r["payload"] != previous:  # one row for the payload, not an error row per serializer
+                table.add_row(r["payload"], "all", "-", "-", "-", "-", "-",
+                              f"[yellow]skipped: {escape(skipped[r['payload']])}[/]")
+            previous = r["payload"]
+            continue
         label = r["payload"] if r["payload"] != previous else ""
         previous = r["payload"]
         if r["error"]:
-            short = r["error"] if len(r["error"]) <= 48 else r["error"][:47] + "…"
-            table.add_row(label, r["serializer"], "-", "-", "-", "-", "-", f"[red]cannot: {escape(short)}[/]")
+            # the whole reason, wrapped in its cell (never cut: the end says what failed)
+            table.add_row(label, r["serializer"], "-", "-", "-", "-", "-", f"[red]cannot: {escape(r['error'])}[/]")
             continue
         table.add_row(label, r["serializer"], _ms(r["encode_ms"]), _ms(r["decode_ms"]), human_size(r["size_bytes"]),
                       f"{r['update_ms']:.3f}", human_size(r["peak_memory_bytes"]), r["note"] or "")
     console.print(table)
     console.print(f"[dim]Per update on {model['backend']}: " + "; ".join(model["steps"])
                   + f"; network at {model['bandwidth_bytes_per_s'] * 8 / 1e6:g} Mbit/s.[/]")
+    arrays = _default_vs_fastest(doc, DEFAULT_SERIALIZER)
+    if arrays is not None:
+        console.print(arrays)
     if doc.get("compare"):
         console.print(_compare_table(doc["compare"]))
     if doc["unstable"]:
@@ -208,6 +219,75 @@ def render_text(doc: dict[str, Any], stream: TextIO, color: bool = False) -> Non
         console.print(info["config"], markup=False, highlight=False)
         if info["security"]:
             console.print(f"[yellow]{info['security']}[/]")
+
+
+DEFAULT_SERIALIZER = "json"  # kombu's and Celery's default: what the usual advice compares against
+NEGLIGIBLE_UPDATE_MS = 1.0  # below this per update, encoding is not what makes a state late
+
+
+def verdict(doc: dict[str, Any]) -> str:
+    """The answer first (issue 15): which payload costs most per update with the serializer in use,
+    and what the fastest serializer that encodes it would cost; or that serialization is negligible."""
+    current = doc["meta"].get("result_serializer") or DEFAULT_SERIALIZER
+    backend = doc["backend_model"]["backend"]
+    timed = [r for r in doc["results"] if r["error"] is None and r.get("update_ms") is not None]
+    mine = [r for r in timed if r["serializer"] == current]
+    if not mine:
+        return f"Verdict: no payload could be timed with {current}; see the table."
+    worst = max(mine, key=lambda r: r["update_ms"])
+    if worst["update_ms"] < NEGLIGIBLE_UPDATE_MS:
+        return (f"Verdict: serialization does not make states late: the costliest payload ({worst['payload']}) "
+                f"takes {worst['update_ms']:.3g} ms per update on {backend} with {current}.")
+    fastest = min((r for r in timed if r["payload"] == worst["payload"]), key=lambda r: r["update_ms"])
+    better = ("" if fastest["serializer"] == current else
+              f"; {fastest['serializer']} takes {fastest['update_ms']:.3g} ms")
+    return (f"Verdict: {worst['payload']} costs {worst['update_ms']:.3g} ms per update on {backend} with "
+            f"{current} (the serializer in use){better}. Next: keep update_state meta small, or switch "
+            "(Recommendation below).")
+
+
+def _skipped_payloads(results: list[dict[str, Any]]) -> dict[str, str]:
+    """Payloads no serializer ran because the payload itself could not be built (NumPy missing):
+    the payload -> the one reason, said once instead of as an error per serializer."""
+    from celerydiag.serialization.harness import NUMPY_MISSING
+
+    by_payload: dict[str, set[bool]] = {}
+    for r in results:
+        by_payload.setdefault(r["payload"], set()).add(r["error"] == NUMPY_MISSING)
+    return {p: NUMPY_MISSING for p, skipped in by_payload.items() if skipped == {True}}
+
+
+def _default_vs_fastest(doc: dict[str, Any], default: str) -> Any:
+    """The NumPy rows (1 MB, 10 MB) as the usual advice shows them: the default serializer next to
+    the fastest one that encoded the array, per update."""
+    from rich.table import Table
+
+    rows = []
+    for payload in dict.fromkeys(r["payload"] for r in doc["results"]):
+        if not payload.startswith("ndarray-"):
+            continue
+        cases = [r for r in doc["results"] if r["payload"] == payload]
+        ok = sorted((r for r in cases if r["update_ms"] is not None), key=lambda r: r["update_ms"])
+        if not ok:
+            continue
+        mine = next((r for r in cases if r["serializer"] == default), None)
+        best = ok[0]
+        if mine is None or mine["update_ms"] is None:
+            why = str(mine["error"]).split(":", 1)[0] if mine and mine["error"] else "not run"
+            base = f"cannot encode it ({why})"
+            gain = "-"
+        else:
+            base = f"{mine['update_ms']:.3f} ms"
+            gain = f"x{mine['update_ms'] / best['update_ms']:.1f}" if best["update_ms"] else "-"
+        rows.append((payload, base, best["serializer"], f"{best['update_ms']:.3f} ms", gain))
+    if not rows:
+        return None
+    table = Table(title=f"NumPy arrays: {default} (the default) versus the fastest, per update")
+    for col in ("payload", f"{default} per update", "fastest", "fastest per update", "faster by"):
+        table.add_column(col, justify="left" if col in ("payload", "fastest") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _ms(timing: dict[str, Any] | None) -> str:

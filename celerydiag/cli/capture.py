@@ -57,7 +57,8 @@ DEFAULT_PORTS = (5672, 5671, 6379, 5432, 3306)
 @output_options
 def command(read_: str | None, iface: str | None, ports: tuple[int, ...], duration: float, count: int,
             write: str | None, scrub: bool, app: str | None, broker: str | None, backend: str | None,
-            fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool) -> ExitCode:
+            fmt: OutputFormat, output: str | None, fail_on: str, budget_ms: float, no_color: bool,
+            verbose: bool = False) -> ExitCode:
     """Find network causes of late task states in broker and backend traffic, live or from a file.
 
     Per TCP connection: zero-window episodes (who stopped reading), retransmissions, duplicate ACKs,
@@ -71,13 +72,13 @@ def command(read_: str | None, iface: str | None, ports: tuple[int, ...], durati
     """
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the capture
         return _capture(out, read_, iface, ports, duration, count, write, scrub, app, broker, backend, fmt,
-                        output, fail_on, budget_ms)
+                        output, fail_on, budget_ms, verbose)
 
 
 def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int, ...], duration: float,
              count: int, write: str | None, scrub: bool, app: str | None, broker: str | None,
              backend: str | None, fmt: OutputFormat, output: str | None, fail_on: str,
-             budget_ms: float) -> ExitCode:
+             budget_ms: float, verbose: bool = False) -> ExitCode:
     from celerydiag.network.capture import analyse, ports_for_target
 
     if bool(read_) == bool(iface):
@@ -117,7 +118,7 @@ def _capture(out: Output, read_: str | None, iface: str | None, ports: tuple[int
     finally:
         if iface and not write:  # raw broker/backend traffic must not outlive us, error or Ctrl-C
             os.unlink(path)
-    return _emit_capture(out, report, fmt, fail_on)
+    return _emit_capture(out, report, fmt, fail_on, verbose)
 
 
 def _target_urls(app: str | None, broker: str | None, backend: str | None) -> list[str]:
@@ -162,11 +163,12 @@ def _progress(fmt: str, output: str | None) -> Any:
     return show
 
 
-def _emit_capture(out: Output, report: Any, fmt: OutputFormat, fail_on: str) -> ExitCode:
+def _emit_capture(out: Output, report: Any, fmt: OutputFormat, fail_on: str, verbose: bool = False) -> ExitCode:
     """Through the one output path: capture's own document for text and json, the report renderer for
-    every other format, the connection count and severities as the summary."""
+    every other format (html with the connection timeline), the connection count and severities as
+    the summary."""
     from celerydiag.findings import Severity
-    from celerydiag.network.capture.render import as_report, render_text
+    from celerydiag.network.capture.render import as_report, render_html, render_text
 
     def write(stream: Any, color: bool) -> None:
         if fmt is OutputFormat.JSON:
@@ -175,7 +177,9 @@ def _emit_capture(out: Output, report: Any, fmt: OutputFormat, fail_on: str) -> 
             json.dump(report.to_dict(), stream, indent=2, ensure_ascii=False, allow_nan=False)
             stream.write("\n")
         elif fmt is OutputFormat.TEXT:
-            render_text(report, stream, color=color)
+            render_text(report, stream, color=color, verbose=verbose)
+        elif fmt is OutputFormat.HTML:
+            render_html(report, stream, verbose=verbose)
         else:
             from celerydiag.render import render
 

@@ -139,7 +139,7 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                static: bool, timeout: float, max_seconds: float, samples: int, updates: int,
                poll_interval: float | None, poll_strategy: str | None, pcap: str | None,
                iface: str | None, duration: float, rabbitmq_api: str | None,
-               state_bound: bool = False) -> ExitCode:
+               state_bound: bool = False, verbose: bool = False) -> ExitCode:
     """Shared by doctor and probe: resolve, diagnose, render. ``state_bound``: say on stderr,
     before the probes start, how long they may take at most (doctor)."""
     from celerydiag.doctor import diagnose
@@ -162,7 +162,7 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                                   on_start=(lambda line: click.echo(line, err=True)) if state_bound else None)
             finally:
                 progress.close()
-            code = emit_report(out, report, fmt, fail_on, unreachable_said=state_bound)
+            code = emit_report(out, report, fmt, fail_on, unreachable_said=state_bound, verbose=verbose)
             crashed = [(p.name, p.error) for p in report.probes if p.error is not None]
             if crashed and code is not ExitCode.STDOUT_CLOSED:  # the report is out; now the bug: exit 4
                 raise ProbesCrashed(crashed)

@@ -17,6 +17,7 @@ from celerydiag.emit import check_writable, open_output, writing
 from celerydiag.errors import ExitCode, InputError, carrying
 from celerydiag.polling import observe as watch
 from celerydiag.render import OutputFormat
+from celerydiag.render.charts import require
 
 EPILOG = """\b
 Examples:
@@ -129,7 +130,7 @@ def _bounded(what: str, bounds: tuple[float, float]) -> Any:
               help="Explain the '5 s polling = 97.3% chance of missing SUCCESS' claim (automatic at "
                    "--interval 5s).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png",
-              help="Also write a PNG of the delay CDF per strategy.")
+              help="Also write a PNG of the delay CDF per strategy (needs `pip install 'celerydiag[html]'`).")
 @click.option("--from-backend", "task_id", metavar="TASK_ID",
               help="Measure --durations, --states and --read-latency by watching this task on your "
                    "result backend (read-only; see below).")
@@ -141,7 +142,7 @@ def _bounded(what: str, bounds: tuple[float, float]) -> Any:
               callback=_bounded("--watch-interval", INTERVAL_BOUNDS),
               help="With --from-backend: one backend read per this interval (5ms-5s; 20ms = 50 reads/s).")
 @target_options
-@document_options("table + chart")
+@document_options("table + chart", html=True)
 def command(interval: float, strategies: tuple[str, ...], threshold: float, durations: Any, states: int,
             queue_wait: Any, read_latency: float, clients: int, target_delay: float,
             request_budget: float | None, tasks: int, seed: int, explain_claim: bool,
@@ -162,6 +163,7 @@ def command(interval: float, strategies: tuple[str, ...], threshold: float, dura
     with open_output(output, fmt, no_color) as out:  # an unwritable --output fails before the watch
         if plot_path:
             check_writable(plot_path, "--plot")  # so does an unwritable --plot
+            require("--plot")  # and a missing matplotlib, with the line that installs it
         observed = None
         if task_id:
             observed = _watch(task_id, app, broker, backend, watch_seconds, watch_interval, fmt)
@@ -265,13 +267,13 @@ def _curves(results: list[Any]) -> list[tuple[str, list[tuple[float, float]]]]:
 
 
 def _x_max_ms(results: list[Any]) -> float:
-    from celerydiag.polling.plot import nice_max
+    from celerydiag.render.terminal import nice_max
 
     return nice_max(max(r.p99_s for r in results) * 1000 * 1.05)
 
 
 def _write_plot(path: str, results: list[Any]) -> None:
-    from celerydiag.polling.plot import cdf_png
+    from celerydiag.render.charts import cdf_png
 
     with writing("--plot", path), open(path, "wb") as stream:
         stream.write(cdf_png(_curves(results), x_max_ms=_x_max_ms(results)))
@@ -289,14 +291,18 @@ def _render(doc: dict[str, Any], results: list[Any], fmt: str, stream: TextIO, c
         json.dump(doc, stream, indent=2, ensure_ascii=False, allow_nan=False)
         stream.write("\n")
         return
+    if fmt == "html":
+        _render_html(doc, results, stream)
+        return
     from rich.console import Console
     from rich.table import Table
 
-    from celerydiag.polling.plot import terminal_chart
+    from celerydiag.render.terminal import terminal_chart
 
     console = Console(file=stream, force_terminal=color, no_color=not color, width=120, highlight=False,
                       soft_wrap=True)
     inputs = doc["inputs"]
+    console.print(f"Verdict: {doc['recommendation']['text']}")  # the answer first (issue 15)
     if doc.get("observed"):
         _render_observed(console, doc["observed"], inputs)
     console.print(f"Polling model: {inputs['states_count']} PROGRESS states per task, each {inputs['durations']}"
@@ -327,6 +333,38 @@ def _render(doc: dict[str, Any], results: list[Any], fmt: str, stream: TextIO, c
     if doc["claim"]:
         console.print(f"\nThe '97.3 %' claim: {doc['claim']['text']}")
     console.print(f"\nRecommendation (P99 <= target delay): {doc['recommendation']['text']}")
+
+
+def _render_html(doc: dict[str, Any], results: list[Any], stream: TextIO) -> None:
+    """One self-contained page: the recommendation first, the delay CDF, the trade-off table."""
+    from html import escape
+
+    from celerydiag.render import charts, html
+
+    inputs = doc["inputs"]
+    rows = []
+    for s in doc["strategies"]:
+        d = s["delay_ms"]
+        rows.append([escape(s["name"]), _ms(d["mean"]), _ms(d["p50"]), _ms(d["p95"]), _ms(d["p99"]),
+                     _pct(s["p_delay_over_threshold"]), _pct(s["p_miss_transient"]),
+                     f"{s['requests_per_task']:.4g}", f"{s['backend_requests_per_s']:.4g}",
+                     "exact" if s["method"] == "closed-form" else "MC"])
+    headers = ["strategy", "mean", "p50", "p95", "p99", f"P(&gt;{_ms(inputs['threshold_ms'])})", "P(miss)",
+               "reads/task", "req/s", "how"]
+    body = ["<h1>celerydiag poll-model</h1>",
+            f'<div class="verdict">Recommendation (P99 &le; target delay): {escape(doc["recommendation"]["text"])}'
+            "</div>",
+            f'<p class="meta">{inputs["states_count"]} PROGRESS states per task, each '
+            f"{escape(str(inputs['durations']))}, queue wait {escape(str(inputs['queue_wait']))}, "
+            f"read latency {_ms(inputs['read_latency_ms'])}, "
+            f"{inputs['clients_count']} clients</p>",
+            html.figure(charts.poll_cdf(_curves(results), _x_max_ms(results))),
+            "<h2>Trade-off per strategy</h2>", html.table(headers, rows, numeric=range(1, 9)),
+            "<p class=\"dim\">P(miss) = chance a PROGRESS state is never seen; req/s = backend reads for all "
+            "clients; how = exact (closed form) or MC (seeded Monte-Carlo).</p>"]
+    if doc["claim"]:
+        body.append(f"<h2>The '97.3 %' claim</h2><p>{escape(doc['claim']['text'])}</p>")
+    stream.write(html.page("celerydiag poll-model", "".join(body)))
 
 
 def _render_observed(console: Any, observed: dict[str, Any], inputs: dict[str, Any]) -> None:

@@ -40,5 +40,6 @@ def command(name: str | None, list_: bool, **kw: Any) -> ExitCode:
 
         return open_output(None, OutputFormat.TEXT, True).emit(write, None, ExitCode.OK if list_ else ExitCode.USAGE)
     cls = get_probe(name)
-    # A static probe (config, polling) needs no network, so it must not fail on reachability.
-    return run_report(probes=[cls], static=cls.static, **kw)
+    # A static probe (config, polling) declares no `needs`, so diagnose() checks no reachability for
+    # it; not --static, so the polling probe may still count the backend's reads (it says when it cannot).
+    return run_report(probes=[cls], static=False, **kw)

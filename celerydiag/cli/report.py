@@ -18,7 +18,7 @@ from celerydiag.render import OutputFormat
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @output_options
 def command(files: tuple[str, ...], fmt: OutputFormat, output: str | None, fail_on: str,
-            budget_ms: float, no_color: bool) -> ExitCode:
+            budget_ms: float, no_color: bool, verbose: bool = False) -> ExitCode:
     """Re-render saved JSON reports; with several, merge them into one ranked report.
 
     Each finding keeps the host it came from (in its evidence) so a merged report says where;
@@ -37,7 +37,7 @@ def command(files: tuple[str, ...], fmt: OutputFormat, output: str | None, fail_
         # user names one (then every rated finding is judged again: rank.rate).
         explicit = click.get_current_context().get_parameter_source("budget_ms") != click.core.ParameterSource.DEFAULT
         merged = merge_reports(reports, budget_ms if explicit else None)
-        return emit_report(out, merged, fmt, fail_on)
+        return emit_report(out, merged, fmt, fail_on, verbose=verbose)
 
 
 H_REPORT = "produce one with `celerydiag doctor --format json -o FILE`"

@@ -32,6 +32,7 @@ from celerydiag.compat import sqlalchemy_version
 from celerydiag.config.fixes import (
     CONNECT_TIMEOUT_S,
     NULLPOOL_FILTER_FROM,
+    PLACEHOLDER_REDIS,
     assignments,
     db_dialect,
     engine_options,
@@ -39,6 +40,7 @@ from celerydiag.config.fixes import (
     index_ddl,
     recommended_engine_options,
     recommended_transport_options,
+    retry_settings,
     transport_options,
 )
 from celerydiag.findings import Cause, Finding, Fix, Kind, Severity, delay, hazard
@@ -56,9 +58,17 @@ PUBLISH_RETRY_KEYS = ("max_retries", "interval_start", "interval_step", "interva
 PICKLE_MARKERS = ("pickle", "python-serialize")
 INNODB_LOCK_WAIT_S = 50.0  # E: innodb_lock_wait_timeout default
 SANE_REDIS_TIMEOUT_S = 10.0  # a healthy Redis answers in milliseconds; above this a stall is the risk
+# No redis_retry_on_timeout: result_backend_always_retry already retries a timed-out store on a
+# new connection, and retry_on_timeout would double every wait (audit: 1.1 s -> 2.0 s).
 RECOMMENDED_REDIS = {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0,
-                     "redis_retry_on_timeout": True, "redis_backend_health_check_interval": 25}
+                     "redis_backend_health_check_interval": 25}
+REDIS_TIMEOUT_SETTINGS = ("redis_socket_timeout", "redis_socket_connect_timeout")
 NOMINAL_BROKER_RTT_MS = 1.0  # one LAN round trip plus broker enqueue; the broker probe measures yours
+# py-amqp's DEFAULT_SOCKET_SETTINGS (amqp/transport.py:31-37): keepalive after 60 s idle, 9 probes
+# 10 s apart; what notices a dead connection when heartbeats are off
+AMQP_KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 9}
+KEEPALIVE_DETECT_S = (AMQP_KEEPALIVE["TCP_KEEPIDLE"]
+                      + AMQP_KEEPALIVE["TCP_KEEPINTVL"] * AMQP_KEEPALIVE["TCP_KEEPCNT"])
 
 DOCS = "https://docs.celeryq.dev/en/stable/userguide/configuration.html#"
 D_ENGINE_OPTIONS = DOCS + "database-engine-options"
@@ -81,6 +91,12 @@ D_HEARTBEAT = DOCS + "broker-heartbeat"
 D_POOL_LIMIT = DOCS + "broker-pool-limit"
 D_RESULT_TRANSPORT = DOCS + "result-backend-transport-options"
 
+D_EVENTS = "https://docs.celeryq.dev/en/stable/userguide/monitoring.html#events"
+D_PREFETCH = "https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits"
+D_RESULT_EXPIRES = DOCS + "result-expires"
+D_FAILOVER = DOCS + "broker-failover-strategy"
+D_QUORUM = "https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html#using-quorum-queues"
+
 # ---- fix templates: one-line summaries; the config is built from the user's own values -------
 S_ISOLATION = "Run the MySQL result backend at READ COMMITTED (your engine options merged; same dict in every fix)"
 S_AUTOCOMMIT = "Remove 'autocommit' from database_engine_options (SQLAlchemy 2 rejects it)"
@@ -90,9 +106,27 @@ S_PUBLISH_RETRY = "Set publish retries where Celery reads them: task_publish_ret
 S_CONFIRM_IGNORED = "Remove confirm_publish: only the AMQP transport reads it"
 S_CONFIRM_DELIVERY = "confirm_delivery is not an option: the AMQP spelling is confirm_publish"
 S_CONFIRM_DELIVERY_NON_AMQP = "Remove confirm_delivery: no Celery/kombu transport reads it"
-S_REDIS_TIMEOUT = "Bound Redis result-backend socket waits and reconnect on timeout"
+S_REDIS_TIMEOUT = ("Bound Redis result-backend socket waits and retry a failed store a few times; if Redis stays "
+                   "away, update_state() raises BackendStoreError in the task")
 S_RETRY_RPC = "Remove result_backend_always_retry: rpc:// retries publishes with kombu's own policy"
 S_RETRY_UPGRADE = "Upgrade Celery to {version} or later for result_backend_always_retry to work on {backend}"
+S_TASK_EVENTS = ("If you watch tasks in Flower or another event monitor: worker_send_task_events = True (or "
+                 "celery worker -E) and task_send_sent_event = True; each adds one broker message per event")
+S_ENGINE_DEFAULTS = "Keep Celery's pool_pre_ping/pool_recycle in your database_engine_options"
+S_PREFETCH = ("For long tasks, reserve one task per worker process: worker_prefetch_multiplier = 1 (and "
+              "task_acks_late = True for idempotent tasks); not for short tasks, where prefetch keeps "
+              "workers busy")
+S_RESULT_EXPIRES = ("Let results expire (seconds; Celery's default is one day), and run celery beat on a "
+                    "database backend")
+S_RPC_READER = "Use a stored result backend if any process other than the sender reads states"
+S_REDIS_KEEPALIVE = "Turn on TCP keepalive for the Redis result backend"
+S_FAILOVER_ONE = "Remove broker_failover_strategy, or list the alternate broker URLs"
+S_FAILOVER_NAME = "Use a kombu failover strategy name ('round-robin' or 'shuffle')"
+S_QUORUM = ("Drop the x-ha-* queue arguments; for replicated queues set task_default_queue_type = 'quorum' or "
+            "Queue(..., queue_arguments={'x-queue-type': 'quorum'}), and re-declare existing queues")
+S_SOCKET_SETTINGS = "Key socket_settings by socket.TCP_* constants, not strings"
+S_KEEPALIVE_IGNORED = "Remove the Redis-only keepalive keys; py-amqp keeps TCP keepalive on"
+S_RETRY_LIMIT = "Give the backend retries a limit: after it, update_state() raises BackendStoreError"
 S_RETRY_DB_OFF = "Let the database backend retry transient errors again (its default since Celery 5.7)"
 S_INDEX = "Create the date_done indexes by hand (create_all() never alters an existing table)"
 S_TRACK_STARTED = "Turn task_track_started off if no client needs the STARTED state"
@@ -107,8 +141,6 @@ S_POOL_DISABLED = "Re-enable the broker connection pool"
 S_POOL_SMALL = "Give each thread/greenlet a pooled broker connection"
 S_RESULT_VISIBILITY = "Remove visibility_timeout from result_backend_transport_options (a broker option)"
 
-# Placed in pasteable config when we cannot know the user's value (another host, a secret).
-PLACEHOLDER_REDIS = "redis://REDIS-HOST:6379/0"
 
 
 @dataclass(frozen=True)
@@ -253,9 +285,10 @@ def check_rpc_confirm(conf: Any, target: Target, facts: Facts) -> Iterator[Findi
         if confirm:
             yield _ok("rpc-confirm-publish",
                       "confirm_publish is not on the update_state path (results do not go through the broker)",
-                      "Publisher confirms slow task dispatch (PENDING→STARTED) by one broker round trip "
-                      "per message, not state updates: the worker writes states straight to the result "
-                      "backend.")
+                      "With confirms the caller's apply_async() waits one broker round trip for the ack "
+                      "after the message is routed; the task itself is delivered as fast (the broker probe "
+                      "measures the wait), and state updates do not go through the broker: the worker "
+                      "writes them straight to the result backend.")
         return
     if not confirm:
         yield _ok("rpc-confirm-publish", "rpc:// results are published without waiting for broker acks")
@@ -348,31 +381,57 @@ def _seconds(value: Any) -> float | None:
 
 
 def check_redis_timeout(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
-    """A.1: redis_socket_timeout defaults to 120 s; a half-open socket stalls update_state that long."""
+    """A.1 + audit: redis_socket_timeout defaults to 120 s. Against a half-open connection
+    update_state() blocks that long and then raises redis TimeoutError inside the task: the GET
+    before each write (celery/backends/base.py:1367) is outside ensure(), which covers only
+    SETEX/PUBLISH (redis.py:790-824), and nothing retries it unless result_backend_always_retry
+    is on. So the fix is the timeouts *and* a finite retry, and it says what the task sees when
+    Redis stays away: BackendStoreError from update_state()."""
     if target.backend_scheme not in REDIS_SCHEMES:
         return
     params = _redis_params(conf, target)
     timeout = _seconds(params.get("socket_timeout"))
     connect = _seconds(params.get("socket_connect_timeout"))
+    retries = retry_settings(conf)
     evidence: dict[str, Any] = {"socket_timeout_s": timeout, "socket_connect_timeout_s": connect}
     if timeout is not None and timeout <= SANE_REDIS_TIMEOUT_S and connect is not None \
             and connect <= SANE_REDIS_TIMEOUT_S:
+        retry = bool(conf.get("result_backend_always_retry"))
         yield _ok("redis-socket-timeout", f"Redis result backend socket waits are bounded ({timeout:g} s)",
-                  **evidence)
+                  "A stalled connection makes update_state() raise after that wait"
+                  + (", then Celery retries it on a new connection." if retry else
+                     ": with result_backend_always_retry off nothing retries it and the task gets "
+                     "redis TimeoutError."), **evidence)
         return
     stall = None if timeout is None else max(timeout, connect or 0.0)
     bound = "forever" if timeout is None else f"up to {timeout:g} s"
+    tries = retries["result_backend_max_retries"] + 1
+    fixed_worst_s = tries * RECOMMENDED_REDIS["redis_socket_timeout"]
     detail = (
         f"redis_socket_timeout is {'unset' if timeout is None else f'{timeout:g} s'} (Celery's default is "
         f"120 s) and redis_socket_connect_timeout is {'unset' if connect is None else f'{connect:g} s'}. "
-        "update_state() is a synchronous GET then MULTI/SETEX/PUBLISH/EXEC; when the connection has "
-        "gone half-open (a NAT or load-balancer idle timeout, a failover) the write blocks "
-        f"{bound} before Celery reconnects and retries, and the task body waits with it. worst_case_ms is "
-        "that stall for one affected update; it costs nothing while the network is healthy. The fix "
-        "bounds both waits, retries once on a timeout, and PINGs connections idle for 25 s before use.")
-    fix = Fix(S_REDIS_TIMEOUT, assignments(**RECOMMENDED_REDIS), (D_REDIS_SETTINGS,))
+        "update_state() is a GET then MULTI/SETEX/PUBLISH/EXEC; when the connection has gone half-open "
+        f"(a NAT or load-balancer idle timeout, a failover) the GET blocks {bound} and then raises "
+        "redis TimeoutError inside the task: that GET is not retried (only SETEX/PUBLISH run under "
+        "Celery's reconnecting ensure()), so without result_backend_always_retry the task fails after "
+        "the wait. worst_case_ms is that stall for one affected update; it costs nothing while the "
+        "network is healthy. The fix bounds both waits, PINGs connections idle for 25 s before use, "
+        f"and retries a failed store on a new connection {tries - 1} times (result_backend_always_retry "
+        "with a finite result_backend_max_retries; the default maximum is infinite). If Redis is still "
+        f"unreachable after about {fixed_worst_s:g} s, update_state() raises "
+        "celery.exceptions.BackendStoreError in the task (the task fails unless it catches it around "
+        "update_state()).")
+    fix = Fix(S_REDIS_TIMEOUT, assignments(**RECOMMENDED_REDIS, **retries), (D_REDIS_SETTINGS, D_ALWAYS_RETRY))
+    evidence.update(worst_case_with_fix_s=fixed_worst_s)
+    if not any(conf.value_set_for(k) for k in REDIS_TIMEOUT_SETTINGS) and "timeout" not in target.backend_url:
+        # Celery's own default: fine on a healthy network, so info (issue 17: no warning on a
+        # default Redis backend); an explicit long or unset timeout is rated by its stall.
+        yield hazard(f"config.{'redis-socket-timeout'}", Cause.CONFIG, None if stall is None else stall * 1000,
+                     f"Redis result backend: a stalled connection can block update_state() {bound}, then fail it",
+                     severity=Severity.INFO, detail=detail, evidence=evidence, fix=fix)
+        return
     yield _hazard(facts, "redis-socket-timeout", stall,
-                  f"Redis result backend: a stalled connection can block update_state() {bound}",
+                  f"Redis result backend: a stalled connection can block update_state() {bound}, then fail it",
                   detail, fix, **evidence)
 
 
@@ -417,6 +476,22 @@ def check_always_retry(conf: Any, target: Target, facts: Facts) -> Iterator[Find
                      celery_version=_v(facts.celery))
         return
     max_sleep_ms = conf.get("result_backend_max_sleep_between_retries_ms")
+    limit = conf.get("result_backend_max_retries")
+    # the database backend replaces an unset limit with 3 (database/__init__.py:76-77); Redis keeps
+    # Celery's default, infinity (app/defaults.py)
+    unbounded = isinstance(limit, float) and limit == float("inf") and (
+        scheme != "db" or conf.value_set_for("result_backend_max_retries"))
+    if unbounded:
+        yield _hazard(facts, "always-retry", None,
+                      "result_backend_always_retry with no retry limit: a down backend blocks the task forever",
+                      f"result_backend_max_retries is infinite (Celery's default), so while {name} is down "
+                      "every update_state() and the final store retry without end (sleeping up to "
+                      f"{max_sleep_ms} ms between tries): the task never finishes or fails, and its state "
+                      "never changes. The fix keeps the retries for short outages and, after the last, "
+                      "update_state() raises BackendStoreError in the task.",
+                      Fix(S_RETRY_LIMIT, assignments(**retry_settings(conf)), (D_ALWAYS_RETRY,)),
+                      max_sleep_between_retries_ms=max_sleep_ms)
+        return
     yield _ok("always-retry", f"result_backend_always_retry is effective on {name} (Celery {_v(facts.celery)})",
               "Retries sleep a random time up to min(max sleep, base·2^n); after the backend comes back "
               "an update can still wait up to result_backend_max_sleep_between_retries_ms.",
@@ -428,8 +503,10 @@ def check_date_done_index(conf: Any, target: Target, facts: Facts) -> Iterator[F
     dialect = db_dialect(target)
     if target.backend_scheme != "db" or not dialect or dialect == "sqlite":
         return
-    ddl = index_ddl(conf)
-    fix = Fix(S_INDEX, "".join(f"# {line}\n" for line in ddl.splitlines()), (D_INDEX_ISSUE,))
+    ddl = index_ddl(conf, dialect)
+    where = ("run once in the database, outside a transaction (CONCURRENTLY does not block writes):"
+             if dialect == "postgresql" else "run once in the database:")
+    fix = Fix(S_INDEX, f"# {where}\n" + "".join(f"# {line}\n" for line in ddl.splitlines()), (D_INDEX_ISSUE,))
     innodb = dialect in ("mysql", "mariadb")
     lock_story = (
         "On InnoDB the daily celery.backend_cleanup DELETE ... WHERE date_done < :t then scans and "
@@ -492,8 +569,8 @@ def check_result_extended(conf: Any, target: Target, facts: Facts) -> Iterator[F
                 "result_extended: every state write also carries the task's name, args and kwargs",
                 "Each update_state() and the final result serialize name, args, kwargs, worker, retries "
                 "and queue, so write and read cost grow with the size of the task's arguments (Redis also "
-                "decodes the old payload before each write; the database backend fills six extra "
-                "columns). `celerydiag probe serialization` measures the encode/decode cost.",
+                "decodes the old payload before each write; the database backend fills seven extra "
+                "columns, stamps included). `celerydiag probe serialization` measures the encode/decode cost.",
                 Fix(S_RESULT_EXTENDED, assignments(result_extended=False), (D_RESULT_EXTENDED,)))
 
 
@@ -508,6 +585,16 @@ def check_pickle(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
     accepted = accept + list(result_accept or ())
     bad = sorted({str(c) for c in accepted if _pickle_like(c)})
     if not bad:
+        if target.backend_scheme == "db":
+            yield _fixed("pickle-accepted", Severity.INFO,
+                         "No pickle serializer is accepted, but the database backend still unpickles old-style rows",
+                         "accept_content and result_accept_content exclude pickle, yet Celery 5.7's database "
+                         "backend falls back to pickle.loads() for any stored result that starts with \\x80 "
+                         "(celery/backends/database/__init__.py:289-297, for rows written before celery#3025), "
+                         "whatever the accept lists say: whoever can write the result tables can run code in "
+                         "every client that reads a state. No setting turns this off; keep write access to "
+                         "those tables to Celery's own database user.", None)
+            return
         yield _ok("pickle-accepted", "No pickle-family serializer is accepted")
         return
     safe = [c for c in accept if not _pickle_like(c)] or ["json"]
@@ -545,8 +632,10 @@ def check_ignore_result(conf: Any, target: Target, facts: Facts) -> Iterator[Fin
         yield _fixed("result-backend-disabled", severity,
                      "No result backend: update_state() does nothing and clients can read no state",
                      "With result_backend unset Celery uses its DisabledBackend: store_result() is a no-op, "
-                     "so update_state() silently stores nothing, and AsyncResult.state raises "
-                     "NotImplementedError('No result backend is configured').",
+                     "so update_state() silently stores nothing. On Celery 5.7 AsyncResult.state and "
+                     ".ready() raise AttributeError ('DisabledBackend' object has no attribute "
+                     "'_get_task_meta_for'); only .get() raises NotImplementedError('No result backend "
+                     "is configured').",
                      Fix(S_NO_BACKEND, assignments(result_backend=PLACEHOLDER_REDIS), (D_RESULT_BACKEND,)))
         return
     if conf.get("task_ignore_result"):
@@ -600,14 +689,17 @@ def check_broker_heartbeat(conf: Any, target: Target, facts: Facts) -> Iterator[
     heartbeat = conf.get("broker_heartbeat")
     if heartbeat:
         yield _ok("broker-heartbeat", f"AMQP heartbeats on (broker_heartbeat={heartbeat})",
-                  "Negotiated with the server: the smaller non-zero value wins (RabbitMQ proposes 60 s).")
+                  "Negotiated with the server: the smaller non-zero value wins (RabbitMQ proposes 60 s), "
+                  "so a client value cannot raise a shorter one the server proposes.")
         return
-    yield _hazard(facts, "broker-heartbeat", None,
+    yield _hazard(facts, "broker-heartbeat", KEEPALIVE_DETECT_S,
                   "broker_heartbeat disables AMQP heartbeats: a dead worker connection goes unnoticed",
                   f"broker_heartbeat is {heartbeat!r}; py-amqp then forces heartbeat 0 whatever the server "
                   "proposes (client veto). The worker's consumer connection is the only one that uses "
-                  "heartbeats: without them a half-open connection is not detected, the worker receives "
-                  "no tasks, and they stay PENDING with no bound until TCP gives up.",
+                  "heartbeats: without them a half-open connection is noticed only by py-amqp's TCP "
+                  "keepalive (on by default: 60 s idle, then 9 probes 10 s apart, about 150 s on Linux; "
+                  "amqp/transport.py DEFAULT_SOCKET_SETTINGS), and meanwhile the worker receives no tasks "
+                  "and they stay PENDING.",
                   Fix(S_HEARTBEAT, assignments(broker_heartbeat=120), (D_HEARTBEAT,)))
 
 
@@ -648,10 +740,232 @@ def check_result_transport_options(conf: Any, target: Target, facts: Facts) -> I
     yield _fixed("result-transport-visibility-timeout", Severity.INFO,
                  "result_backend_transport_options visibility_timeout does nothing",
                  "visibility_timeout is a Redis/SQS *broker* transport option (broker_transport_options); "
-                 "the result backend reads only global_keyprefix, retry_policy, result_chord_ordered and the "
-                 "Sentinel keys from result_backend_transport_options.",
+                 "the result backend reads only global_keyprefix, retry_policy, result_chord_ordered, "
+                 "additional_connection_errors and the Sentinel keys from result_backend_transport_options.",
                  Fix(S_RESULT_VISIBILITY, assignments(result_backend_transport_options=options),
                      (D_RESULT_TRANSPORT,)))
+
+
+# ---- late or missing states, and the network advice users are given (issue 17) ---------------
+
+def check_task_events(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """worker_send_task_events / task_send_sent_event (both off by default, app/defaults.py):
+    monitors (Flower, ``celery events``) see task states only as events; update_state() never
+    sends one (app/task.py update_state only calls backend.store_result)."""
+    if target.broker_scheme in ("", "memory"):
+        return
+    worker, sent = bool(conf.get("worker_send_task_events")), bool(conf.get("task_send_sent_event"))
+    why = ("Custom states from update_state() are stored in the result backend and never sent as "
+           "events, so monitors show them with events on or off; read them with AsyncResult.")
+    if worker and sent:
+        yield _ok("task-events", "Task events are on: monitors see task-sent, started and finished", why)
+        return
+    off = [n for n, on in (("worker_send_task_events", worker), ("task_send_sent_event", sent)) if not on]
+    yield _fixed("task-events", Severity.INFO,
+                 f"{' and '.join(off)} off: Flower and event monitors miss task states",
+                 f"With {', '.join(off)} off (Celery's defaults) a monitor built on events sees "
+                 + ("no task at all" if not worker else "no task-sent event, so queued tasks are invisible")
+                 + f" until the worker reports it. {why}",
+                 Fix(S_TASK_EVENTS, "", (D_EVENTS,)), off=off)
+
+
+def check_engine_defaults(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """A user's database_engine_options replaces Celery's defaults (pool_pre_ping, pool_recycle):
+    DatabaseBackend reads the setting whole (database/__init__.py:85-89)."""
+    if target.backend_scheme != "db" or db_dialect(target) in ("", "sqlite"):
+        return
+    from celerydiag.config.fixes import celery_engine_defaults
+
+    defaults = celery_engine_defaults()
+    missing = sorted(k for k in defaults if k not in engine_options(conf))
+    if not missing:
+        yield _ok("db-engine-defaults", "database_engine_options keeps pool_pre_ping and pool_recycle")
+        return
+    yield _fixed("db-engine-defaults", Severity.INFO,
+                 f"database_engine_options drops Celery's defaults ({', '.join(missing)})",
+                 "Setting database_engine_options replaces Celery's own {'pool_pre_ping': True, "
+                 "'pool_recycle': 3600} instead of merging with it. Without them a pooled connection the "
+                 "server closed (MySQL wait_timeout, a failover, a proxy's idle timeout) fails the next "
+                 "update_state() in a prefork child with OperationalError, which Celery then retries.",
+                 _engine_fix(S_ENGINE_DEFAULTS, conf, target, facts, D_ENGINE_OPTIONS), missing=missing)
+
+
+def check_prefetch(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """worker_prefetch_multiplier (4) and task_acks_late (False): a worker process reserves tasks
+    it cannot start while a long task runs; they stay PENDING (or STARTED never comes) meanwhile."""
+    if target.broker_scheme in ("", "memory"):
+        return
+    multiplier = conf.get("worker_prefetch_multiplier")
+    late = bool(conf.get("task_acks_late"))
+    evidence = {"worker_prefetch_multiplier_count": multiplier, "task_acks_late": late}
+    if multiplier == 1 and late:
+        yield _ok("prefetch", "Each worker process reserves only the task it runs", **evidence)
+        return
+    reserved = ("up to worker_prefetch_multiplier x concurrency messages beyond the running ones"
+                if not late else "worker_prefetch_multiplier x concurrency messages")
+    yield _fixed("prefetch", Severity.INFO,
+                 f"worker_prefetch_multiplier={multiplier}, task_acks_late={late}: "
+                 "reserved tasks wait behind long ones",
+                 f"A worker reserves {reserved}; a reserved task waits for a busy process even when "
+                 "another worker is idle, and stays PENDING until it starts. Harmless for short tasks; for "
+                 "long ones set worker_prefetch_multiplier = 1 (the fix), and task_acks_late = True if your "
+                 "tasks are idempotent (a task whose worker dies is then redelivered and runs again).",
+                 Fix(S_PREFETCH, "", (D_PREFETCH,)), **evidence)
+
+
+def check_result_expires(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """result_expires None/0: Redis keys never expire (an allkeys-* maxmemory-policy then evicts
+    them: the client reads PENDING); the database never deletes, because celery beat installs
+    celery.backend_cleanup only when result_expires is set (celery/beat.py:274-282)."""
+    scheme = target.backend_scheme
+    if scheme not in REDIS_SCHEMES and scheme != "db":
+        return
+    expires = conf.get("result_expires")
+    seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
+    if seconds:
+        yield _ok("result-expires", f"Results expire after {float(seconds):g} s",
+                  "" if scheme in REDIS_SCHEMES else
+                  "On a database backend only celery beat deletes them (celery.backend_cleanup, daily at "
+                  "4:00): without beat the task table grows.")
+        return
+    detail = ("result_expires is unset/0: Redis keeps every result forever; when memory fills and the "
+              "maxmemory-policy is allkeys-*, Redis evicts result keys and a client then reads PENDING for "
+              "a task that finished." if scheme in REDIS_SCHEMES else
+              "result_expires is unset/0: celery beat then installs no celery.backend_cleanup, the task "
+              "table only grows, and every state write and read gets slower with it.")
+    yield _fixed("result-expires", Severity.INFO, "Results never expire", detail,
+                 Fix(S_RESULT_EXPIRES, assignments(result_expires=86400), (D_RESULT_EXPIRES,)))
+
+
+def check_rpc_single_reader(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """rpc:// sends states to the caller's own reply queue: no other process can read them
+    (they see PENDING forever). Static twin of polling.rpc-other-process."""
+    if target.backend_scheme != "rpc":
+        return
+    yield _fixed("rpc-single-reader", Severity.INFO,
+                 "rpc:// results: only the process that sent a task can see its states",
+                 "Every state goes to the sending client's reply queue; a web process, another worker or "
+                 "a monitor asking for the same task id sees PENDING forever (not until it expires), and a "
+                 "client restart loses the states in flight. Fine for one caller that waits for its own "
+                 "tasks; any other reader needs a stored backend.",
+                 Fix(S_RPC_READER, assignments(result_backend=PLACEHOLDER_REDIS), (D_RPC_RESULTS,)))
+
+
+def check_redis_keepalive(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """redis_socket_keepalive (False by default; redis.py:522,571): without it an idle half-open
+    result connection is found only by the next command's timeout or the health check."""
+    if target.backend_scheme not in REDIS_SCHEMES:
+        return
+    if conf.get("redis_socket_keepalive"):
+        yield _ok("redis-socket-keepalive", "redis_socket_keepalive is on")
+        return
+    yield _fixed("redis-socket-keepalive", Severity.INFO,
+                 "redis_socket_keepalive is off: an idle dead connection is found only when a write times out",
+                 "Celery's Redis result connections set no SO_KEEPALIVE by default, so a connection a NAT or "
+                 "load balancer dropped while idle is discovered by the next update_state() waiting "
+                 "redis_socket_timeout (see config.redis-socket-timeout). Keepalive lets the kernel find it "
+                 "between tasks.", Fix(S_REDIS_KEEPALIVE, assignments(redis_socket_keepalive=True),
+                                       (D_REDIS_SETTINGS,)))
+
+
+def _broker_urls(conf: Any) -> list[str]:
+    raw = conf.get("broker_url") or ""
+    urls = raw if isinstance(raw, (list, tuple)) else str(raw).split(";")
+    return [u.strip() for u in urls if str(u).strip()]
+
+
+def check_broker_failover(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """Several broker URLs fail over only when kombu (re)connects, in broker_failover_strategy
+    order; an unknown strategy name is called as a function (kombu/connection.py:271-275) and
+    raises TypeError on every connection that has alternates."""
+    from kombu.connection import failover_strategies
+
+    urls = _broker_urls(conf)
+    strategy = conf.get("broker_failover_strategy")
+    known = strategy is None or callable(strategy) or strategy in failover_strategies
+    if len(urls) < 2:
+        if strategy is not None:
+            yield _fixed("broker-failover", Severity.INFO,
+                         "broker_failover_strategy does nothing with one broker URL",
+                         "kombu uses the strategy only to cycle through alternate URLs "
+                         "(broker_url = 'amqp://a//;amqp://b//').", Fix(S_FAILOVER_ONE, "", (D_FAILOVER,)))
+        return
+    if not known:
+        yield _fixed("broker-failover", Severity.CRITICAL,
+                     f"broker_failover_strategy {strategy!r} is not a kombu strategy: every connection fails",
+                     f"kombu looks the name up in {sorted(failover_strategies)} and otherwise calls the value "
+                     "itself, so a misspelt name raises TypeError when the connection is built: no task is "
+                     "sent and no worker consumes.",
+                     Fix(S_FAILOVER_NAME, assignments(broker_failover_strategy="round-robin"), (D_FAILOVER,)),
+                     urls_count=len(urls))
+        return
+    rpc = (" With rpc:// results the client's reply queue lives on the broker it used: after a failover the "
+           "states still in it are lost." if target.backend_scheme == "rpc" else "")
+    yield _ok("broker-failover", f"{len(urls)} broker URLs, {strategy or 'round-robin'} failover",
+              "kombu moves to the next URL only when a connection fails and it reconnects; tasks published "
+              "to the failed broker stay there (a failover is not replication: use quorum queues on one "
+              f"cluster for that).{rpc}", urls_count=len(urls))
+
+
+HA_ARGUMENTS = ("x-ha-policy", "x-ha-nodes", "ha-mode", "ha-params", "ha-sync-mode")
+
+
+def check_queue_type(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """Classic mirrored queues were removed in RabbitMQ 4.0 (and mirroring was a server policy,
+    never a queue argument, since 3.0); replicated queues are quorum queues
+    (task_default_queue_type = 'quorum', celery/app/amqp.py:333-334)."""
+    if target.broker_scheme not in AMQP_SCHEMES:
+        return
+    ha = sorted({k for q in (conf.get("task_queues") or ())
+                 for k in dict(getattr(q, "queue_arguments", None) or {}) if k in HA_ARGUMENTS})
+    if not ha:
+        kind = conf.get("task_default_queue_type") or "classic"
+        yield _ok("queue-type", f"Default queue type: {kind}",
+                  "Quorum queues replicate; ETA/countdown tasks then rely on native delayed delivery."
+                  if kind == "quorum" else "Classic queues are not replicated: a broker node loss loses "
+                  "their messages (mirroring is gone in RabbitMQ 4; quorum queues replace it).")
+        return
+    yield _fixed("queue-type", Severity.INFO,
+                 f"queue_arguments {', '.join(ha)} do not mirror queues",
+                 "RabbitMQ ignores these arguments (mirroring was set by server policy since 3.0) and "
+                 "RabbitMQ 4 removed classic queue mirroring altogether. For replicated task queues "
+                 "declare quorum queues; existing queues must be re-declared (deleted first) to change type.",
+                 Fix(S_QUORUM, "", (D_QUORUM,)), arguments=ha)
+
+
+def check_amqp_keepalive(conf: Any, target: Target, facts: Facts) -> Iterator[Finding]:
+    """py-amqp always sets SO_KEEPALIVE, with TCP_KEEPIDLE 60 / KEEPINTVL 10 / KEEPCNT 9 and
+    TCP_USER_TIMEOUT 1000 ms (amqp/transport.py:31-37,199,217-240); socket_settings (int keys,
+    socket.TCP_*) update those. The Redis-style keepalive keys do nothing here, and string keys
+    reach setsockopt() and raise TypeError on every connect."""
+    if target.broker_scheme not in AMQP_SCHEMES:
+        return
+    options = transport_options(conf)
+    settings = options.get("socket_settings")
+    bad = sorted(str(k) for k in dict(settings or {}) if not isinstance(k, int))
+    ignored = sorted(k for k in ("socket_keepalive", "socket_keepalive_options") if k in options)
+    if bad:
+        fixed = recommended_transport_options(conf, target)
+        yield _fixed("amqp-keepalive", Severity.CRITICAL,
+                     f"socket_settings keys {', '.join(bad)} are not socket options: every broker connect fails",
+                     "py-amqp passes each socket_settings key to setsockopt(SOL_TCP, key, value); a string "
+                     "such as 'TCP_KEEPIDLE' raises TypeError, so no connection is made. Use the socket "
+                     "module's constants (socket.TCP_KEEPIDLE) in your config file.",
+                     Fix(S_SOCKET_SETTINGS, assignments(broker_transport_options=fixed), (D_TRANSPORT_OPTIONS,)),
+                     keys=bad)
+        return
+    if ignored:
+        fixed = recommended_transport_options(conf, target)
+        yield _fixed("amqp-keepalive", Severity.INFO,
+                     f"broker_transport_options {', '.join(ignored)} do nothing on py-amqp",
+                     f"These are Redis transport options. py-amqp always enables TCP keepalive "
+                     f"({AMQP_KEEPALIVE}, TCP_USER_TIMEOUT 1000 ms: an idle dead connection is dropped after "
+                     f"about {KEEPALIVE_DETECT_S} s); tune it with socket_settings keyed by socket.TCP_*.",
+                     Fix(S_KEEPALIVE_IGNORED, assignments(broker_transport_options=fixed), (D_TRANSPORT_OPTIONS,)),
+                     keys=ignored)
+        return
+    yield _ok("amqp-keepalive", f"py-amqp TCP keepalive on (dead idle connection dropped in ~{KEEPALIVE_DETECT_S} s)",
+              "py-amqp's defaults: keepalive after 60 s idle, 9 probes 10 s apart, TCP_USER_TIMEOUT 1 s.")
 
 
 CHECKS: tuple[Check, ...] = (
@@ -672,6 +986,15 @@ CHECKS: tuple[Check, ...] = (
     check_ignore_result,
     check_result_transport_options,
     check_pickle,
+    check_task_events,
+    check_engine_defaults,
+    check_prefetch,
+    check_result_expires,
+    check_rpc_single_reader,
+    check_redis_keepalive,
+    check_broker_failover,
+    check_queue_type,
+    check_amqp_keepalive,
 )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from celerydiag import interrupt
 from celerydiag.errors import TargetUnreachable, quietly
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
-from celerydiag.measure import ms, summarize
+from celerydiag.measure import downsampled, ms, summarize
 from celerydiag.probe import Probe, ProbeContext, Skip, log
 from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Side, Target, redact_url
 
@@ -478,7 +478,8 @@ class E2ERun:
                 evidence.update(read_p50_ms=round(reads.p50_ms, 3), read_p99_ms=round(reads.p99_ms, 3),
                                 poll_interval_ms=POLL_INTERVAL_S * 1000)
             thin = s.samples < TRUST_FLOOR
-            evidence.update(trust_floor_count=TRUST_FLOOR, trusted=not thin)
+            evidence.update(trust_floor_count=TRUST_FLOOR, trusted=not thin,
+                            series={"latencies_ms": downsampled(values)})  # the HTML report's CDF
             yield delay(
                 f"e2e.visibility-{mode}", Cause.E2E, s.p99_ms,
                 (f"State visibility ({mode}): update_state() returned → client saw it, P50 {s.p50_ms:.1f} ms, "
@@ -622,10 +623,10 @@ def _visibility_fix(target: Target, mode: str, p99_ms: float, budget_ms: float) 
     if p99_ms < 0.2 * budget_ms:
         return None
     if target.backend_scheme == "db":
-        return Fix("Move task states to a Redis result backend and stream them with "
-                   "get(on_message=...); the database backend is polled and every read is a query "
-                   "(see the backend probe for what slows it).",
-                   "result_backend = 'redis://REDIS_HOST:6379/0'\n",
+        return Fix("Move the result backend to Redis and stream states with get(on_message=...): the "
+                   "database backend is polled and every read is a query (see the backend probe for what "
+                   "slows it). result_backend is app-wide: every result moves, not only progress.",
+                   "result_backend = 'redis://REDIS-HOST:6379/0'\n",
                    ("https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend",))
     return Fix("See the broker, backend and network findings for what adds the delay; the e2e "
                "number is their sum as a client sees it.")

@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from celerydiag.errors import describe
 from celerydiag.findings import Cause, Finding, Fix, Kind, Severity, delay
+from celerydiag.polling.reads import MIN_READS, ClientReads
 from celerydiag.probe import Probe, ProbeContext
+from celerydiag.rank import GIVEN
 from celerydiag.target import Target
 
 DOCS_GET = "https://docs.celeryq.dev/en/stable/reference/celery.result.html#celery.result.AsyncResult.get"
 DOCS_DB = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#database-result-backend"
+MIN_WINDOW_S = 0.5  # a shorter window counts too few reads to say anything
 PROBE_TASKS = 1000  # simulated tasks for the non-closed-form strategies: well under a second
 ASSUMED_DURATIONS = "exp:2s"  # only used by backoff/smart/jitter, whose delay depends on the timeline
 PUSH_SNIPPET = ("def on_state(meta):  # called for every state the worker writes, PROGRESS included\n"
@@ -37,9 +41,13 @@ class PollingProbe(Probe):
     """Polling: how late polling clients see each state and which PROGRESS states they skip (no network).
 
     Models --poll-interval/--poll-strategy (how your clients poll AsyncResult) with the closed form
-    for a fixed interval, or a seeded simulation for backoff/smart/jitter. Without them it models
-    Celery's own AsyncResult.get(): polling every 0.5 s on the database and other sync backends,
-    push on Redis and RPC. Creates nothing.
+    for a fixed interval, or a seeded simulation for backoff/smart/jitter. Without them it measures
+    how your clients really poll: the result backend's own read counters (PostgreSQL
+    pg_stat_user_tables, MySQL performance_schema or status counters, Redis INFO commandstats)
+    twice, --duration seconds apart, read-only, divided by the tasks in flight. With --static, or
+    when nothing could be counted, it models Celery's own AsyncResult.get() (polling every 0.5 s
+    on the database backend, push on Redis and RPC) at info: an assumption never warns. Creates
+    nothing.
     """
 
     name = "polling"
@@ -57,6 +65,19 @@ class PollingProbe(Probe):
             yield from self._push(ctx, push, scheme)
             return
         if interval is None and spec is None:
+            measured = self._measure(ctx)
+            if getattr(self, "measure_error", None):
+                yield Finding("polling.measured-reads", Cause.POLLING, Severity.INFO,
+                              "the clients' reads of task states could not be counted: the poll interval "
+                              "below is assumed",
+                              detail=f"Reading the {scheme} backend's counters failed: {self.measure_error}.",
+                              evidence={"error": self.measure_error})
+            if measured is not None:
+                yield self._reads_finding(measured, scheme)
+                if measured.interval_s is not None:
+                    seen = polling.Strategy(polling.StrategyKind.FIXED, measured.interval_s)
+                    yield from self._modelled(ctx, seen, scheme, push, assumed=False, measured=measured)
+                    return
             if push:
                 yield Finding(
                     "polling.client-model", Cause.POLLING, Severity.INFO,
@@ -74,11 +95,79 @@ class PollingProbe(Probe):
         strategy = polling.parse_strategy(spec or "fixed", float(interval or polling.CELERY_GET_INTERVAL_S),
                                           "--poll-strategy")
         yield from self._modelled(ctx, strategy, scheme, push, assumed=False,
-                                  interval_assumed=interval is None)
+                                  interval_assumed=interval is None, given=interval is not None)
         yield from self._client_reads(scheme)
 
+    def _measure(self, ctx: ProbeContext) -> ClientReads | None:
+        """The clients' real reads over a --duration window (not with --static, not on backends
+        whose reads we cannot count); None when not measured, a note on stderr's log when it failed."""
+        from celerydiag.polling import reads
+
+        if ctx.static or not reads.measurable(ctx.target):
+            return None
+        window = min(float(ctx.options.duration), max(0.0, ctx.left() - 2 * ctx.limits.timeout_s))
+        if window < MIN_WINDOW_S:
+            return None
+        ctx.doing(f"counting the clients' reads of task states for {window:g} s")
+        try:
+            return reads.measure(ctx.target, window, ctx.call_timeout())
+        except Exception as exc:  # unreadable statistics: the model stands, and says why
+            self.measure_error = ctx.target.redact(describe(exc))
+            return None
+
+    def _reads_finding(self, seen: ClientReads, scheme: str) -> Finding:
+        where = ("the task table" if seen.scope == "table" else "the whole server")
+        evidence = seen.evidence()
+        if seen.reads <= 0:
+            return Finding(
+                "polling.measured-reads", Cause.POLLING, Severity.OK,
+                f"no client read a task state in {seen.window_s:.1f} s ({seen.source}): no polling delay seen",
+                detail=(f"The {scheme} backend's own counters ({seen.source}, {where}) show no read of a task "
+                        f"state besides the workers' writes ({seen.writes}) while we watched for "
+                        f"{seen.window_s:.1f} s. Clients that poll only now and then (or a page nobody has "
+                        "open) are not seen; pass --poll-interval SECONDS to model them."),
+                evidence=evidence)
+        if seen.reads < MIN_READS:
+            return Finding(
+                "polling.measured-reads", Cause.POLLING, Severity.INFO,
+                f"only {seen.reads} client read(s) of task states in {seen.window_s:.1f} s: too few to tell a "
+                "poll interval",
+                detail=(f"The {scheme} backend's counters ({seen.source}, {where}) show {seen.reads} read(s) besides "
+                        f"the workers' {seen.writes} writes: within the counters' edge error, or a client "
+                        f"polling less often than every {seen.window_s / MIN_READS:.1f} s. Pass --poll-interval "
+                        "SECONDS to model it, or a longer --duration to measure it."),
+                evidence=evidence)
+        if seen.interval_s is None:  # reads, but no task in flight: nobody is waiting on a state
+            return Finding(
+                "polling.measured-reads", Cause.POLLING, Severity.INFO,
+                f"{seen.reads_per_s:.1f} reads/s counted but no task was in flight: not polls of a running task",
+                detail=(f"{seen.reads} reads in {seen.window_s:.1f} s from the {scheme} backend's counters "
+                        f"({seen.source}, {where}), the workers' {seen.writes} writes subtracted; with no task "
+                        "in a non-final state they are reads of finished tasks, of tasks not stored yet "
+                        "(PENDING has no row), or other applications' queries."),
+                evidence=evidence)
+        interval = seen.interval_s
+        lower = (" (a lower bound: tasks in flight could not be counted, so the reads are counted for one)"
+                 if seen.in_flight is None else "")
+        server = (" Server-wide counters also count other applications' reads, so the interval is a lower bound"
+                  + ("" if seen.attributable else " and the delay below is only a model (at most info)") + "."
+                  if seen.scope == "server" else "")
+        return Finding(
+            "polling.measured-reads", Cause.POLLING, Severity.INFO,
+            f"clients read task states {seen.reads_per_s:.1f} times/s over {seen.tasks} task"
+            f"{'' if seen.tasks == 1 else 's'} in flight: each polled about every "
+            f"{interval * 1000:.0f} ms{lower}",
+            detail=(f"{seen.reads} reads in {seen.window_s:.1f} s from the {scheme} backend's counters "
+                    f"({seen.source}, {where}), the workers' {seen.writes} state writes and our own "
+                    f"{seen.own_reads} reads subtracted, over {seen.tasks} task(s) not yet final." + server
+                    + (" A task left in a non-final state by a dead worker counts as in flight and stretches "
+                       "this interval: if every read was of one task, it was polled every "
+                       f"{seen.window_s / seen.reads * 1000:.0f} ms." if seen.tasks > 1 else "")),
+            evidence=evidence)
+
     def _modelled(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None, *, assumed: bool,
-                  interval_assumed: bool = False) -> Iterator[Finding]:
+                  interval_assumed: bool = False, given: bool = False,
+                  measured: ClientReads | None = None) -> Iterator[Finding]:
         from celerydiag.polling import model as polling
 
         scenario = polling.Scenario(durations=polling.parse_durations(ASSUMED_DURATIONS), states=10,
@@ -96,12 +185,27 @@ class PollingProbe(Probe):
         }
         if strategy.kind != "fixed":
             evidence["assumed_state_durations"] = ASSUMED_DURATIONS
+        if given:
+            evidence["input"] = GIVEN  # the user's --poll-interval: rank may rate it above info
+        if measured is not None:
+            evidence["measured"] = measured.evidence()
         who = ("AsyncResult.get() (Celery's default, interval=0.5)" if assumed
+               else f"clients polling every {polling.fmt_s(strategy.interval_s)} (measured)"
+               if measured and measured.attributable
+               else f"clients polling every {polling.fmt_s(strategy.interval_s)} or less (server-wide count)"
+               if measured
                else f"clients polling {strategy.name}")
         assumption = ("Assumption: clients wait with result.get() and its default interval of 0.5 s; if a "
                       "web page polls result.state instead, pass --poll-interval SECONDS. " if assumed else "")
         if interval_assumed:
             assumption += "Assumption: no --poll-interval given, so 0.5 s (Celery's get() default) was used. "
+        if measured is not None:
+            assumption = (f"Measured: the backend counted {measured.reads} client reads in "
+                          f"{measured.window_s:.1f} s over {measured.tasks} task(s) in flight "
+                          "(polling.measured-reads), one poll per task every "
+                          f"{polling.fmt_s(strategy.interval_s)}. ")
+        elif assumed and getattr(self, "measure_error", None):
+            assumption += f"The clients' reads could not be counted: {self.measure_error}. "
         detail = (f"{assumption}A state written by the worker is seen by {who} after the next poll: mean "
                   f"{polling.fmt_s(ms['mean'] / 1000)}, P99 {polling.fmt_s(ms['p99'] / 1000)} "
                   f"({'closed form' if result.method == 'closed-form' else 'simulated'}). A PROGRESS state "
@@ -109,7 +213,9 @@ class PollingProbe(Probe):
                   "`celerydiag poll-model` shows the full trade-off.")
         yield delay("polling.detection-delay", Cause.POLLING, ms["p99"],
                     f"states reach {who} up to {polling.fmt_s(ms['p99'] / 1000)} late (P99)",
-                    kind=Kind.MODELLED, detail=detail, evidence=evidence, fix=self._fix(ctx, strategy, scheme, push))
+                    kind=Kind.MEASURED if measured is not None and measured.attributable else Kind.MODELLED,
+                    detail=detail, evidence=evidence,
+                    fix=self._fix(ctx, strategy, scheme, push))
 
     def _fix(self, ctx: ProbeContext, strategy: Any, scheme: str, push: bool | None) -> Fix:
         from celerydiag.polling.model import fmt_s
@@ -143,7 +249,8 @@ class PollingProbe(Probe):
                     "get(on_message=...) (ImproperlyConfigured: Backend does not support on_message callback) "
                     f"and get() polls every 0.5 s, so states are up to {polling.fmt_s(p99_ms / 1000)} late "
                     "(P99)."),
-            evidence={"strategy": "push", "p99_ms": p99_ms, "get_interval_s": polling.CELERY_GET_INTERVAL_S},
+            evidence={"strategy": "push", "p99_ms": p99_ms, "get_interval_s": polling.CELERY_GET_INTERVAL_S,
+                      "input": GIVEN},
             fix=Fix("Use a Redis result backend for push-based get(on_message=...):",
                     config='result_backend = "redis://localhost:6379/0"  # your Redis\n', docs=(DOCS_GET,)))
 

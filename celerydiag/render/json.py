@@ -7,5 +7,8 @@ from typing import Any, TextIO
 
 
 def render(report: Any, stream: TextIO, **_: Any) -> None:
-    json.dump(report.to_dict(), stream, indent=2, ensure_ascii=False, allow_nan=False)
+    from celerydiag.config.paste import paste_block
+
+    data = {**report.to_dict(), "paste_block": paste_block(report)}  # issue 17: every fix at once
+    json.dump(data, stream, indent=2, ensure_ascii=False, allow_nan=False)
     stream.write("\n")

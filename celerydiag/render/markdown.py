@@ -13,7 +13,9 @@ from celerydiag.render.words import (
     host_of,
     impact_cell,
     impact_phrase,
+    paste_block,
     probe_lines,
+    verdict,
 )
 
 
@@ -24,6 +26,7 @@ def _cell(text: str) -> str:
 def render(report: Report, stream: TextIO, **_: Any) -> None:
     w = stream.write
     w("# celerydiag report\n\n")
+    w("**" + " ".join(verdict(report)) + "**\n\n")
     w(f"{headline(report)}\n\n")
     _summary_table(report, w)
     w("\n")
@@ -33,6 +36,9 @@ def render(report: Report, stream: TextIO, **_: Any) -> None:
     w("## Probes\n\n")
     for line in probe_lines(report):
         w(f"- {line}\n")
+    block = paste_block(report)
+    if block:  # last: the one block to paste (issue 17)
+        w(f"\n## Paste into your Celery config (every fix at once)\n\n```python\n{block}\n```\n")
 
 
 def _summary_table(report: Report, w: Callable[[str], Any]) -> None:

@@ -321,6 +321,9 @@ def envelope(meta: Any, state: str = "PROGRESS", task_id: str = "celerydiag-benc
             "date_done": None, "task_id": task_id}
 
 
+NUMPY_MISSING = "numpy is not installed: pip install numpy"  # a payload skipped, not a serializer's failure
+
+
 def standard_payload(kind: str) -> Payload:
     """The standard payloads, deterministic (seeded) so two runs encode the same bytes."""
     import random
@@ -338,8 +341,7 @@ def standard_payload(kind: str) -> Payload:
         try:
             import numpy as np
         except ImportError:
-            return Payload(kind, f"NumPy float64 array of {size // MB} MB", None,
-                           error="numpy is not installed: pip install numpy")
+            return Payload(kind, f"NumPy float64 array of {size // MB} MB", None, error=NUMPY_MISSING)
         array = np.random.default_rng(0).random(size // 8)
         return Payload(kind, f"meta with a NumPy float64 array of {size // MB} MB",
                        envelope({"current": 1, "total": 1, "array": array}))
@@ -627,6 +629,9 @@ def recommend(results: list[CaseResult], model: BackendModel,
 
         ok = sorted((r for r in rows if not r.error), key=per_update)
         failed = [r.serializer for r in rows if r.error]
+        if rows and all(r.error == NUMPY_MISSING for r in rows):  # nothing was timed: no advice from it
+            lines.append(f"{payload}: skipped ({NUMPY_MISSING})")
+            continue
         if not ok:
             reason = rows[0].error if rows else "no serializer selected"
             lines.append(f"{payload}: nothing in this run could encode it ({reason})")

@@ -128,7 +128,8 @@ def test_backlog_is_read_passively_and_never_changed(amqp_url: str, scratch: str
             found = findings(probe(target, scratch, samples=10))
             backlog = found["broker.backlog"]
             assert backlog.severity == Severity.CRITICAL
-            assert backlog.evidence["queues"][user_queue] == {"messages_count": 7, "consumers_count": 0}
+            assert backlog.evidence["queues"][user_queue] == {"messages_count": 7, "consumers_count": 0,
+                                                               "messages_at_start_count": 7}
             assert backlog.evidence["queues"][missing] == {"declared": False}
             _, messages, consumers = channel.queue_declare(user_queue, passive=True)
             assert (messages, consumers) == (7, 0)

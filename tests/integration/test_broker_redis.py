@@ -97,7 +97,7 @@ def test_backlog_counts_priority_subqueues_under_the_key_prefix(redis_url: str, 
         found = by_id(probe(redis_url, scratch, samples=10, task_default_queue="tasks",
                             broker_transport_options={"global_keyprefix": prefix}))
         backlog = found["broker.backlog"]
-        assert backlog.evidence["queues"]["tasks"] == {"messages_count": 6}
+        assert backlog.evidence["queues"]["tasks"] == {"messages_count": 6, "messages_at_start_count": 6}
         assert backlog.severity == Severity.INFO  # waiting tasks; consumers are unknowable on Redis
         assert [client.llen(k) for k in keys] == [3, 2, 1], "the backlog must be read, never consumed"
     finally:

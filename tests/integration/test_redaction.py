@@ -21,7 +21,7 @@ import pytest
 
 SECRET = "Sup3rS3cret-xyz"  # also in tests/fixtures/apps/tapp_secret.py
 USER = "celerydiag_t"
-FORMATS = ("text", "json", "markdown", "junit")
+FORMATS = ("text", "json", "markdown", "junit", "html")
 APPS = Path(__file__).resolve().parents[1] / "fixtures" / "apps"
 # Bounds that keep a full doctor run to a few seconds: this module tests what is printed.
 QUICK = ("--updates", "20", "--samples", "10", "--max-seconds", "5", "--duration", "0.5", "--timeout", "3")

@@ -52,7 +52,11 @@ def test_engine_fix_is_pasteable_and_names_real_settings(dialect: str) -> None:
     fix = engine_fix(dialect, target("db+sqlite:///x.db"))
     assert fix is not None
     names = assigned(fix.config)
-    assert set(names) == {"database_engine_options"} and set(names) <= SETTING_KEYS
+    # issue 17 point 3: a lock bound turns waits into errors, so the retries come with it
+    assert set(names) == {"database_engine_options", "result_backend_always_retry",
+                          "result_backend_max_retries"} and set(names) <= SETTING_KEYS
+    assert names["result_backend_always_retry"] is True and names["result_backend_max_retries"] == 3
+    assert "BackendStoreError" in fix.summary and "fails" in fix.summary
     options = names["database_engine_options"]
     assert isinstance(options, dict)
     assert {k: options[k] for k in CELERY_DEFAULT} == CELERY_DEFAULT  # Celery's defaults survive the paste

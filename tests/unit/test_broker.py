@@ -154,3 +154,25 @@ def test_management_api_url_keeps_credentials_out_of_the_address() -> None:
     with pytest.raises(broker_api.ApiError) as err:
         broker_api._split("ftp://admin:s3cret@h")
     assert "s3cret" not in str(err.value)
+
+
+def test_backlog_wait_is_depth_over_the_drain_rate_measured_from_two_readings() -> None:
+    """200 -> 150 messages in 2 s: 25/s, so a new task waits 150 / 25 = 6 s (not 'info at 0 ms')."""
+    t = target()
+    first = broker.Depths({"celery": (200, 2)}, 10.0)
+    last = broker.Depths({"celery": (150, 2)}, 12.0)
+    f = rated(next(broker.backlog_findings(last, {}, 1000, t, first)), 1000)
+    assert f.impact_ms == pytest.approx(6000) and f.severity == Severity.CRITICAL
+    entry = f.evidence["queues"]["celery"]
+    assert entry["drain_rate_per_s"] == 25.0 and entry["drain_rate_source"] == "depth"
+    assert entry["messages_at_start_count"] == 200 and "6.0 s" in f.title
+
+
+def test_backlog_that_does_not_drain_says_why_its_wait_is_unknown() -> None:
+    t = target()
+    first, last = broker.Depths({"celery": (40, 1)}, 0.0), broker.Depths({"celery": (40, 1)}, 3.0)
+    without = rated(next(broker.backlog_findings(last, {}, 1000, t, first)), 1000)
+    assert without.impact_ms == 0 and "did not fall in 3.0 s" in without.title
+    assert "pass --rabbitmq-api" in without.title
+    read = rated(next(broker.backlog_findings(last, {"celery": Rate(0.0)}, 1000, t, first, api_read=True)), 1000)
+    assert "--rabbitmq-api" not in read.title and "management API shows no deliveries" in read.title

@@ -103,7 +103,8 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, Severity | None]] = 
     ("confirm-delivery", {"broker_transport_options": {"confirm_delivery": True}}, {},
      "confirm-delivery-unknown", INFO),
     # Redis socket timeout (A.1)
-    ("redis-default-timeout", {}, {}, "redis-socket-timeout", WARNING),
+    ("redis-default-timeout", {}, {}, "redis-socket-timeout", INFO),  # issue 17: a default is not a warning
+    ("redis-explicit-long-timeout", {"redis_socket_timeout": 120.0}, {}, "redis-socket-timeout", WARNING),
     ("redis-bounded", {"redis_socket_timeout": 5.0, "redis_socket_connect_timeout": 5.0},
      {}, "redis-socket-timeout", OK),
     ("redis-url-query-wins", {"backend": REDIS + "?socket_timeout=3&socket_connect_timeout=3"},
@@ -114,7 +115,13 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, Severity | None]] = 
     # result_backend_always_retry (A.0-A.2)
     ("always-retry-rpc", {"backend": "rpc://", "result_backend_always_retry": True}, {}, "always-retry", INFO),
     ("always-retry-redis-54", {"result_backend_always_retry": True}, {"celery": (5, 4, 0)}, "always-retry", INFO),
-    ("always-retry-redis-55", {"result_backend_always_retry": True}, {"celery": (5, 5, 0)}, "always-retry", OK),
+    # issue 17: Redis keeps Celery's infinite result_backend_max_retries: a down backend blocks forever
+    ("always-retry-redis-55", {"result_backend_always_retry": True}, {"celery": (5, 5, 0)}, "always-retry", WARNING),
+    ("always-retry-redis-limited", {"result_backend_always_retry": True, "result_backend_max_retries": 3},
+     {"celery": (5, 5, 0)}, "always-retry", OK),
+    ("always-retry-db-default-limit", {"backend": PG, "result_backend_always_retry": True}, {}, "always-retry", OK),
+    ("always-retry-db-explicit-inf", {"backend": PG, "result_backend_always_retry": True,
+                                      "result_backend_max_retries": float("inf")}, {}, "always-retry", WARNING),
     ("always-retry-db-56", {"backend": PG, "result_backend_always_retry": True}, {"celery": (5, 6, 0)},
      "always-retry", INFO),
     ("always-retry-db-563", {"backend": PG, "result_backend_always_retry": True}, {"celery": (5, 6, 3)},
@@ -199,7 +206,9 @@ def test_mysql_fix_merges_user_options_and_keeps_celery_defaults() -> None:
     found = findings(make_target(backend=MYSQL, database_engine_options={"pool_size": 7, "echo": False}))
     namespace: dict[str, Any] = {}
     exec(found["config.db-isolation"].fix.config, namespace)  # noqa: S102 (our own generated text)
+    # issue 17 point 4: a user's dict replaces Celery's defaults, so the fix puts them back
     assert namespace["database_engine_options"] == {
+        "pool_pre_ping": True, "pool_recycle": 3600,
         "pool_size": 7, "echo": False, "isolation_level": "READ COMMITTED",
         "connect_args": {"connect_timeout": 5}}
     unset_target = make_target(backend=MYSQL)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from celery.app.defaults import DEFAULTS, SETTING_KEYS
+from kombu import Queue
 from test_config_probe import MYSQL, PG, REDIS, SA2, make_target  # same directory (pytest rootdir imports)
 
 from celerydiag.config import probe as config_probe
@@ -54,6 +55,17 @@ TRIGGERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                                                                                   "global_keyprefix": "x"}}, {}),
     "pickle-accepted": ({"accept_content": ["pickle", "json"], "task_serializer": "pickle",
                          "result_accept_content": ["pickle"]}, {}),
+    # issue 17: the checks for late or missing states and the network advice
+    "task-events": ({}, {}),
+    "db-engine-defaults": ({"backend": PG, "database_engine_options": {"pool_size": 5}}, {}),
+    "prefetch": ({}, {}),
+    "result-expires": ({"result_expires": None}, {}),
+    "rpc-single-reader": ({"backend": "rpc://"}, {}),
+    "redis-socket-keepalive": ({}, {}),
+    "broker-failover": ({"broker": "amqp://guest@a//;amqp://guest@b//", "broker_failover_strategy": "round-robbin"},
+                        {}),
+    "queue-type": ({"task_queues": [Queue("ha", queue_arguments={"x-ha-policy": "all"})]}, {}),
+    "amqp-keepalive": ({"broker_transport_options": {"socket_keepalive": True, "confirm_publish": True}}, {}),
 }
 # Extra triggers of the same ids through other branches (their fixes must work too).
 MORE_TRIGGERS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -61,6 +73,10 @@ MORE_TRIGGERS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("broker-pool-limit", {"broker_pool_limit": 4, "worker_pool": "gevent", "worker_concurrency": 100}, {}),
     ("confirm-delivery-unknown", {"broker": REDIS, "broker_transport_options": {"confirm_delivery": True}}, {}),
     ("redis-socket-timeout", {"redis_socket_timeout": None}, {}),
+    ("always-retry", {"result_backend_always_retry": True}, {}),
+    ("result-expires", {"backend": PG, "result_expires": 0}, {}),
+    ("broker-failover", {"broker_failover_strategy": "shuffle"}, {}),
+    ("amqp-keepalive", {"broker_transport_options": {"socket_settings": {"TCP_KEEPIDLE": 30}}}, {}),
 ]
 
 

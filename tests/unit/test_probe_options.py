@@ -48,7 +48,7 @@ def test_every_cause_says_what_it_reads():
 def test_the_table_names_exactly_the_probe_options():
     """An option added to doctor/probe without a line in READS (or a stale line) fails here."""
     shared = {"--app", "--broker", "--backend", "--format", "--output", "--fail-on", "--budget-ms", "--no-color",
-              "--static", "--list", "--help"}
+              "--verbose", "--static", "--list", "--help"}
     for name in ("doctor", "probe"):
         options = {max(p.opts, key=len) for p in _command(name).params if isinstance(p, click.Option)}
         assert options - shared == set(OPTIONS), name

@@ -25,7 +25,7 @@ def test_doctor_draws_progress_and_finishes_on_a_terminal(tmp_path) -> None:
     assert "internal error" not in screen and "Traceback" not in screen, screen[-2000:]
     assert code in (0, 1), screen[-2000:]
     assert "probe e2e" in screen  # the bar named the probe while it ran
-    assert (tmp_path / "report.txt").read_text().startswith("Target:")
+    assert (tmp_path / "report.txt").read_text().startswith("Verdict:")  # the report opens with its verdict
 
 
 def test_static_doctor_with_probes_of_unknown_length_on_a_terminal(tmp_path) -> None:

@@ -22,7 +22,7 @@ from celerydiag.findings import (
     delay,
     hazard,
 )
-from celerydiag.rank import rank, rate
+from celerydiag.rank import GIVEN, rank, rate
 
 REPORTS = Path(__file__).resolve().parents[1] / "fixtures" / "reports"
 OK, INFO, WARNING, CRITICAL = Severity.OK, Severity.INFO, Severity.WARNING, Severity.CRITICAL
@@ -36,7 +36,8 @@ def measured(ms: float, slug: str = "x", **kw) -> Finding:
                                                      (99.9, WARNING), (100.0, CRITICAL), (150.0, CRITICAL)])
 def test_a_delay_is_rated_by_its_impact_against_the_budget(impact_ms, expected):
     assert rate(measured(impact_ms), 100.0) is expected
-    assert rate(delay("polling.d", Cause.POLLING, impact_ms, "t", kind=Kind.MODELLED), 100.0) is expected
+    given = delay("polling.d", Cause.POLLING, impact_ms, "t", kind=Kind.MODELLED, evidence={"input": GIVEN})
+    assert rate(given, 100.0) is expected
 
 
 def test_a_measured_floor_raises_a_small_delay_but_never_lowers_a_big_one():
@@ -69,14 +70,28 @@ def test_a_hazard_ranks_below_a_measured_info_delay_and_still_shows_its_severity
     assert [f.severity for f in ranked] == [INFO, WARNING]
 
 
+def test_an_assumed_model_is_at_most_info_and_ranks_below_a_measured_cause():
+    """The 495 ms get() assumption once warned on every healthy database backend and outranked a
+    measured 5.8 % retransmission: an assumed number informs, only a measured or given one warns."""
+    assumed = delay("polling.detection-delay", Cause.POLLING, 4950.0, "t", kind=Kind.MODELLED)
+    assert rate(assumed, 1000) is INFO
+    seen = measured(150.0, "write-latency")
+    assert [f.id for f in rank([assumed, seen], 1000)] == ["backend.write-latency", "polling.detection-delay"]
+    given = delay("polling.detection-delay", Cause.POLLING, 4950.0, "t", kind=Kind.MODELLED,
+                  evidence={"input": GIVEN})
+    assert rate(given, 1000) is CRITICAL
+
+
 def test_at_equal_severity_measured_ranks_above_modelled_whatever_the_impact():
-    big_model = delay("polling.detection-delay", Cause.POLLING, 900.0, "t", kind=Kind.MODELLED)
+    big_model = delay("polling.detection-delay", Cause.POLLING, 900.0, "t", kind=Kind.MODELLED,
+                      evidence={"input": GIVEN})
     small_seen = measured(210.0, "write-latency")
     ranked = rank([big_model, small_seen], 1000)
     assert [f.id for f in ranked] == ["backend.write-latency", "polling.detection-delay"]
     assert {f.severity for f in ranked} == {WARNING}
     # severity still comes first: a critical model outranks a warning measurement
-    worse = delay("polling.detection-delay", Cause.POLLING, 1900.0, "t", kind=Kind.MODELLED)
+    worse = delay("polling.detection-delay", Cause.POLLING, 1900.0, "t", kind=Kind.MODELLED,
+                  evidence={"input": GIVEN})
     assert rank([small_seen, worse], 1000)[0].id == "polling.detection-delay"
 
 

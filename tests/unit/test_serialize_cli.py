@@ -123,3 +123,21 @@ def test_the_fixture_payload_is_heavy_under_json_and_gets_a_pasteable_serializer
     assert doc["recommendation"][0].startswith("Keep update_state meta small")
     for name in doc["suggested"]:
         compile(doc["serializers"][name]["config"], "<config>", "exec")
+
+
+def test_text_opens_with_the_verdict_naming_the_costliest_payload(run_cli) -> None:  # noqa: ANN001
+    """Issue 15: the answer first. The verdict names the payload the JSON says costs most per update
+    with the serializer in use, and its figure, before any table."""
+    proc = run_cli("bench-serialize", "--quick", "-k", "progress-meta", "-k", "floats-10k", "-s", "json",
+                   "-s", "msgpack", "--format", "json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from celerydiag.cli.bench_serialize import verdict
+
+    doc = json.loads(proc.stdout)
+    line = verdict(doc)
+    worst = max((r for r in doc["results"] if r["serializer"] == "json"), key=lambda r: r["update_ms"])
+    assert line.startswith("Verdict: ") and worst["payload"] in line and f"{worst['update_ms']:.3g} ms" in line
+    text = run_cli("bench-serialize", "--quick", "-k", "progress-meta", "-s", "json", timeout=60)
+    assert text.returncode == 0, text.stderr
+    first = text.stdout.splitlines()[0]
+    assert first.startswith("Verdict: serialization does not make states late"), first

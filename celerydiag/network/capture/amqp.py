@@ -29,6 +29,7 @@ METHODS = {
     (60, 60): "Basic.Deliver", (60, 80): "Basic.Ack", (60, 120): "Basic.Nack",
 }
 MAX_EVENTS = 50  # per connection: the timeline is for people, not a log
+MAX_HEARTBEATS = 500  # per side: the heartbeat times the HTML timeline draws
 
 
 @dataclass
@@ -40,6 +41,7 @@ class AmqpSide:
     last_data: float | None = None
     max_silence_s: float = 0.0
     silence_start: float | None = None
+    heartbeat_ts: list[float] = field(default_factory=list)  # at most MAX_HEARTBEATS, for the chart
 
 
 @dataclass
@@ -137,6 +139,8 @@ class AmqpParser:
             side.frames += 1
             if ftype == 8:
                 side.heartbeat_frames += 1
+                if len(side.heartbeat_ts) < MAX_HEARTBEATS:
+                    side.heartbeat_ts.append(ts)
             elif ftype == 1 and size >= 4:
                 self._method(ts, channel, data, pos + 7, end)
             pos = end + 1

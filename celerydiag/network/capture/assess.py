@@ -4,8 +4,10 @@ impact_ms is what the cause adds to the P99 time from ``update_state()`` to a cl
 - missed heartbeats: the silence itself (everything on that connection waited at least that long,
   then the connection was dropped and had to be re-established);
 - zero window: the longest episode (data queued behind a closed window waits that long);
-- retransmissions: one RTO (Linux's minimum, 200 ms) once 1 % or more of the data segments are
-  retransmitted (then the P99 segment is one of them), scaled down linearly below that;
+- retransmissions: from the capture's own retransmission waits (first transmission to
+  retransmission, tshark's tcp.analysis.rto): the quantile of those waits that the P99 state update
+  falls on, given the share of updates that contain a retransmitted segment
+  (:func:`retransmission_impact_ms`); 0 when under 1 % of updates are hit;
 - RTT: the median RTT times the round trips a state update needs on that protocol (Redis: GET,
   then MULTI..EXEC, then the client's read = 3; AMQP publish/deliver = 1);
 - Connection.Blocked: how long the broker kept the connection blocked;
@@ -14,14 +16,14 @@ impact_ms is what the cause adds to the P99 time from ``update_state()`` to a cl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from celerydiag.findings import Cause, Finding, Fix, Severity, delay
+from celerydiag.measure import percentile
 from celerydiag.network.capture.analysis import Protocol
 from celerydiag.network.capture.report import ConnectionSummary
 
-RTO_MIN_MS = 200.0  # Linux TCP_RTO_MIN
 RETRANS_P99_RATIO = 0.01
 ROUND_TRIPS = {Protocol.REDIS: 3, Protocol.AMQP: 1, Protocol.TCP: 1}  # every Protocol (a test checks)
 NOTABLE_SHARE = 0.05  # below 5 % of the budget a measured number is reported as ok
@@ -172,23 +174,57 @@ def _zero_window(conns: list[ConnectionSummary]) -> Finding:
     )
 
 
+def retransmission_impact_ms(delays_s: Sequence[float], ratio: float, segments_per_update: int) -> float:
+    """The P99 milliseconds retransmissions add to a state update, from the waits the capture saw.
+
+    An update is hit when any of its ``segments_per_update`` segments was retransmitted:
+    p = 1 - (1 - ratio) ** k. The P99 update is then a hit when p > 1 %, and its extra delay is the
+    (1 - 1 % / p) quantile of the retransmission waits (the mixture of (1 - p) zeros and p waits);
+    under 1 % the P99 update pays nothing (the waits are still in the evidence)."""
+    hit = 1.0 - (1.0 - min(1.0, max(0.0, ratio))) ** max(1, segments_per_update)
+    if not delays_s or hit <= RETRANS_P99_RATIO:
+        return 0.0
+    level = 1.0 - RETRANS_P99_RATIO / hit
+    return percentile([d * 1000.0 for d in delays_s], level * 100.0)
+
+
 def _retransmissions(conns: list[ConnectionSummary]) -> Finding:
     kinds = ("retransmission",)  # tshark's field: includes fast and spurious retransmissions
     retrans = sum(c.tcp[k][s] for c in conns for k in kinds for s in ("client", "server"))
+    spurious = sum(c.tcp.get("spurious_retransmission", {}).get(s, 0) for c in conns for s in ("client", "server"))
     data = sum(c.tcp.get("data_segments", {}).get(s, 0) for c in conns for s in ("client", "server"))
     ratio = retrans / data if data else 0.0
     if not retrans:
         return _ok("retransmissions", "No TCP retransmissions", evidence={"data_segments_count": data})
     worst = max(conns, key=lambda c: sum(c.tcp[k][s] for k in kinds for s in ("client", "server")))
-    impact = RTO_MIN_MS * min(1.0, ratio / RETRANS_P99_RATIO)
+    delays = [d for c in conns for d in c.retransmission_delays_s]
+    costly = retrans - spurious  # a spurious retransmission's data had already arrived
+    k = 2 * ROUND_TRIPS.get(worst.protocol, 1)  # a request and a reply per round trip of an update
+    impact = retransmission_impact_ms(delays, costly / data if data else 0.0, k)
+    hit = 1.0 - (1.0 - min(1.0, costly / data if data else 0.0)) ** k
+    waits = ""
+    evidence: dict[str, Any] = {"retransmissions_count": retrans, "spurious_retransmissions_count": spurious,
+                                "data_segments_count": data, "retransmission_ratio": ratio,
+                                "updates_hit_ratio": round(hit, 4), "segments_per_update_count": k,
+                                "connection": f"{worst.client} -> {worst.server}"}
+    if delays:
+        ms_ = sorted(d * 1000.0 for d in delays)
+        evidence.update(retransmission_delay_ms={"p50": round(percentile(ms_, 50), 3),
+                                                 "p99": round(percentile(ms_, 99), 3), "max": round(ms_[-1], 3)},
+                        retransmission_delays_count=len(ms_))
+        waits = (f" The {len(ms_)} retransmitted segments waited P50 {percentile(ms_, 50):.0f} ms, max "
+                 f"{ms_[-1]:.0f} ms since their first transmission (one RTO, at least 200 ms on Linux, or "
+                 "less for a fast retransmission).")
+    p99_words = (f"the P99 update pays {impact:.0f} ms" if impact else
+                 "under 1 %, so the P99 update pays none of it")
     return delay(
         "network.retransmissions", Cause.NETWORK, impact,
-        f"{ratio:.1%} of data segments were retransmitted ({retrans} of {data})",
-        detail=("Each retransmission after a timeout costs at least one RTO (200 ms on Linux); once 1 % of "
-                f"segments are retransmitted the P99 state update pays it. Worst: {worst.client} -> {worst.server}. "
-                "Check: tshark -r FILE -Y tcp.analysis.retransmission"),
-        evidence={"retransmissions_count": retrans, "data_segments_count": data, "retransmission_ratio": ratio,
-                  "connection": f"{worst.client} -> {worst.server}"},
+        f"{ratio:.1%} of data segments were retransmitted ({retrans} of {data}): "
+        f"{p99_words.replace('the P99 update pays', 'P99 update +')}",
+        detail=(f"{costly} retransmissions were not spurious; an update of {k} segments ({worst.protocol}) is hit "
+                f"with probability {hit:.1%}: {p99_words}.{waits} Worst: {worst.client} -> {worst.server}. "
+                "Check: tshark -r FILE -Y tcp.analysis.retransmission -T fields -e tcp.analysis.rto"),
+        evidence=evidence,
         fix=Fix("Packet loss on the path: check interface errors and drops (ip -s link), MTU mismatches and "
                 "overloaded links or middleboxes between the hosts.", "", (DOCS_TSHARK,)),
     )

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from celerydiag.findings import Finding, Report, Severity
 from celerydiag.network.capture.report import CaptureReport
-from celerydiag.render.words import evidence_lines, impact_brief
+from celerydiag.render.words import evidence_lines, impact_brief, ok_line, verdict
 
 STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan",
          Severity.OK: "green"}
@@ -21,12 +21,14 @@ def _pair(d: dict[str, Any]) -> str:
     return f"{d['client']}/{d['server']}"
 
 
-def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -> None:
+def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False, verbose: bool = False) -> None:
     from rich.console import Console
 
     # markup off: addresses ("[fd00::2]:40000") and broker close texts are data, never style tags
     console = Console(file=stream, force_terminal=color, no_color=not color, width=140, highlight=False,
                       soft_wrap=False, markup=False)
+    for line in verdict(as_report(report)):
+        console.print(line, style="bold")
     f = report.file
     console.print(f"Capture {f.get('path', '')}: {f['packets']} packets, {f['format']}, link {f['link_type']}, "
                   f"{f.get('duration_s', 0):.1f} s. Budget {report.budget_ms:g} ms.")
@@ -37,33 +39,66 @@ def render_text(report: CaptureReport, stream: TextIO, *, color: bool = False) -
                       f"{', stopped by Ctrl-C' if live['interrupted'] else ''}.")
     if report.connections:
         console.print(_connections_table(report))
+        if any(c.amqp for c in report.connections):
+            console.print(_amqp_table(report))
     else:
         console.print("No TCP connections on the captured ports.")
     if report.timeline:
         console.print(_timeline_table(report))
     for finding in report.findings:  # ranked by analyse()
-        _print_finding(console, finding)
+        if verbose or finding.severity != Severity.OK:
+            _print_finding(console, finding)
+    folded = None if verbose else ok_line(as_report(report))
+    if folded:
+        console.print(folded)
+
+
+def render_html(report: CaptureReport, stream: TextIO, *, verbose: bool = False) -> None:
+    """The findings as every HTML report shows them, with the per-connection timeline first."""
+    from celerydiag.render import charts, html
+
+    as_doc = as_report(report)
+    drawn = [c for c in (charts.capture_timeline(report), *html.report_charts(as_doc)) if c is not None]
+    html.render(as_doc, stream, verbose=verbose, charts=drawn)
 
 
 def _connections_table(report: CaptureReport) -> Any:
+    """TCP counts per connection; the AMQP columns are a table of their own (:func:`_amqp_table`),
+    so no cell is squeezed or cut at the console width."""
     from rich.table import Table
 
     table = Table(title="Connections (client/server counts; tshark's tcp.analysis definitions)")
     for col in ("#", "client -> server", "proto", "pkts", "zero win", "win full", "retrans", "fast rtx",
-                "dup ack", "RST", "RTT ms", "heartbeat", "max silence s", "close"):
-        table.add_column(col, justify="right" if col not in ("client -> server", "proto", "close") else "left",
-                         no_wrap=col == "client -> server")
+                "dup ack", "RST", "RTT ms"):
+        table.add_column(col, justify="left" if col in ("client -> server", "proto") else "right",
+                         no_wrap=True)
     for c in report.connections:
         t = c.tcp
-        a = c.amqp or {}
         rtt = [v for v in (t["rtt_ms"]["client"], t["rtt_ms"]["server"]) if v is not None]
         table.add_row(
             str(c.stream), f"{c.client} -> {c.server}", str(c.protocol), str(c.packets), _pair(t["zero_window"]),
             _pair(t["window_full"]), _pair(t["retransmission"]), _pair(t["fast_retransmission"]),
-            _pair(t["duplicate_ack"]), _pair(t["reset"]), f"{max(rtt):.2f}" if rtt else "-",
-            f"{a['heartbeat_s']} s" if a.get("heartbeat_s") is not None else "-",
-            f"{a['max_silence_s']['client']:.1f}/{a['max_silence_s']['server']:.1f}" if a else "-",
-            (f"{a['close']} by {a['closed_by']}" if a.get("closed_by") else a.get("close", "")) if a else "")
+            _pair(t["duplicate_ack"]), _pair(t["reset"]), f"{max(rtt):.2f}" if rtt else "-")
+    return table
+
+
+def _amqp_table(report: CaptureReport) -> Any:
+    """Heartbeat, the longest silence per side and how each AMQP connection ended; the close
+    column wraps (never cut) when a broker's reason is long."""
+    from rich.table import Table
+
+    table = Table(title="AMQP connections (client/server)")
+    for col in ("#", "client -> server", "heartbeat", "max silence s", "close"):
+        table.add_column(col, justify="right" if col in ("#", "heartbeat", "max silence s") else "left",
+                         no_wrap=col != "close", overflow="fold")
+    for c in report.connections:
+        a = c.amqp
+        if not a:
+            continue
+        close = f"{a['close']} by {a['closed_by']}" if a.get("closed_by") else str(a.get("close", ""))
+        table.add_row(str(c.stream), f"{c.client} -> {c.server}",
+                      f"{a['heartbeat_s']} s" if a.get("heartbeat_s") is not None else "-",
+                      f"{a['max_silence_s']['client']:.1f}/{a['max_silence_s']['server']:.1f}", close)
     return table
 
 

@@ -32,6 +32,9 @@ class ConnectionSummary:
     tcp: dict[str, Any]
     amqp: dict[str, Any] | None = None
     redis: dict[str, Any] | None = None
+    # each (fast) retransmission's wait since the first transmission, both sides (a bounded sample):
+    # the retransmission finding's impact is read from it; not part of the JSON (its summary is)
+    retransmission_delays_s: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"stream": self.stream, "client": self.client, "server": self.server,
@@ -107,6 +110,8 @@ def _summary(t: Tracked, t0: float, capture_end: float, events: list) -> Connect
         "handshake": round(conn.first_rtt * 1000.0, 3) if conn.first_rtt else None,
     }
     tcp["ack_rtt_ms"] = {"client": cflow.rtt.summary_ms(), "server": sflow.rtt.summary_ms()}
+    tcp["retransmission_delay_ms"] = {"client": cflow.retrans_delay.summary_ms(),
+                                      "server": sflow.retrans_delay.summary_ms()}
     tcp["max_data_gap_s"] = {"client": round(cflow.max_gap, 6), "server": round(sflow.max_gap, 6)}
     tcp["data_segments"] = {"client": cflow.data_segments, "server": sflow.data_segments}
     tcp["payload_bytes"] = {"client": cflow.payload_bytes, "server": sflow.payload_bytes}
@@ -120,6 +125,11 @@ def _summary(t: Tracked, t0: float, capture_end: float, events: list) -> Connect
         events.append((ep.start, label, side, f"zero window: {side} stopped reading ({dur:.3f} s"
                        f"{'' if ep.end is not None else ', not reopened'})"))
     tcp["zero_window_episodes"] = episodes
+    # bounded series for the HTML timeline (tcp.MAX_MARKS per side), seconds from the first packet
+    tcp["retransmission_ts_s"] = {"client": [round(x - t0, 6) for x in cflow.retrans_ts],
+                                  "server": [round(x - t0, 6) for x in sflow.retrans_ts]}
+    tcp["reset_ts_s"] = {"client": None if cflow.rst is None else round(cflow.rst - t0, 6),
+                         "server": None if sflow.rst is None else round(sflow.rst - t0, 6)}
     for flow, side in ((cflow, "client"), (sflow, "server")):
         if flow.fin is not None:
             events.append((flow.fin, label, side, "FIN"))
@@ -129,17 +139,19 @@ def _summary(t: Tracked, t0: float, capture_end: float, events: list) -> Connect
         n = flow.counts["retransmission"]  # includes fast and spurious, as tshark's field does
         if n:
             events.append((conn.first_ts, label, side, f"{n} retransmissions over the connection"))
-    amqp = _amqp_block(t, cflow, sflow, end_ts if conn.end_ts is not None else capture_end, label, events)
+    amqp = _amqp_block(t, cflow, sflow, end_ts if conn.end_ts is not None else capture_end, label, events, t0)
     redis = t.redis.to_dict() if t.redis is not None else None
     return ConnectionSummary(conn.stream, client, server, t.protocol, conn.packets, conn.first_ts - t0,
-                             None if conn.end_ts is None else conn.end_ts - t0, tcp, amqp, redis)
+                             None if conn.end_ts is None else conn.end_ts - t0, tcp, amqp, redis,
+                             tuple(cflow.retrans_delay.values + sflow.retrans_delay.values))
 
 
 def _p50(summary: dict[str, Any] | None) -> float | None:
     return None if summary is None else summary["p50_ms"]
 
 
-def _amqp_block(t: Tracked, cflow: Any, sflow: Any, end_ts: float, label: str, events: list) -> dict[str, Any] | None:
+def _amqp_block(t: Tracked, cflow: Any, sflow: Any, end_ts: float, label: str, events: list,
+                t0: float = 0.0) -> dict[str, Any] | None:
     st = t.amqp
     if st is None:
         return None
@@ -168,6 +180,10 @@ def _amqp_block(t: Tracked, cflow: Any, sflow: Any, end_ts: float, label: str, e
         "max_silence_s": {"client": round(st.sides["client"].max_silence_s, 6),
                           "server": round(st.sides["server"].max_silence_s, 6)},
         "missed_heartbeats": bool(missed),
+        # bounded series for the HTML timeline, seconds from the first packet
+        "heartbeat_ts_s": {side: [round(x - t0, 6) for x in st.sides[side].heartbeat_ts] for side in st.sides},
+        "silence_s": {side: [round((s.silence_start or t0) - t0, 6), round(s.max_silence_s, 6)]
+                      for side, s in st.sides.items()},
         "silent_sides": missed,
         "closed_by": closed_by,
         "close": close,

@@ -22,6 +22,7 @@ M32 = 0xFFFFFFFF
 HALF = 0x80000000
 MAX_UNACKED = 10000  # Wireshark's TCP_MAX_UNACKED_SEGMENTS
 RESERVOIR = 2048
+MAX_MARKS = 500  # per direction: the retransmission times the HTML timeline draws, not a log
 # tcp_analyze_sequence_number() in epan/dissectors/packet-tcp.c: a retransmission within 20 ms of
 # the reverse direction's last duplicate ACK is a fast retransmission ("if(t < 20000000)"), and a
 # segment that did not advance the sequence within the first RTT (3 ms when no SYN/SYN-ACK RTT is
@@ -117,7 +118,7 @@ class Flow:
     __slots__ = ("win_scale", "window", "nextseq", "nextseqtime", "lastack", "lastacktime",
                  "dupacknum", "maxseqtobeacked", "lastsegmentflags", "segments", "counts", "packets",
                  "payload_bytes", "data_segments", "fin", "rst", "last_data", "max_gap", "rtt",
-                 "zw_episode")
+                 "zw_episode", "retrans_delay", "retrans_ts")
 
     def __init__(self) -> None:
         self.win_scale = -1
@@ -141,6 +142,18 @@ class Flow:
         self.max_gap = 0.0
         self.rtt = Reservoir()
         self.zw_episode: Episode | None = None
+        # seconds from a segment's first transmission to each (fast) retransmission of it: what
+        # the data waited (tshark: tcp.analysis.rto); spurious ones cost nothing and are left out
+        self.retrans_delay = Reservoir()
+        self.retrans_ts: list[float] = []  # when, for the timeline chart (at most MAX_MARKS)
+
+
+def _first_sent(segments: list[list[Any]], seq: int) -> float | None:
+    """When the oldest unacknowledged segment holding ``seq`` was sent (None: not captured)."""
+    for start, end, sent in segments:
+        if ((seq - start) & M32) < HALF and 0 < ((end - seq) & M32) < HALF:
+            return float(sent)
+    return None
 
 
 def _le(a: int, b: int) -> bool:
@@ -264,6 +277,10 @@ class Connection:
                 ta |= A_OUT_OF_ORDER
             elif not_advanced:
                 ta |= A_RETRANSMISSION
+        if ta & (A_RETRANSMISSION | A_FAST_RETRANSMISSION):
+            first_sent = _first_sent(fwd.segments, seq)
+            if first_sent is not None:
+                fwd.retrans_delay.add(ts - first_sent)
         nextseq = (seq + seglen) & M32
         if seglen or syn_fin:
             if syn_fin:
@@ -309,6 +326,8 @@ class Connection:
             for name, bit in COUNTED.items():
                 if ta & bit:
                     counts[name] += 1
+            if ta & A_RETRANSMISSION and len(fwd.retrans_ts) < MAX_MARKS:
+                fwd.retrans_ts.append(ts)
         if ta & A_ZERO_WINDOW or fwd.zw_episode is not None:
             self._episodes(from_a, ts, window, flags, ta)
         return ta
