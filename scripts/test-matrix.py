@@ -168,7 +168,7 @@ def build(venv: Path, python: Path, celery: str, log: Path) -> str:
         # --no-compile: byte-compiling every installed package (numpy, scapy, hypothesis) is most of
         # a build's CPU; the tests compile only what they import
         [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", spec,
-         "-e", f"{REPO}[test]"],
+         "-e", f"{REPO}[test,html]"],  # html: --format html and poll-model --plot
     ]
     for cmd in steps:
         if run(cmd, log, timeout=1200) != 0:
