@@ -148,7 +148,8 @@ def test_always_retry_on_the_database_backend_is_effective_when_celery_retries(d
     backend = db_backend(result_backend_always_retry=True)
     retried = bool(backend.exception_safe_to_retry(OperationalError("UPDATE", {}, Exception("gone away"))))
     assert retried == (INSTALLED >= RETRY_EFFECTIVE_FROM["db"]), celery.__version__
-    verdict = _retry_verdict(target(PG, result_backend_always_retry=True))
+    # a finite limit: an infinite one is a hazard of its own (config.always-retry, unbounded)
+    verdict = _retry_verdict(target(PG, result_backend_always_retry=True, result_backend_max_retries=3))
     assert (verdict is Severity.OK) == retried, verdict
 
 
@@ -162,7 +163,7 @@ def test_always_retry_on_redis_is_effective_when_celery_retries() -> None:
     backend = RedisBackend(app=app, url=REDIS)  # constructing does not connect
     retried = bool(backend.exception_safe_to_retry(redis.exceptions.ConnectionError("reset")))
     assert retried == (INSTALLED >= RETRY_EFFECTIVE_FROM["redis"]), celery.__version__
-    verdict = _retry_verdict(target(REDIS, result_backend_always_retry=True))
+    verdict = _retry_verdict(target(REDIS, result_backend_always_retry=True, result_backend_max_retries=3))
     assert (verdict is Severity.OK) == retried, verdict
 
 
