@@ -227,6 +227,9 @@ class ProbeResult:
     elapsed_s: float = 0.0
     findings: tuple[Finding, ...] = ()
     latency: Mapping[str, Any] = field(default_factory=dict)
+    # Our own bug that the guard caught (a failed probe): kept for `--traceback` and exit 4, never
+    # serialised (a saved report has only the reason's one line).
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def skipped(cls, name: str, reason: str) -> ProbeResult:

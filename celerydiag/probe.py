@@ -339,8 +339,10 @@ def _judged(probe: Probe, ctx: ProbeContext, stopped: BaseException | None, find
             probe.name, ctx.target.redact(f"lost the connection to the target during the probe: {describe(stopped)}"),
             elapsed)
     _on_internal_error(probe, stopped)
-    return ProbeResult.failed(
+    # The exception rides along: the command prints its traceback under --traceback and exits 4
+    # once the report is out (cli.ProbesCrashed), so a bug never passes for findings.
+    return replace(ProbeResult.failed(
         probe.name,
         ctx.target.redact(f"internal error in probe {probe.name}: {one_line(stopped)}"
                           " (please report; rerun with --traceback)"),
-        elapsed)
+        elapsed), error=stopped)

@@ -92,6 +92,35 @@ def raise_internal_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(probes, "_on_internal_error", reraise)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def database_backends_own_their_sessions() -> Any:
+    """Celery 5.3/5.4 only: make each DatabaseBackend use a SessionManager of its own, as 5.5+ do.
+
+    Before 5.5 every DatabaseBackend of a process shares one manager (``ResultSession``'s default
+    argument), whose "tables created" flag is set by the first backend: in a test process that has
+    already used one, a later test's backend on another database or schema never creates its
+    tables ("relation celery_taskmeta does not exist"). A worker or a user's process has one
+    backend, so this is the test process's problem only; celerydiag's own scratch backends
+    already bring their own manager (celerydiag.compat.own_session_manager)."""
+    from celerydiag.compat import celery_version, own_session_manager
+
+    if celery_version() >= (5, 5):
+        yield
+        return
+    from celery.backends.database import DatabaseBackend
+
+    shared = DatabaseBackend.ResultSession
+
+    def result_session(self: Any, session_manager: Any = None) -> Any:
+        return shared(self, session_manager or own_session_manager(self))
+
+    DatabaseBackend.ResultSession = result_session
+    try:
+        yield
+    finally:
+        DatabaseBackend.ResultSession = shared
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TARGET_ENV}
     env.update(extra)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celerydiag.backend import scratch as scratch_db
+from celerydiag.compat import on_new_engine
 from celerydiag.errors import quietly
 from celerydiag.measure import Budget, Summary, ms, summarize
 
@@ -244,7 +245,7 @@ class Experiment:
 
     def backend(self, engine_options: dict[str, Any], forked: bool) -> Any:
         """Celery's backend on our table; its engines report their connections' ids to us."""
-        user_callback = self.app.conf.database_engine_callback
+        user_callback = self.app.conf.get("database_engine_callback")  # a setting only from Celery 5.7
         if isinstance(user_callback, str):
             from kombu.utils.imports import symbol_by_name
 
@@ -256,7 +257,7 @@ class Experiment:
                 user_callback(engine)
 
         backend = scratch_backend(self.app, self.url, self.model, engine_options, forked)
-        backend.session_manager.engine_callback = callback
+        on_new_engine(backend.session_manager, callback)  # compat: 5.7's engine_callback, or the same by hand
         return backend
 
     # -- the writers -------------------------------------------------------------------------------

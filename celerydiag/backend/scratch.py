@@ -90,16 +90,26 @@ def scratch_backend_class(model: Any, forked: bool) -> type:
     """
     from celery.backends.database import DatabaseBackend
 
+    from celerydiag.compat import own_session_manager
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         DatabaseBackend.__init__(self, *args, **kwargs)
-        self.session_manager.prepared = True  # never create_all/ALTER Celery's shared metadata
-        self.session_manager.forked = forked
+        if kwargs.get("engine_options"):  # ours win over the app's, as from 5.6.3 (before, the app's won)
+            self.engine_options = dict(self.app.conf.database_engine_options or {}, **kwargs["engine_options"])
+        manager = own_session_manager(self)  # Celery 5.3/5.4 give a backend none of its own
+        manager.prepared = True  # never create_all/ALTER Celery's shared metadata
+        manager.forked = forked
+
+    def result_session(self: Any, session_manager: Any = None) -> Any:
+        # Before 5.5, ResultSession() defaults to the process-wide manager, not self.session_manager.
+        return DatabaseBackend.ResultSession(self, session_manager or self.session_manager)
 
     # A property that ignores assignment: with result_extended Celery's __init__ sets
     # self.task_cls = TaskExtended and then calls its configure(), renaming the shared class.
     task_cls = property(lambda self: model, lambda self, value: None)
     return type("CelerydiagScratchBackend", (DatabaseBackend,),
-                {"task_cls": task_cls, "taskset_cls": _NoGroups, "__init__": __init__})
+                {"task_cls": task_cls, "taskset_cls": _NoGroups, "__init__": __init__,
+                 "ResultSession": result_session})
 
 
 def scratch_backend(app: Any, url: str, model: Any, engine_options: dict[str, Any], forked: bool) -> Any:

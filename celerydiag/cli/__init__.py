@@ -36,6 +36,15 @@ COMMAND_MODULES: tuple[str, ...] = (
     "celerydiag.cli.watch",
 )
 
+class ProbesCrashed(Exception):
+    """Probes that failed on a bug of ours (the guard caught it, the report was still written):
+    :func:`main` exits 4 and, with ``--traceback``, prints each probe's traceback on stderr."""
+
+    def __init__(self, errors: Sequence[tuple[str, BaseException]]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("; ".join(f"internal error in probe {name}: {one_line(exc)}" for name, exc in self.errors))
+
+
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [m.rsplit(".", 1)[1].replace("_", "-") for m in COMMAND_MODULES]
@@ -204,6 +213,19 @@ def _error_line(message: str, exc: BaseException) -> str:
     return redact(message, secrets_of(exc))
 
 
+def _say_crashed(crashed: ProbesCrashed, show_tb: bool) -> None:
+    """One line per probe that hit a bug of ours, each after its traceback if asked; scrubbed of
+    the target's passwords (carried by ``crashed``) and of any the error carries itself."""
+    for name, error in crashed.errors:
+        secrets = secrets_of(crashed) + secrets_of(error)
+        if show_tb:
+            lines = tb.format_exception(type(error), error, error.__traceback__)
+            click.echo(f"celerydiag: traceback of probe {name}:\n{redact(''.join(lines), secrets).rstrip()}",
+                       err=True)
+        click.echo(f"celerydiag: internal error in probe {name}: {redact(one_line(error), secrets)} "
+                   "(a bug in celerydiag; rerun with --traceback and report it)", err=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the command and map every outcome to an exit code and one line."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -238,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         silence_stdout()
         click.echo("celerydiag: stdout closed before the output was complete", err=True)
         return ExitCode.STDOUT_CLOSED
+    except ProbesCrashed as exc:
+        _say_crashed(exc, show_tb)
+        return ExitCode.INTERNAL
     except Exception as exc:
         if show_tb:  # asked for: the traceback, still scrubbed, and still exit 4 (not Python's 1)
             lines = tb.format_exception(type(exc), exc, exc.__traceback__)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from celerydiag.cli import FiniteRange, named_target, output_options, target_options
+from celerydiag.cli import FiniteRange, ProbesCrashed, named_target, output_options, target_options
 from celerydiag.cli.reads import name_readers, refuse_unread
 from celerydiag.emit import emit_report, open_output
 from celerydiag.errors import ExitCode, carrying
@@ -162,7 +162,11 @@ def run_report(app: str | None, broker: str | None, backend: str | None, probes:
                                   on_start=(lambda line: click.echo(line, err=True)) if state_bound else None)
             finally:
                 progress.close()
-            return emit_report(out, report, fmt, fail_on, unreachable_said=state_bound, verbose=verbose)
+            code = emit_report(out, report, fmt, fail_on, unreachable_said=state_bound, verbose=verbose)
+            crashed = [(p.name, p.error) for p in report.probes if p.error is not None]
+            if crashed and code is not ExitCode.STDOUT_CLOSED:  # the report is out; now the bug: exit 4
+                raise ProbesCrashed(crashed)
+            return code
 
 
 @click.command("doctor", epilog=EPILOG)

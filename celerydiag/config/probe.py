@@ -51,6 +51,7 @@ from celerydiag.target import AMQP_SCHEMES, REDIS_SCHEMES, Target
 # ---- version facts (celery-facts.md; the unit tests check them against the installed code) ----
 RETRY_EFFECTIVE_FROM = {"redis": (5, 5, 0), "rediss": (5, 5, 0), "sentinel": (5, 5, 0),
                         "db": (5, 6, 3)}  # A.1, A.2: exception_safe_to_retry exists from these
+RESULT_STAMPS_FROM = (5, 7, 0)  # installed code: TaskExtended gains a 'stamps' column (7 extra, 6 before)
 DB_RETRY_DEFAULT_ON_FROM = (5, 7, 0)  # installed code: DatabaseBackend defaults always_retry on, 3 tries
 DATE_DONE_INDEX_FROM = (5, 6, 3)  # A.2 / E / G.1: celery#10097, PR #10098
 
@@ -565,12 +566,14 @@ def check_result_extended(conf: Any, target: Target, facts: Facts) -> Iterator[F
     if not conf.get("result_extended"):
         yield _ok("result-extended", "result_extended is off: state payloads carry only status and meta")
         return
+    columns = ("seven extra columns, stamps included" if facts.celery >= RESULT_STAMPS_FROM
+               else "six extra columns")
     yield _cost(facts, "result-extended", 0.0,
                 "result_extended: every state write also carries the task's name, args and kwargs",
                 "Each update_state() and the final result serialize name, args, kwargs, worker, retries "
                 "and queue, so write and read cost grow with the size of the task's arguments (Redis also "
-                "decodes the old payload before each write; the database backend fills seven extra "
-                "columns, stamps included). `celerydiag probe serialization` measures the encode/decode cost.",
+                f"decodes the old payload before each write; the database backend fills {columns}). "
+                "`celerydiag probe serialization` measures the encode/decode cost.",
                 Fix(S_RESULT_EXTENDED, assignments(result_extended=False), (D_RESULT_EXTENDED,)))
 
 

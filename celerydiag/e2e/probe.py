@@ -292,6 +292,7 @@ class E2ERun:
         opens one per read, as a web process does (reference A.2)."""
         from celerydiag.access.backend import database_url, dialect, engine
         from celerydiag.backend.scratch import scratch_backend_class, scratch_model
+        from celerydiag.compat import backend_reference, forget_backend
 
         url = database_url(self.target)
         conf = self.target.conf
@@ -309,7 +310,9 @@ class E2ERun:
                                    (conf.database_table_schemas or {}).get("task"),
                                    bool(conf.result_extended))
         for app, forked in ((worker, True), (client, False)):
-            app.backend_cls = scratch_backend_class(model, forked)
+            # by name, not the class: a class works as backend_cls only from Celery 5.7 (compat)
+            app.backend_cls = backend_reference(scratch_backend_class(model, forked))
+            self.ctx.cleanup.callback(forget_backend, app.backend_cls)
             app.conf.database_url = url
             app.conf.database_create_tables_at_setup = False
         db = engine(url, cleanup_timeout_s)
@@ -366,6 +369,7 @@ class E2ERun:
         # Warm-up, not measured: the first publish also opens the producer's connection and
         # channel (the broker probe reports connect time on its own).
         warmup = self._task_id("ping-warmup")
+        self._forget_pings_later(warmup)
         ping.apply_async(task_id=warmup, queue=self.queue_name, routing_key=self.queue_name,
                          exchange=self.queue_name)
         warm_until = min(time.perf_counter() + self.ctx.limits.timeout_s, end)
@@ -382,6 +386,7 @@ class E2ERun:
                 break
             time.sleep(max(0.0, slot - time.perf_counter()))
             task_id = self._task_id(f"ping-{i}")
+            self._forget_pings_later(task_id)
             ping.apply_async(task_id=task_id, queue=self.queue_name,
                              routing_key=self.queue_name, exchange=self.queue_name)
             sent += 1
@@ -591,6 +596,15 @@ class E2ERun:
 
     # -- cleanup ------------------------------------------------------------------------------
 
+    def _forget_pings_later(self, task_id: str) -> None:
+        """The ping is an ignore_result task, but Celery 5.6 lets the request's ignore_result
+        header (False unless given: app.send_task) override the task's, so its worker stores each
+        ping's SUCCESS (5.7 sends None, and before 5.6 the task's own flag wins). On a Redis backend
+        those keys would outlive us by result_expires: forget them too. Elsewhere they go with
+        our scratch table (database) or are never stored (rpc://)."""
+        if self.target.backend_scheme in REDIS_SCHEMES:
+            self.task_ids.append(task_id)
+
     def _forget_results(self, client: Any) -> None:
         for task_id in self.task_ids:
             quietly(client.backend.forget, task_id)
@@ -624,6 +638,8 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
     from celery.contrib.testing.worker import TestWorkController
     from celery.worker import state
 
+    from celerydiag.compat import HubWaker
+
     # Starting a worker's pool sets a process-wide flag ("task joins will block") that makes every
     # later AsyncResult.get() in this process raise "Never call result.get() within a task!":
     # restore it on the way out, so the worker leaves nothing behind in the caller's process.
@@ -645,11 +661,14 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
 
     thread = threading.Thread(target=work, name="celerydiag-e2e-worker", daemon=True)
     thread.start()
+    waker: HubWaker | None = None
     try:
         start_s = min(START_TIMEOUT_S, ctx.left())
         if not worker._on_started.wait(start_s) or not thread.is_alive():
             raise TargetUnreachable(f"the e2e worker could not start on broker {redact_url(target.broker_url)} "
                                     f"within {start_s:.0f} s")
+        hub = getattr(worker, "hub", None)
+        waker = HubWaker(hub) if hub is not None else None  # compat: kombu < 5.7 needs a pipe to wake it
         yield worker
     except BaseException as exc:
         release_interrupted_calls(exc)
@@ -657,11 +676,12 @@ def running_worker(app: Any, hostname: str, queue: str, target: Target, ctx: Pro
     finally:
         stopping = time.perf_counter()
         state.should_terminate = 0
-        hub = getattr(worker, "hub", None)
-        if hub is not None:  # AMQP: wake the event loop, or it sleeps until its next timer (~10 s)
-            hub.call_soon(lambda: None)
+        if waker is not None:  # AMQP: wake the event loop, or it sleeps until its next timer (~10 s)
+            waker.wake()
         # A daemon thread: one stuck in a driver call cannot hold us, so wait only so long.
         thread.join(_stop_wait(ctx))
+        if waker is not None and not thread.is_alive():
+            waker.close()
         state.should_terminate = None
         celery_state._set_task_join_will_block(join_will_block)
         log.debug("e2e worker stopped in %.2f s", time.perf_counter() - stopping)

@@ -21,6 +21,7 @@ from test_fixes import TRIGGERS, _run  # same directory (pytest rootdir imports)
 
 from celerydiag.backend.probe import engine_fix, redis_progress_fix
 from celerydiag.broker.probe import fix_confirm_on
+from celerydiag.compat import sqlalchemy_version
 from celerydiag.config.paste import ALTERNATIVES, KEEP, merge, merged, parse, paste_block, unify
 from celerydiag.config.probe import ConfigProbe
 from celerydiag.config.style import NAMESPACE, NEW, OLD, Naming, detect
@@ -205,9 +206,11 @@ def test_json_report_carries_the_block(tmp_path: Path) -> None:
 
 # ---- point 2: connect arguments right for the driver in the user's URL, or none ------------------
 
-# SQLAlchemy 2.1 loads psycopg (3) for a bare postgresql:// and mysqlclient (mysqldb) for mysql://
+# SQLAlchemy 2.1 loads psycopg (3) for a bare postgresql:// (2.0, which Celery 5.3/5.4 resolve on
+# Python 3.9/3.10, psycopg2) and mysqlclient (mysqldb) for mysql://
+_BARE_PG = "psycopg" if sqlalchemy_version() >= (2, 1) else "psycopg2"
 DRIVER_URLS = {
-    "db+postgresql://u@h/d": ("psycopg", {"connect_timeout": 5}, {"options": "-c lock_timeout=2000"}),
+    "db+postgresql://u@h/d": (_BARE_PG, {"connect_timeout": 5}, {"options": "-c lock_timeout=2000"}),
     "db+postgresql+psycopg://u@h/d": ("psycopg", {"connect_timeout": 5}, {"options": "-c lock_timeout=2000"}),
     "db+postgresql+psycopg2://u@h/d": ("psycopg2", {"connect_timeout": 5}, {"options": "-c lock_timeout=2000"}),
     # pg8000 1.31 connect() has timeout= and startup_params=, no connect_timeout/options (TypeError)

@@ -67,9 +67,12 @@ def test_pickle_text_on_database_backends_names_the_fallback() -> None:
 def test_result_extended_counts_seven_columns_and_transport_keys_are_complete() -> None:
     from celery.backends.database.models import TaskExtended
 
+    from celerydiag.compat import celery_version
+
     extra = inspect.getsource(TaskExtended).count("sa.Column(")  # extend_existing: one shared table
-    f = findings(make_target(result_extended=True))["config.result-extended"]
-    assert extra == 7 and "seven extra" in f.detail
+    f = findings(make_target(result_extended=True), celery=celery_version())["config.result-extended"]
+    # the installed Celery's count: 'stamps' is the seventh from 5.7 (make test-matrix runs 5.3..5.7)
+    assert f"{ {6: 'six', 7: 'seven'}[extra]} extra" in f.detail, (extra, f.detail)
     v = findings(make_target(result_backend_transport_options={"visibility_timeout": 1}))
     assert "additional_connection_errors" in v["config.result-transport-visibility-timeout"].detail
 

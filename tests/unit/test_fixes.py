@@ -125,6 +125,8 @@ CASES = [(slug, *TRIGGERS[slug]) for slug in sorted(TRIGGERS)] + MORE_TRIGGERS
 def test_fix_is_pasteable_and_resolves_the_finding(slug: str, settings: dict[str, Any],
                                                    versions: dict[str, Any]) -> None:
     fid = f"config.{slug}"
+    if slug == "db-engine-defaults" and not make_target().conf.database_engine_options:
+        pytest.skip("this Celery (< 5.6.3) has no database_engine_options defaults a user's dict could drop")
     before = _run(settings, versions)
     assert fid in before and before[fid].severity > Severity.OK, f"trigger did not trigger {fid}"
     fix = before[fid].fix
