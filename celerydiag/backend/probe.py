@@ -408,14 +408,18 @@ class DatabaseRun:
                           f"{where}.date_done is indexed: backend_cleanup deletes without a table scan",
                           evidence={"table": where, "rows_count": tinfo.rows})
             return
-        scan_ms, cut = scan_cost(conn, self.table, info.dialect, self.ctx.limits.timeout_s)
+        scanned = self.guarded(lambda: scan_cost(conn, self.table, info.dialect, self.ctx.limits.timeout_s), info)
+        if scanned is None:  # no SELECT on the user's task table: the missing index is still a fact
+            _rollback(conn)
+        scan_ms, cut = scanned if scanned is not None else (0.0, False)
         index = f"ix_{self.table.name}_date_done"
         ddl = f"CREATE INDEX {index} ON {where} (date_done);"
         if info.dialect == "postgresql":
             ddl = f"CREATE INDEX CONCURRENTLY {index} ON {where} (date_done);"
         yield delay("backend.date-done-index", Cause.BACKEND, scan_ms,
                     f"no index on {where}.date_done: celery.backend_cleanup's DELETE scans the whole table"
-                    f" ({scan_ms:.0f} ms{'+' if cut else ''} for {tinfo.rows or 0} rows) while it locks rows",
+                    + (f" ({scan_ms:.0f} ms{'+' if cut else ''} for {tinfo.rows or 0} rows)" if scanned is not None
+                       else " (not timed: this role may not SELECT from it)") + " while it locks rows",
                     detail="Tables created before Celery 5.6.3 lack this index and create_all() does not add it;"
                            " on InnoDB the scan locks every row it reads and blocks update_state (celery#10097).",
                     evidence={"table": where, "rows_count": tinfo.rows, "size_bytes": tinfo.size_bytes,
@@ -722,6 +726,13 @@ def _redis_latency(fid: str, summary: Any, noun: str, title: str, detail: str, k
     yield delay(fid, Cause.BACKEND, summary.p99_ms,
                 title.format(p99=summary.p99_ms, p50=summary.p50_ms) + thin_note(summary.samples, noun),
                 detail=detail, evidence={key: summary.short(), **trust_evidence(summary.samples), **timing})
+
+
+def _rollback(conn: Any) -> None:
+    """After a refused statement PostgreSQL aborts the transaction: end it so the next reads run."""
+    from celerydiag.errors import quietly
+
+    quietly(conn.rollback)
 
 
 def thin_note(samples: int, noun: str) -> str:

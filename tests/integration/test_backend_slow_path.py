@@ -112,7 +112,8 @@ def test_database_probe_keeps_max_seconds_behind_a_slow_path(db_url: str, max_se
     check_report(doc)
     if check_bounded(doc, wall, max_seconds, real.get_backend_name()):
         check_sample_counts(doc)
-    assert scratch_tables(db_url) == before, "a scratch table was left behind"
+    left = set(scratch_tables(db_url)) - set(before)  # other runs on the shared server may drop theirs meanwhile
+    assert not left, f"a scratch table was left behind: {sorted(left)}"
 
 
 @pytest.mark.redis
