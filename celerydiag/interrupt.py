@@ -103,13 +103,30 @@ def handled() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    import sys
+
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable(previous_hook)
     try:
         with _alarm_ours():
             yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _quiet_unraisable(previous: Any) -> Any:
+    """A signal can land while Python runs a callback it cannot raise from (a weakref or GC
+    finalizer of SQLAlchemy's): the KeyboardInterrupt or Overrun our handler raised there is
+    printed as "Exception ignored in ... Traceback" and dropped. Nothing is lost (the flag is set and
+    the guard re-raises it; a deadline fires again), so say nothing: no traceback, ever."""
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Overrun)):
+            return
+        previous(unraisable)
+    return hook
 
 
 @contextmanager

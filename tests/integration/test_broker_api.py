@@ -52,12 +52,21 @@ def api_queue(api_url: str, name: str, messages: int, within_s: float = 15) -> d
     return data
 
 
+def _api_lists_a_connection(api_url: str, within_s: float = 15) -> None:
+    """The API lists a connection only once its statistics are emitted (every 5 s): wait for ours."""
+    deadline = time.monotonic() + within_s
+    while not broker_api.get(api_url, "/api/connections?columns=state", 3):
+        assert time.monotonic() < deadline, "the API never listed our open connection"
+        time.sleep(0.5)
+
+
 def test_api_facts_reach_the_findings(amqp_url: str, api_url: str, scratch: str) -> None:
     """A queue of our own holding 7 tasks and no consumer: the API's depth, consumers and publish
     rate are in the management-api finding, next to the connection count and (no) alarms."""
     user_queue = f"{scratch}.tasks"
     with waiting_tasks(amqp_url, user_queue, 7):
         api_queue(api_url, user_queue, 7)
+        _api_lists_a_connection(api_url)
         target = resolve_target(broker=amqp_url)
         target.conf.task_default_queue = user_queue
         found = findings(probe(target, scratch, samples=10, rabbitmq_api=api_url))

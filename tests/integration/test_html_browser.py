@@ -96,6 +96,8 @@ def test_lock_wait_chart_from_a_real_blocker(run_cli: Any, tmp_path: Path, pg_ur
     url = pg_url.replace("postgresql+psycopg://", "postgresql://")
     task_id = f"celerydiag-html-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as admin:
+        # the shared test database is not ours: a table we create here we drop again at the end
+        created = admin.execute("SELECT to_regclass('public.celery_taskmeta') IS NULL").fetchone()[0]
         admin.execute("CREATE TABLE IF NOT EXISTS celery_taskmeta (id serial PRIMARY KEY, task_id varchar(155) "
                       "UNIQUE, status varchar(50), result bytea, date_done timestamp, traceback text)")
         admin.execute("INSERT INTO celery_taskmeta (task_id, status) VALUES (%s, 'PENDING')", (task_id,))
@@ -125,5 +127,7 @@ def test_lock_wait_chart_from_a_real_blocker(run_cli: Any, tmp_path: Path, pg_ur
             holder.close()
             waiter_done.wait(25)
             admin.execute("DELETE FROM celery_taskmeta WHERE task_id = %s", (task_id,))
+            if created:
+                admin.execute("DROP TABLE celery_taskmeta")
     seen = look(html, tmp_path, {"lock-waits", "impact"})
     assert "blocker" in html.read_text(encoding="utf-8") and SECRET not in seen.text

@@ -82,3 +82,34 @@ def test_a_target_that_drops_mid_probe_is_a_failed_probe_not_our_bug(ctx: ProbeC
     assert result.reason.startswith("lost the connection to the target during the probe:")
     assert "reset by peer" in result.reason and "internal error" not in result.reason
     assert probe.cleaned == [True]
+
+
+def test_a_signal_inside_a_gc_callback_prints_no_traceback(monkeypatch) -> None:  # noqa: ANN001
+    """A SIGTERM that lands in a weakref/GC callback (SQLAlchemy's _collection_gced) raises our
+    KeyboardInterrupt where Python cannot raise: the default hook printed "Exception ignored ...
+    Traceback". Under handled() it is dropped (the flag stays set, the guard re-raises); any other
+    unraisable error still reaches the hook that was there before."""
+    import sys
+    import weakref
+
+    from celerydiag import interrupt
+
+    reported: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(type(u.exc_value)))
+
+    class Thing:
+        pass
+
+    def interrupted(_ref: object) -> None:
+        raise KeyboardInterrupt
+
+    def buggy(_ref: object) -> None:
+        raise ValueError("a real bug in a finalizer")
+
+    with interrupt.handled():
+        for callback in (interrupted, buggy):
+            thing = Thing()
+            ref = weakref.ref(thing, callback)
+            del thing  # the callback runs now, where Python cannot raise
+            assert ref() is None
+    assert reported == [ValueError], reported
