@@ -82,7 +82,8 @@ def test_written_pcapng_reads_back_with_its_drop_count_and_no_credentials() -> N
     back = list(back)
     assert info.interface_drops == 17 and info.packets == len(frames)
     assert [f for _t, _l, f in back] == [f for _t, _l, f in passed]
-    assert all(abs(a[0] - b[0]) < 1e-6 for a, b in zip(back, frames, strict=True))
+    assert len(back) == len(frames)  # (zip's strict= is Python 3.10+; the matrix runs 3.9)
+    assert all(abs(a[0] - b[0]) < 1e-6 for a, b in zip(back, frames))
     # the analysis of what was written equals the analysis of the original, but for the drop warning
     original = analyse_frames("x", *open_capture(HEALTHY)).to_dict()["connections"]
     assert analyse_frames("y", info, back).to_dict()["connections"] == original
