@@ -3,10 +3,6 @@ eviction policy, which must not be changed on a server other tests use)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +13,7 @@ from celerydiag.backend.probe import BackendProbe
 from celerydiag.findings import Severity
 from celerydiag.probe import Limits, ProbeContext, run_probe
 from celerydiag.target import Target, TargetSource
+from tests.support.redis_server import private_redis as start_private_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -99,29 +96,8 @@ def test_result_keys_without_ttl_are_reported(redis_url: str) -> None:
 @pytest.fixture
 def evicting_redis() -> Iterator[str]:
     """A redis-server of our own on a free loopback port, with an LRU policy and a tiny maxmemory."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed (scripts/system-packages.sh installs it)"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with start_private_redis("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as url:
+        yield url
 
 
 def test_evicting_policy_is_reported(evicting_redis: str) -> None:

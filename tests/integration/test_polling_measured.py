@@ -14,7 +14,6 @@ commandstats counts every client of the server.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -30,6 +29,8 @@ from celerydiag.polling.probe import PollingProbe
 from celerydiag.probe import Limits, ProbeContext, ProbeOptions, run_probe
 from celerydiag.target import Target, TargetSource
 from tests.integration.test_backend_db import drop, precreate
+from tests.support.redis_server import private_redis as start_private_redis
+from tests.support.watch import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -143,12 +144,6 @@ def test_postgresql_poll_interval_is_measured_from_the_task_table(pg_url: str, t
 
 # ---- MariaDB --------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def private_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A mariadbd of our own with performance_schema on (the shared one has it off), stopped by pid."""
@@ -159,7 +154,7 @@ def private_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = root / "data"
     subprocess.run([install, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
                     "--skip-test-db", "--user=root"], check=True, capture_output=True, timeout=120)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([server, "--no-defaults", f"--datadir={data}", f"--port={port}",
                              "--bind-address=127.0.0.1", f"--socket={root}/s.sock", f"--pid-file={root}/p.pid",
                              "--performance-schema=ON", "--skip-log-bin", "--user=root",
@@ -220,26 +215,8 @@ def test_mariadb_without_performance_schema_counts_server_wide_selects(mysql_url
 @pytest.fixture
 def private_redis() -> Iterator[str]:
     """A redis-server of our own: INFO commandstats counts every client of a server."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed (scripts/system-packages.sh installs it)"
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with start_private_redis() as url:
+        yield url
 
 
 @pytest.mark.redis
