@@ -5,7 +5,6 @@ block, no secret; a missing matplotlib is one line with the install command (exi
 from __future__ import annotations
 
 import io
-import json
 import re
 import sys
 from pathlib import Path
@@ -16,20 +15,8 @@ from celerydiag.cli import main
 from celerydiag.cli.bench_serialize import _default_vs_fastest, _skipped_payloads
 from celerydiag.findings import Cause, Finding, Fix, ProbeResult, ProbeStatus, Report, Severity, delay
 from celerydiag.measure import downsampled
-from celerydiag.render import render
 from celerydiag.render.words import evidence_lines, ok_line, paste_block, verdict
-
-REPORTS = Path(__file__).resolve().parents[1] / "fixtures" / "reports"
-
-
-def load(name: str) -> Report:
-    return Report.from_dict(json.loads((REPORTS / f"{name}.json").read_text(encoding="utf-8")))
-
-
-def rendered(report: Report, fmt: str, **kw) -> str:
-    stream = io.StringIO()
-    render(report, fmt, stream, **kw)
-    return stream.getvalue()
+from tests.unit.test_render import REPORTS, load, rendered
 
 
 def report_of(*findings: Finding, **kw) -> Report:
