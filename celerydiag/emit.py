@@ -50,7 +50,7 @@ class StdoutFailed(Exception):
         self.error = error
 
 
-class _Stdout:
+class GuardedStdout:
     """sys.stdout for a renderer, with a broken pipe raised as :class:`StdoutClosed` and any
     other write error as :class:`StdoutFailed`."""
 
@@ -108,7 +108,7 @@ class Output:
                 raise DiagError(f"cannot write --output {self.path}: {exc.strerror or exc}") from None
             self._commit()
         else:
-            stdout = _Stdout(sys.stdout)
+            stdout = GuardedStdout(sys.stdout)
             try:
                 body(cast(TextIO, stdout), self.color)
                 stdout.flush()

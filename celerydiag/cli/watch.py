@@ -149,9 +149,9 @@ def _sinks(target: Any, fmt: str, no_color: bool, listen: tuple[str, int] | None
                  "NOT loopback: anyone who can reach this address can read the metrics")
         say(f"serving Prometheus metrics on {where} ({scope})")
         sinks.append(metrics.observe)
-    from celerydiag.emit import _Stdout
+    from celerydiag.emit import GuardedStdout
 
-    stdout: Any = _Stdout(sys.stdout)  # a closed pipe -> StdoutClosed -> exit 141, as every command
+    stdout: Any = GuardedStdout(sys.stdout)  # a closed pipe -> StdoutClosed -> exit 141, as every command
     if fmt == "json":
         sinks.append(view.line_writer(stdout, view.json_line))
     elif sys.stdout.isatty():
